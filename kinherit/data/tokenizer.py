@@ -1,0 +1,87 @@
+"""Tokenizers: train a byte-level BPE on a corpus, or load an existing HF tokenizer.
+
+The trained tokenizer is saved as a standard HF fast tokenizer with the special tokens that both
+masked (`<mask>`, `<pad>`) and causal (`<s>`, `</s>`) models need, so `AutoTokenizer` loads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from kinherit.errors import KinheritError
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                  "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
+
+
+def train_tokenizer(texts: Dataset, vocab_size: int, output_dir: str | os.PathLike,
+                    min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of `vocab_size` tokens on the `text` column and save it to `output_dir`."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    if vocab_size < 300:
+        raise KinheritError(f"vocab_size {vocab_size} is too small for a byte-level BPE (256 bytes + "
+                            "special tokens); use at least 300")
+    bpe = ByteLevelBPETokenizer()
+    ordered_specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+    def batches():
+        for start in range(0, len(texts), 256):
+            yield texts[start:start + 256]["text"]
+
+    bpe.train_from_iterator(batches(), vocab_size=vocab_size, min_frequency=min_frequency,
+                            special_tokens=ordered_specials, length=len(texts))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, model_max_length=1_000_000,
+                                        **SPECIAL_TOKENS)
+    save_tokenizer(tokenizer, output_dir)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | os.PathLike) -> None:
+    """Save atomically: written to a temporary folder, then renamed into place."""
+    target = Path(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tokenizer.save_pretrained(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    """Load an HF tokenizer from a folder or hub name; it must be a fast tokenizer."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise KinheritError(f"could not load a tokenizer from {str(path)!r}: {str(error).splitlines()[0]}. "
+                            "Pass a folder that holds tokenizer.json (or train one with "
+                            "`kinherit tokenizer`)") from error
+    if not tokenizer.is_fast:
+        raise KinheritError(f"tokenizer at {path} is not a fast tokenizer; kinherit needs tokenizer.json")
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """A hash of the full tokenizer definition (vocabulary, merges, normalisation, special tokens)."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()
+
+
+def first_vocab_difference(a: PreTrainedTokenizerFast, b: PreTrainedTokenizerFast) -> str | None:
+    """Describe the first token-to-id difference between two tokenizers, or None if they agree."""
+    vocab_a, vocab_b = a.get_vocab(), b.get_vocab()
+    if vocab_a == vocab_b:
+        return None
+    by_id_a = {i: t for t, i in vocab_a.items()}
+    by_id_b = {i: t for t, i in vocab_b.items()}
+    for token_id in range(max(len(by_id_a), len(by_id_b)) + 1):
+        token_a, token_b = by_id_a.get(token_id), by_id_b.get(token_id)
+        if token_a != token_b:
+            return f"id {token_id} is {token_a!r} in one and {token_b!r} in the other"
+    return f"vocabulary sizes differ ({len(vocab_a)} vs {len(vocab_b)})"

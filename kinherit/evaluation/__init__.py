@@ -1,0 +1,1 @@
+"""Evaluation: FLOP counts, the compute-saved analysis, plots and reports."""

@@ -1,0 +1,261 @@
+"""InheritanceTrainer: a `transformers.Trainer` whose loss adds Knowledge Inheritance from frozen teachers.
+
+The student's body runs once; logits are computed only where a loss is taken (masked positions for
+masked LMs, labelled positions for causal LMs), chunk by chunk together with the cross-entropy and
+the divergence to the teachers (see `kinherit.inheritance.divergences`). Losses are sums over valid
+positions divided by the number of valid positions in the whole accumulated (and, across processes,
+global) batch. With no teacher, or once the inheritance rate reaches zero, the step is plain
+self-learning on the same fast path and no teacher runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+
+from kinherit.evaluation.flops import FlopModel
+from kinherit.inheritance.divergences import IGNORE_INDEX, chunked_loss, loss_chunk, validate_options
+from kinherit.inheritance.schedules import SCHEDULES, AdaptiveSchedule, make_schedule
+from kinherit.inheritance.teachers import TeacherSet
+from kinherit.models import backbone_and_head, model_kind
+
+
+@dataclass
+class InheritanceArguments:
+    """Knowledge Inheritance options (they sit beside `TrainingArguments` on the command line)."""
+
+    teacher: list[str] = field(default_factory=list, metadata={
+        "help": "Teacher checkpoint folder; repeat for several. DOMAIN=PATH routes each example to the teacher "
+                "of its corpus's domain."})
+    teacher_weights: list[float] = field(default_factory=list, metadata={
+        "help": "Mixture weight per teacher (normalised to sum to 1); default equal."})
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature tau of the KI term."})
+    divergence: str = field(default="forward_kl", metadata={"help": "forward_kl, reverse_kl, jsd or tvd."})
+    jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight beta of the jsd divergence."})
+    inherit_schedule: str = field(default="linear", metadata={"help": f"One of {', '.join(SCHEDULES)}."})
+    inherit_steps: int | None = field(default=None, metadata={
+        "help": "Step at which the inheritance rate reaches 0 (linear, step, cosine; optional elsewhere)."})
+    inherit_start: float = field(default=1.0, metadata={"help": "Inheritance rate at step 0 (alpha_0)."})
+    inherit_value: float = field(default=0.5, metadata={"help": "Rate of the constant schedule."})
+    inherit_time_constant: float | None = field(default=None, metadata={
+        "help": "Time constant (steps) of the exponential schedule."})
+    inherit_margin: float = field(default=0.0, metadata={
+        "help": "Adaptive schedule: stop once the student's validation loss is this much below the teacher's."})
+    chunk_size: int = field(default=1024, metadata={"help": "Positions per chunk of the fused head and loss."})
+    fused_loss: bool = field(default=True, metadata={
+        "help": "Closed-form gradient of CE + forward KL per chunk (False: autograd, slower, same result)."})
+    teacher_dtype: str = field(default="auto", metadata={
+        "help": "auto (bfloat16 on a CUDA device that supports it, else float32), float32, bfloat16, float16."})
+
+    def __post_init__(self) -> None:
+        validate_options(self.temperature, self.divergence, self.jsd_beta)
+
+    def schedule(self):
+        """The configured inheritance-rate schedule."""
+        return make_schedule(self.inherit_schedule, self.inherit_steps, start=self.inherit_start,
+                             value=self.inherit_value, time_constant=self.inherit_time_constant,
+                             margin=self.inherit_margin)
+
+
+def target_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """The label each flattened position predicts: itself (masked) or the next token (causal)."""
+    if kind == "masked":
+        return labels.reshape(-1)
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    return shifted.reshape(-1)
+
+
+class _Clock(TrainerCallback):
+    """Wall-clock seconds spent training (evaluation time excluded), continued across resumes."""
+
+    def __init__(self, trainer: InheritanceTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for record in reversed(state.log_history):
+            if "train_seconds" in record:
+                self.trainer.train_seconds_offset = record["train_seconds"]
+                self.trainer.train_flops = record.get("train_flops", 0.0)
+                break
+        self.trainer.clock_start = time.perf_counter()
+        self.trainer.eval_seconds = 0.0
+        self.trainer.replay_adaptive_schedule()
+
+
+class InheritanceTrainer(Trainer):
+    """A `Trainer` that trains the student on (1 - alpha_t) * L_self + alpha_t * L_KI.
+
+    Extra keyword arguments: `teachers` (a `TeacherSet` or None for self-learning), `inherit_args`
+    (an `InheritanceArguments`), `eval_collator` (a collator with fixed masking for validation), and
+    `vocab_size` (the tokenizer's size: padded logit rows beyond it are cut).
+    """
+
+    def __init__(self, *args: Any, teachers: TeacherSet | None = None,
+                 inherit_args: InheritanceArguments | None = None, eval_collator=None,
+                 vocab_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Our loss divides by the number of valid positions of the whole accumulated batch itself.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        self.args.remove_unused_columns = False
+        self.inherit_args = inherit_args or InheritanceArguments()
+        self.teachers = teachers.to(self.args.device) if teachers is not None else None
+        self.schedule = self.inherit_args.schedule() if teachers is not None else None
+        self.eval_collator = eval_collator or self.data_collator
+        self.vocab_size = vocab_size or self.model.config.vocab_size
+        self.kind = model_kind(self.model.config)
+        self.student_flops = FlopModel.of(self.model)
+        self.teacher_flops = [FlopModel.of(m) for m in teachers.models] if teachers is not None else []
+        self.train_flops = 0.0
+        self.train_seconds_offset = 0.0
+        self.clock_start: float | None = None
+        self.eval_seconds = 0.0
+        self.teacher_val_losses: list[float] | None = None
+        self._stats = torch.zeros(4, dtype=torch.float64)  # ce sum, ki sum, agreements, positions
+        self.add_callback(_Clock(self))
+
+    # ---------------------------------------------------------------- the loss
+    def inheritance_rate(self) -> float:
+        """alpha at the current optimizer step (0 without teachers)."""
+        return float(self.schedule(self.state.global_step)) if self.schedule is not None else 0.0
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        """Self loss and KI loss at the valid positions, fused with the LM head in chunks."""
+        student = self.accelerator.unwrap_model(model)
+        body, head = backbone_and_head(student)
+        input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        labels = target_labels(inputs["labels"], self.kind)
+        positions = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
+        alpha = self.inheritance_rate() if model.training else 0.0
+        use_teacher = self.teachers is not None and alpha > 0.0
+
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        teacher_hidden, row_teacher = None, None
+        if use_teacher:
+            teacher_hidden, row_teacher = self.teachers.hidden_states(input_ids, attention_mask,
+                                                                      inputs.get("domain_id"))
+        names, params = zip(*head.named_parameters(), strict=True)
+        args = self.inherit_args
+        vocab = self.vocab_size
+
+        def compute(chunk, row_leaves, shared_leaves):
+            logits = torch.func.functional_call(head, dict(zip(names, shared_leaves, strict=True)),
+                                                (row_leaves[0],))[:, :vocab]
+            target = None
+            if use_teacher:
+                target = self.teachers.target(chunk, teacher_hidden, row_teacher, args.temperature, vocab)
+            return loss_chunk(logits, target, labels[chunk], alpha, args.temperature, args.divergence,
+                              args.jsd_beta, args.fused_loss)
+
+        total, stats = chunked_loss(compute, positions, args.chunk_size, [hidden], list(params), n_stats=3)
+        count = positions.numel()
+        denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
+        loss = total / denominator
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        if model.training:
+            self._stats += torch.tensor([*stats.tolist(), count], dtype=torch.float64)
+            self._count_flops(input_ids, count, use_teacher, inputs.get("domain_id"))
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _count_flops(self, input_ids: torch.Tensor, positions: int, use_teacher: bool,
+                     domain_ids: torch.Tensor | None) -> None:
+        batch, length = input_ids.shape
+        tokens = input_ids.numel() * self.accelerator.num_processes
+        positions *= self.accelerator.num_processes
+        flops = self.student_flops.train_step(tokens, length, positions)
+        if use_teacher:
+            for index, teacher in enumerate(self.teacher_flops):
+                share = 1.0
+                if self.teachers.routes is not None and domain_ids is not None:
+                    routed = [self.teachers.routes.get(int(d)) for d in domain_ids.tolist()]
+                    share = routed.count(index) / max(batch, 1)
+                flops += share * teacher.forward(tokens, length, positions)
+        self.train_flops += flops
+
+    # ---------------------------------------------------------------- logging
+    def train_seconds(self) -> float:
+        """Training wall-clock seconds so far (evaluation excluded)."""
+        if self.clock_start is None:
+            return self.train_seconds_offset
+        return self.train_seconds_offset + time.perf_counter() - self.clock_start - self.eval_seconds
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the inheritance statistics, cumulative FLOPs and training time to every log record."""
+        if "loss" in logs and self._stats[3] > 0:
+            ce, ki, agree, count = self._stats.tolist()
+            logs["inherit/self_loss"] = ce / count
+            if self.teachers is not None:
+                logs["inherit/alpha"] = self.inheritance_rate()
+                logs["inherit/ki_loss"] = ki / count
+                logs["inherit/agreement"] = agree / count
+            self._stats.zero_()
+        logs.setdefault("train_flops", self.train_flops)
+        logs.setdefault("train_seconds", self.train_seconds())
+        super().log(logs, start_time)
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.inference_mode()
+    def validation_loss(self, model: PreTrainedModel, dataset) -> tuple[float, int]:
+        """Mean self-supervised loss per valid position over `dataset` (fixed masking), and the count."""
+        was_training = model.training
+        model.eval()
+        body, head = backbone_and_head(model)
+        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.eval_collator)
+        total, count = 0.0, 0
+        device = next(model.parameters()).device
+        vocab = self.vocab_size
+        for batch in loader:
+            input_ids = batch["input_ids"].to(device)
+            labels = target_labels(batch["labels"].to(device), self.kind)
+            positions = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
+            with self.autocast_smart_context_manager():
+                hidden = body(input_ids=input_ids)[0]
+                hidden = hidden.reshape(-1, hidden.shape[-1])
+            for chunk in positions.split(self.inherit_args.chunk_size):
+                logits = head(hidden[chunk])[:, :vocab].float()
+                total += torch.nn.functional.cross_entropy(logits, labels[chunk], reduction="sum").item()
+            count += positions.numel()
+        model.train(was_training)
+        return (total / count if count else math.nan), count
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Token-weighted validation loss and perplexity of the student (self-supervised loss only)."""
+        started = time.perf_counter()
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        loss, count = self.validation_loss(self.model, dataset)
+        if isinstance(self.schedule, AdaptiveSchedule):
+            if self.schedule.teacher_loss is None:
+                self.schedule.teacher_loss = min(self.teacher_losses(dataset))
+            self.schedule.observe(self.state.global_step, loss)
+        self.eval_seconds += time.perf_counter() - started
+        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_ppl": math.exp(min(loss, 50.0)),
+                   f"{metric_key_prefix}_positions": count}
+        if self.schedule is not None:
+            metrics[f"{metric_key_prefix}_alpha"] = self.inheritance_rate()
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def teacher_losses(self, dataset) -> list[float]:
+        """Each teacher's validation loss on `dataset` (computed once)."""
+        if self.teacher_val_losses is None:
+            self.teacher_val_losses = [self.validation_loss(m, dataset)[0] for m in self.teachers.models]
+        return self.teacher_val_losses
+
+    def replay_adaptive_schedule(self) -> None:
+        """On resume, feed the adaptive schedule the evaluations already in the log."""
+        if isinstance(self.schedule, AdaptiveSchedule) and self.eval_dataset is not None:
+            self.schedule.teacher_loss = min(self.teacher_losses(self.eval_dataset))
+            for record in self.state.log_history:
+                if "eval_loss" in record:
+                    self.schedule.observe(record["step"], record["eval_loss"])
