@@ -1,0 +1,198 @@
+"""`kinherit report FOLDER`: report.md, report.json and PNG plots, rebuilt from the runs' logs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from kinherit.errors import KinheritError
+from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, summarise
+
+FRACTIONS = ("steps_fraction", "flops_fraction", "time_fraction")
+
+
+def read_curve(run_dir: Path) -> list[EvalPoint]:
+    """The evaluation records of a run's log.jsonl, in step order (later records win on repeats)."""
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return []
+    by_step: dict[int, EvalPoint] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if "eval_loss" in record:
+            by_step[record["step"]] = EvalPoint(step=record["step"], loss=record["eval_loss"],
+                                                flops=record.get("train_flops", 0.0),
+                                                seconds=record.get("train_seconds", 0.0))
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _percent(value: float | None) -> str:
+    return "not reached" if value is None else f"{100 * value:.0f}%"
+
+
+def _headline(compute: dict[str, Any], groups: dict[str, Any]) -> str:
+    if groups:
+        name, group = next(iter(groups.items()))
+        parts = []
+        for key, label in zip(FRACTIONS, ("steps", "FLOPs", "time"), strict=True):
+            s = group[key]
+            parts.append("never" if s["mean"] is None else
+                         f"{100 * s['mean']:.0f}% ± {100 * s['std']:.0f}% of the {label}")
+        return (f"KI ({name}, {group[FRACTIONS[0]]['runs']} seeds) reached the from-scratch final validation loss in "
+                f"{parts[0]}, {parts[1]} and {parts[2]} (mean ± std)")
+    if not compute:
+        return "no KI run with a baseline in this experiment"
+    name, c = next(iter(compute.items()))
+    if c["steps_fraction"] is None:
+        return (f"KI ({name}) did not reach the from-scratch final validation loss "
+                f"({c['ki_final_val_loss']:.3f} vs {c['baseline_final_val_loss']:.3f})")
+    return (f"KI ({name}) reached the from-scratch final validation loss in {_percent(c['steps_fraction'])} of the "
+            f"steps, {_percent(c['flops_fraction'])} of the FLOPs and {_percent(c['time_fraction'])} of the time")
+
+
+def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
+                compute: dict[str, Any], runs: dict[str, Any]) -> list[str]:
+    """Validation loss against steps, training FLOPs and seconds (one panel each), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    students = {n: c for n, c in curves.items() if n not in teacher_losses and c}
+    if not students:
+        return []
+    axes_spec = [("step", "optimizer steps", 1.0), ("flops", "training FLOPs (x 1e12, teacher forwards charged)",
+                                                     1e-12), ("seconds", "training wall-clock (s)", 1.0)]
+    figure, axes = plt.subplots(1, 3, figsize=(17, 5.2), sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    finals = [c[-1].loss for c in students.values()] + list(teacher_losses.values())
+    starts = [p.loss for c in students.values() for p in c if p.step > 0][:1]
+    top = max(finals) + 0.9 * (max(starts[0] if starts else max(finals), max(finals)) - max(finals)) * 0.5 + 0.5
+    for ax, (attr, label, scale) in zip(axes, axes_spec, strict=True):
+        for i, (name, curve) in enumerate(students.items()):
+            kind = "KI" if runs.get(name, {}).get("teachers") else "self-learning"
+            ax.plot([getattr(p, attr) * scale for p in curve], [p.loss for p in curve], marker="o", markersize=2.5,
+                    color=colours[i % len(colours)], label=f"{name} ({kind})")
+        for j, (name, loss) in enumerate(teacher_losses.items()):
+            ax.axhline(loss, color="grey", linestyle=["--", ":", "-."][j % 3], linewidth=1,
+                       label=f"teacher {name} final ({loss:.2f})")
+        for name, c in compute.items():
+            ax.axhline(c["baseline_final_val_loss"], color="black", linewidth=0.6, alpha=0.5)
+            if c["steps_fraction"] is not None and attr == "step":
+                ax.axvline(c["reached_at_step"], color="black", linewidth=0.6, alpha=0.5)
+                ax.annotate(f"{name} reaches the scratch final\nat {_percent(c['steps_fraction'])} of the steps",
+                            (c["reached_at_step"], c["baseline_final_val_loss"]), textcoords="offset points",
+                            xytext=(8, 25), fontsize=9)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(min(finals) - 0.15, top)
+    axes[0].set_ylabel("validation loss (nats per token)")
+    secondary = axes[2].secondary_yaxis("right", functions=(lambda x: x, lambda x: x))
+    ticks = axes[0].get_yticks()
+    secondary.set_yticks(ticks)
+    secondary.set_yticklabels([f"{math.exp(t):.0f}" for t in ticks])
+    secondary.set_ylabel("validation perplexity")
+    axes[0].legend(fontsize=8, loc="upper right")
+    figure.suptitle("Validation loss: Knowledge Inheritance vs self-learning")
+    figure.tight_layout()
+    name = "validation_loss.png"
+    figure.savefig(folder / name, dpi=110)
+    plt.close(figure)
+    return [name]
+
+
+def write_report(folder: str | Path) -> dict[str, Any]:
+    """Rebuild report.json, report.md and the plots of an experiment folder from its logs."""
+    from kinherit.pretrain import write_json_atomic
+
+    folder = Path(folder)
+    manifest_path = folder / "experiment.json"
+    if not manifest_path.exists():
+        raise KinheritError(f"{folder} is not an experiment folder (no experiment.json); give the output_dir of "
+                            "`kinherit experiment`")
+    manifest = json.loads(manifest_path.read_text())
+    runs = manifest["runs"]
+    curves = {name: read_curve(folder / "runs" / name) for name in runs}
+    summaries = {}
+    for name in runs:
+        marker = folder / "runs" / name / "run.json"
+        summaries[name] = json.loads(marker.read_text()) if marker.exists() else None
+    teacher_names = {t for r in runs.values() for t in r["teachers"]}
+    teacher_losses = {t: curves[t][-1].loss for t in sorted(teacher_names) if curves.get(t)}
+    compute: dict[str, Any] = {}
+    for name, run in runs.items():
+        baseline = run.get("baseline")
+        if baseline and curves.get(name) and curves.get(baseline) and summaries.get(name) and summaries.get(baseline):
+            teacher_loss = min((teacher_losses[t] for t in run["teachers"] if t in teacher_losses), default=None)
+            compute[name] = compute_saved(curves[name], curves[baseline], teacher_loss)
+            compute[name]["baseline"] = baseline
+    groups: dict[str, Any] = {}
+    by_group: dict[str, list[str]] = {}
+    for name in compute:
+        by_group.setdefault(runs[name]["group"], []).append(name)
+    for group, members in by_group.items():
+        if len(members) > 1:
+            groups[group] = {key: summarise([compute[m][key] for m in members]) for key in FRACTIONS}
+            groups[group]["members"] = members
+            for key in ("ki_final_val_loss", "baseline_final_val_loss"):
+                groups[group][key] = summarise([compute[m][key] for m in members])
+    throughput = {name: s["tokens_per_second"] for name, s in summaries.items() if s}
+    plots = plot_curves(folder, curves, teacher_losses, compute, runs)
+    report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
+              "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
+              "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
+              "runs_finished": sorted(n for n, s in summaries.items() if s), "plots": plots}
+    write_json_atomic(folder / "report.json", report)
+    markdown = render_markdown(report, summaries)
+    staging = folder / ".report.md.tmp"
+    staging.write_text(markdown, encoding="utf-8")
+    staging.replace(folder / "report.md")
+    return report
+
+
+def render_markdown(report: dict[str, Any], summaries: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = [f"# Experiment `{report['experiment']}`", "", f"**{report['headline']}**", ""]
+    lines += ["## Runs", "", "| run | model | steps | final val loss | perplexity | tokens/s | train time (s) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, summary in summaries.items():
+        if summary is None:
+            lines.append(f"| {name} | (not finished) | | | | | |")
+            continue
+        loss = summary["final_val_loss"]
+        lines.append(f"| {name} | {summary['model']} | {summary['steps']} | {loss:.4f} | {math.exp(loss):.1f} | "
+                     f"{summary['tokens_per_second']:.0f} | {summary['train_seconds']:.0f} |")
+    if report["compute_saved"]:
+        lines += ["", "## Compute saved", "",
+                  "Fraction of the self-learning run's steps, FLOPs (teacher forward passes charged to KI) and "
+                  "training wall-clock that the KI run needs to reach the self-learning run's final validation loss.",
+                  "", "| KI run | baseline | steps | FLOPs | time | KI final | baseline final | teacher |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, c in report["compute_saved"].items():
+            teacher = "" if c["teacher_val_loss"] is None else f"{c['teacher_val_loss']:.4f}"
+            lines.append(f"| {name} | {c['baseline']} | {_percent(c['steps_fraction'])} | "
+                         f"{_percent(c['flops_fraction'])} | {_percent(c['time_fraction'])} | "
+                         f"{c['ki_final_val_loss']:.4f} | {c['baseline_final_val_loss']:.4f} | {teacher} |")
+    for group, g in report["seed_summary"].items():
+        lines += ["", f"### `{group}` over seeds ({', '.join(g['members'])})", "",
+                  "| fraction | mean | std | min | max | reached |", "|---|---|---|---|---|---|"]
+        for key in FRACTIONS:
+            s = g[key]
+            if s["mean"] is None:
+                lines.append(f"| {key} | never | | | | 0/{s['runs']} |")
+            else:
+                lines.append(f"| {key} | {s['mean']:.3f} | {s['std']:.3f} | {s['min']:.3f} | {s['max']:.3f} | "
+                             f"{s['reached']}/{s['runs']} |")
+    for name, c in report["compute_saved"].items():
+        rows = c["ki_val_loss_at_equal_steps"]
+        if rows:
+            lines += ["", f"### Validation loss at equal steps: `{name}` vs `{c['baseline']}`", "",
+                      "| step | KI | baseline |", "|---|---|---|"]
+            lines += [f"| {r['step']:.0f} | {r['ki']:.4f} | {r['baseline']:.4f} |" for r in rows]
+    for plot in report["plots"]:
+        lines += ["", f"![{plot}]({plot})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,364 @@
+"""`kinherit experiment FILE.yaml`: a whole KI experiment from one YAML file.
+
+The file names a tokenizer, the corpora and a list of runs; runs name their teachers (other runs) and
+their self-learning baseline. Runs execute in dependency order, each in `OUTPUT/runs/NAME/`; a run
+whose `run.json` exists is done and skipped, a run with a checkpoint resumes from it, and the report
+is written at the end. A run with `seeds: [...]` is repeated once per seed (`NAME-s0`, ...); its
+teachers and baseline are matched seed for seed when they are repeated too.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers.trainer_utils import get_last_checkpoint
+
+from kinherit.errors import KinheritError
+
+logger = logging.getLogger(__name__)
+
+TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description"}
+TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
+CORPUS_KEYS = {"source", "domain", "text_field", "validation_fraction", "max_documents", "hf_config", "hf_split"}
+TRAIN_KEYS = {"model", "corpus", "max_steps", "learning_rate", "batch_size", "grad_accum", "block_size", "warmup",
+              "weight_decay", "lr_scheduler", "max_grad_norm", "eval_steps", "logging_steps", "save_steps",
+              "mlm_probability", "training_args", "inherit", "seed"}
+RUN_KEYS = TRAIN_KEYS | {"name", "teachers", "teacher_weights", "routing", "baseline", "seeds", "description"}
+INHERIT_KEYS = {"schedule", "steps", "start", "value", "time_constant", "margin", "temperature", "divergence",
+                "jsd_beta", "chunk_size", "teacher_dtype"}
+DEFAULTS = {"block_size": 128, "batch_size": 16, "grad_accum": 1, "learning_rate": 1e-3, "warmup": 0.05,
+            "weight_decay": 0.01, "lr_scheduler": "linear", "max_grad_norm": 1.0, "eval_steps": 50,
+            "logging_steps": 10, "save_steps": 200, "mlm_probability": 0.15, "max_steps": 1000}
+
+
+def _check_keys(where: str, data: Any, valid: set[str]) -> None:
+    if not isinstance(data, dict):
+        raise KinheritError(f"{where} must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise KinheritError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(valid)}")
+
+
+@dataclass
+class RunSpec:
+    """One resolved run: its name, settings, teachers (run names) and baseline."""
+
+    name: str
+    settings: dict[str, Any]
+    teachers: list[str] = field(default_factory=list)
+    routing: dict[str, str] = field(default_factory=dict)
+    baseline: str | None = None
+    group: str | None = None
+    seed: int = 0
+
+    def dependencies(self) -> list[str]:
+        """Runs that must finish before this one (its teachers)."""
+        return list(self.routing.values()) or list(self.teachers)
+
+
+@dataclass
+class Experiment:
+    """A parsed, validated experiment."""
+
+    name: str
+    output_dir: Path
+    tokenizer: dict[str, Any]
+    corpora: dict[str, dict[str, Any]]
+    runs: dict[str, RunSpec]
+    description: str = ""
+
+    def order(self, only: list[str] | None = None) -> list[str]:
+        """Run names in dependency order (restricted to `only` and what they depend on)."""
+        wanted = set(self.runs) if not only else set()
+        for name in only or []:
+            if name not in self.runs:
+                raise KinheritError(f"--only names unknown run {name!r}; runs: {sorted(self.runs)}")
+            wanted |= self._closure(name)
+        ordered: list[str] = []
+        for name in self.runs:
+            self._visit(name, ordered, [])
+        return [n for n in ordered if n in wanted]
+
+    def _closure(self, name: str) -> set[str]:
+        found = {name}
+        for dep in self.runs[name].dependencies():
+            found |= self._closure(dep)
+        return found
+
+    def _visit(self, name: str, ordered: list[str], stack: list[str]) -> None:
+        if name in ordered:
+            return
+        if name in stack:
+            cycle = " -> ".join([*stack[stack.index(name):], name])
+            raise KinheritError(f"dependency cycle between runs: {cycle}; a run cannot (indirectly) teach itself")
+        for dep in self.runs[name].dependencies():
+            self._visit(dep, ordered, [*stack, name])
+        ordered.append(name)
+
+
+def _expand_seeds(raw_runs: list[dict[str, Any]], default_seed: int) -> list[dict[str, Any]]:
+    seeded = {r["name"]: r["seeds"] for r in raw_runs if "seeds" in r}
+    expanded = []
+    for run in raw_runs:
+        seeds = run.get("seeds")
+        if seeds is None:
+            expanded.append({**run, "_group": run["name"], "seed": run.get("seed", default_seed)})
+            continue
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise KinheritError(f"run {run['name']!r}: seeds must be a non-empty list of integers")
+        for seed in seeds:
+            copy_ = {k: v for k, v in run.items() if k != "seeds"}
+            copy_["name"], copy_["seed"], copy_["_group"] = f"{run['name']}-s{seed}", seed, run["name"]
+
+            def rename(ref: str, seed=seed) -> str:
+                if ref in seeded:
+                    if seed not in seeded[ref]:
+                        raise KinheritError(f"run {run['name']!r} with seed {seed} refers to {ref!r}, which has "
+                                            f"no seed {seed}; give both the same seeds")
+                    return f"{ref}-s{seed}"
+                return ref
+
+            if "teachers" in run:
+                copy_["teachers"] = [rename(t) for t in run["teachers"]]
+            if "routing" in run:
+                copy_["routing"] = {d: rename(t) for d, t in run["routing"].items()}
+            if "baseline" in run:
+                copy_["baseline"] = rename(run["baseline"])
+            expanded.append(copy_)
+    return expanded
+
+
+def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Experiment:
+    """Validate an experiment mapping (as loaded from YAML) into an `Experiment`."""
+    _check_keys("the experiment", data, TOP_KEYS)
+    for key in ("name", "runs", "corpora"):
+        if key not in data:
+            raise KinheritError(f"the experiment has no {key!r}; it needs name, corpora and runs")
+    corpora = data["corpora"]
+    if not isinstance(corpora, dict) or not corpora:
+        raise KinheritError("corpora must map corpus names to settings, e.g. {wiki: {source: wikipedia}}")
+    for name, spec in corpora.items():
+        _check_keys(f"corpus {name!r}", spec, CORPUS_KEYS)
+        if "source" not in spec:
+            raise KinheritError(f"corpus {name!r} has no 'source'")
+    tokenizer = data.get("tokenizer", {"corpus": next(iter(corpora)), "vocab_size": 8192})
+    _check_keys("tokenizer", tokenizer, TOKENIZER_KEYS)
+    if "path" not in tokenizer and tokenizer.get("corpus", next(iter(corpora))) not in corpora:
+        raise KinheritError(f"tokenizer corpus {tokenizer.get('corpus')!r} is not one of the corpora {sorted(corpora)}")
+    defaults = data.get("defaults", {})
+    _check_keys("defaults", defaults, TRAIN_KEYS)
+    raw_runs = data["runs"]
+    if not isinstance(raw_runs, list) or not raw_runs:
+        raise KinheritError("runs must be a non-empty list")
+    for index, run in enumerate(raw_runs):
+        _check_keys(f"run #{index + 1}", run, RUN_KEYS)
+        if "name" not in run or not isinstance(run["name"], str) or not run["name"]:
+            raise KinheritError(f"run #{index + 1} has no name")
+        if "inherit" in run:
+            _check_keys(f"run {run['name']!r} inherit", run["inherit"], INHERIT_KEYS)
+    names = [r["name"] for r in raw_runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise KinheritError(f"run names must be unique; repeated: {duplicates}")
+    if "inherit" in defaults:
+        _check_keys("defaults inherit", defaults["inherit"], INHERIT_KEYS)
+    runs: dict[str, RunSpec] = {}
+    for run in _expand_seeds(raw_runs, int(data.get("seed", 0))):
+        settings = {**DEFAULTS, **copy.deepcopy(defaults),
+                    **{k: v for k, v in run.items() if k in TRAIN_KEYS}}
+        settings.setdefault("corpus", next(iter(corpora)))
+        if "inherit" in defaults and "inherit" in run:
+            settings["inherit"] = {**defaults["inherit"], **run["inherit"]}
+        if "model" not in settings:
+            raise KinheritError(f"run {run['name']!r} has no model (a preset, config.json or checkpoint)")
+        corpus_names = settings["corpus"] if isinstance(settings["corpus"], list) else [settings["corpus"]]
+        for corpus in corpus_names:
+            if corpus not in corpora:
+                raise KinheritError(f"run {run['name']!r} uses corpus {corpus!r}; defined corpora: {sorted(corpora)}")
+        teachers = run.get("teachers", [])
+        if isinstance(teachers, str):
+            teachers = [teachers]
+        routing = run.get("routing", {})
+        if teachers and routing:
+            raise KinheritError(f"run {run['name']!r} has both teachers and routing; use one")
+        runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(teachers),
+                                    routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
+                                    seed=int(run["seed"]))
+    for spec in runs.values():
+        for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
+            if ref not in runs:
+                raise KinheritError(f"run {spec.name!r} refers to unknown run {ref!r}; runs: {sorted(runs)}")
+        weights = spec.settings.get("teacher_weights")
+        if weights is not None and len(weights) != len(spec.teachers):
+            raise KinheritError(f"run {spec.name!r} has {len(weights)} teacher_weights for {len(spec.teachers)} teachers")
+    experiment = Experiment(name=str(data["name"]), output_dir=Path(output_dir or data.get("output_dir")
+                                                                        or f"runs/{data['name']}"),
+                            tokenizer=tokenizer, corpora=corpora, runs=runs, description=data.get("description", ""))
+    experiment.order()  # raises on cycles
+    return experiment
+
+
+def load_experiment(path: str | Path, output_dir: str | None = None) -> Experiment:
+    """Read and validate an experiment YAML file."""
+    path = Path(path)
+    if not path.exists():
+        raise KinheritError(f"experiment file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise KinheritError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise KinheritError(f"{path} must hold a mapping with name, corpora and runs")
+    return parse_experiment(data, output_dir)
+
+
+def _corpus_args(experiment: Experiment, names: list[str]) -> list[str]:
+    sources = []
+    for name in names:
+        spec = experiment.corpora[name]
+        domain = spec.get("domain", name)
+        sources.append(f"{domain}={spec['source']}")
+    return sources
+
+
+def _first_corpus_setting(experiment: Experiment, names: list[str], key: str, default: Any) -> Any:
+    values = {json.dumps(experiment.corpora[n].get(key, default)) for n in names}
+    if len(values) > 1:
+        raise KinheritError(f"corpora {names} used together must share {key!r}")
+    return experiment.corpora[names[0]].get(key, default)
+
+
+def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, cache_dir: Path):
+    """The (model, data, inheritance, training) argument dataclasses of one run."""
+    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
+    from kinherit.trainer import InheritanceArguments
+
+    s = spec.settings
+    run_dir = experiment.output_dir / "runs" / spec.name
+    corpus_names = s["corpus"] if isinstance(s["corpus"], list) else [s["corpus"]]
+    data = DataArguments(corpus=_corpus_args(experiment, corpus_names), tokenizer=str(tokenizer_path),
+                         block_size=int(s["block_size"]), cache_dir=str(cache_dir),
+                         mlm_probability=float(s["mlm_probability"]),
+                         text_field=_first_corpus_setting(experiment, corpus_names, "text_field", "text"),
+                         validation_fraction=float(_first_corpus_setting(experiment, corpus_names,
+                                                                         "validation_fraction", 0.05)),
+                         max_documents=_first_corpus_setting(experiment, corpus_names, "max_documents", None))
+    inherit_settings = dict(s.get("inherit") or {})
+    teacher_dirs = {name: str(experiment.output_dir / "runs" / name) for name in spec.dependencies()}
+    if spec.routing:
+        teacher_args = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
+    else:
+        teacher_args = [teacher_dirs[name] for name in spec.teachers]
+    inherit = InheritanceArguments(
+        teacher=teacher_args, teacher_weights=[float(w) for w in s.get("teacher_weights") or []],
+        temperature=float(inherit_settings.get("temperature", 2.0)),
+        divergence=inherit_settings.get("divergence", "forward_kl"),
+        jsd_beta=float(inherit_settings.get("jsd_beta", 0.5)),
+        inherit_schedule=inherit_settings.get("schedule", "linear"),
+        inherit_steps=inherit_settings.get("steps"), inherit_start=float(inherit_settings.get("start", 1.0)),
+        inherit_value=float(inherit_settings.get("value", 0.5)),
+        inherit_time_constant=inherit_settings.get("time_constant"),
+        inherit_margin=float(inherit_settings.get("margin", 0.0)),
+        chunk_size=int(inherit_settings.get("chunk_size", 1024)),
+        teacher_dtype=inherit_settings.get("teacher_dtype", "auto"))
+    extra = dict(s.get("training_args") or {})
+    training = KinheritTrainingArguments(
+        output_dir=str(run_dir), max_steps=int(s["max_steps"]), learning_rate=float(s["learning_rate"]),
+        per_device_train_batch_size=int(s["batch_size"]), gradient_accumulation_steps=int(s["grad_accum"]),
+        warmup_steps=float(s["warmup"]), weight_decay=float(s["weight_decay"]),
+        lr_scheduler_type=s["lr_scheduler"], max_grad_norm=float(s["max_grad_norm"]),
+        eval_steps=int(s["eval_steps"]), logging_steps=int(s["logging_steps"]), save_steps=int(s["save_steps"]),
+        seed=spec.seed, data_seed=spec.seed, eval_on_start=True, report_to=extra.pop("report_to", "tensorboard"),
+        **extra)
+    model = ModelArguments(model=s["model"])
+    return model, data, inherit, training
+
+
+def _fingerprint(spec: RunSpec) -> str:
+    blob = json.dumps({"settings": spec.settings, "teachers": spec.teachers, "routing": spec.routing,
+                       "seed": spec.seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def prepare_output(experiment: Experiment) -> None:
+    """Claim the output folder for this experiment (refuse one that holds another experiment)."""
+    from kinherit.pretrain import write_json_atomic
+
+    experiment.output_dir.mkdir(parents=True, exist_ok=True)
+    manifest = experiment.output_dir / "experiment.json"
+    if manifest.exists():
+        previous = json.loads(manifest.read_text())
+        if previous.get("name") != experiment.name:
+            raise KinheritError(f"{experiment.output_dir} holds experiment {previous.get('name')!r}, not "
+                                f"{experiment.name!r}; choose another output_dir or delete that folder")
+    runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.dependencies(),
+                   "baseline": spec.baseline, "model": spec.settings["model"], "fingerprint": _fingerprint(spec),
+                   "max_steps": spec.settings["max_steps"], "inherit": spec.settings.get("inherit")}
+            for name, spec in experiment.runs.items()}
+    write_json_atomic(manifest, {"name": experiment.name, "description": experiment.description, "runs": runs})
+
+
+def ensure_tokenizer(experiment: Experiment) -> Path:
+    """The experiment's tokenizer folder, training the BPE on the first time."""
+    from kinherit.data import CorpusSpec, load_corpus, train_tokenizer
+
+    settings = experiment.tokenizer
+    if "path" in settings:
+        return Path(settings["path"])
+    target = experiment.output_dir / "tokenizer"
+    if (target / "tokenizer.json").exists():
+        return target
+    corpus_name = settings.get("corpus", next(iter(experiment.corpora)))
+    spec = experiment.corpora[corpus_name]
+    corpus = load_corpus([CorpusSpec(**{k: v for k, v in spec.items()})])
+    logger.info("training the experiment's tokenizer (%s tokens) on %s", settings.get("vocab_size", 8192), corpus_name)
+    train_tokenizer(corpus.train, int(settings.get("vocab_size", 8192)), target)
+    return target
+
+
+def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every unfinished run of the experiment in dependency order, then write the report."""
+    from kinherit.evaluation.report import write_report
+    from kinherit.pretrain import RUN_MARKER, pretrain, write_json_atomic
+
+    experiment = load_experiment(path, output_dir)
+    prepare_output(experiment)
+    tokenizer_path = ensure_tokenizer(experiment)
+    cache_dir = experiment.output_dir / "cache"
+    order = experiment.order(only)
+    for position, name in enumerate(order, start=1):
+        spec = experiment.runs[name]
+        run_dir = experiment.output_dir / "runs" / name
+        fingerprint_file = run_dir / "spec.json"
+        fingerprint = _fingerprint(spec)
+        if fingerprint_file.exists() and json.loads(fingerprint_file.read_text())["fingerprint"] != fingerprint:
+            raise KinheritError(f"run {name!r} in {run_dir} was made with other settings than the YAML now gives; "
+                                "delete that folder to redo it, or give the changed run a new name")
+        if (run_dir / RUN_MARKER).exists():
+            print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
+            continue
+        model, data, inherit, training = run_arguments(experiment, spec, tokenizer_path, cache_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
+        last = get_last_checkpoint(str(run_dir))
+        training.resume_from_checkpoint = last
+        teachers = f" from {', '.join(spec.dependencies())}" if spec.dependencies() else ""
+        resumed = f", resuming {Path(last).name}" if last else ""
+        print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {spec.settings['max_steps']} steps"
+              f"{teachers}{resumed}", flush=True)
+        summary = pretrain(model, data, inherit, training)
+        loss = summary["final_val_loss"]
+        print(f"[{position}/{len(order)}] {name}: validation loss {loss:.4f} (ppl {math.exp(loss):.1f}) in "
+              f"{summary['train_seconds']:.0f} s", flush=True)
+    report = write_report(experiment.output_dir)
+    print(report["headline"], flush=True)
+    print(f"report: {experiment.output_dir / 'report.md'}", flush=True)
+    return report
