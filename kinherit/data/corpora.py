@@ -49,7 +49,10 @@ class CorpusSpec:
             return self.source[3:].split("/")[-1]
         if self.source in BUILTIN_CORPORA:
             return self.source
-        return Path(self.source.rstrip("/*")).stem or "local"
+        path = Path(os.path.expanduser(self.source.rstrip("/")))
+        while any(ch in path.name for ch in "*?[") and path.parent != path:
+            path = path.parent
+        return path.stem or "local"
 
 
 @dataclass

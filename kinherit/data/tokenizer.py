@@ -59,7 +59,7 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> 
     """Load an HF tokenizer from a folder or hub name; it must be a fast tokenizer."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise KinheritError(f"could not load a tokenizer from {str(path)!r}: {str(error).splitlines()[0]}. "
                             "Pass a folder that holds tokenizer.json (or train one with "
                             "`kinherit tokenizer`)") from error

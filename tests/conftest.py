@@ -1,0 +1,36 @@
+"""Shared fixtures: a small tokenizer and corpus from the built-in Wikipedia slice, kept for the session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def wiki_corpus():
+    """The first 30 Wikipedia articles, split by document."""
+    from kinherit.data import CorpusSpec, load_corpus
+
+    return load_corpus([CorpusSpec("wikipedia", validation_fraction=0.1, max_documents=30)])
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, wiki_corpus):
+    """A 512-token byte-level BPE trained on the corpus's train split."""
+    from kinherit.data import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer(wiki_corpus.train, 512, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from kinherit.data import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)

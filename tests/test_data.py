@@ -1,0 +1,153 @@
+"""Corpora, splits, tokenizer, packed blocks and masking on real built-in data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kinherit.data import BlockCollator, CorpusSpec, build_blocks, load_corpus, load_tokenizer, split_documents
+from kinherit.data import blocks as blocks_module
+from kinherit.errors import KinheritError
+
+
+def test_builtin_wikipedia_is_real_text(wiki_corpus):
+    assert len(wiki_corpus.train) + len(wiki_corpus.validation) == 30
+    text = wiki_corpus.train[0]["text"]
+    assert len(text) > 1000 and "[[" not in text  # wiki markup stripped
+    assert set(wiki_corpus.train["domain"]) == {"wikipedia"}
+
+
+@pytest.mark.parametrize("name", ["shakespeare", "bible", "python-code"])
+def test_other_builtin_corpora_load(name):
+    corpus = load_corpus([CorpusSpec(name, max_documents=12, validation_fraction=0.25)])
+    assert len(corpus.train) == 9 and len(corpus.validation) == 3
+    assert all(len(t) > 50 for t in corpus.train["text"])
+
+
+def test_python_code_skips_site_packages_and_tests():
+    from kinherit.data.builtin import python_code
+
+    ids = [doc_id for doc_id, _ in python_code()]
+    assert ids and not any("site-packages" in i or "/test/" in f"/{i}" or "idle_test" in i for i in ids)
+
+
+def test_split_is_by_document_deterministic_and_disjoint():
+    docs = [(f"doc{i}", f"text {i}") for i in range(200)]
+    train, val = split_documents(docs, 0.1, "x")
+    again_train, again_val = split_documents(list(reversed(docs)), 0.1, "x")
+    assert {d for d, _ in val} == {d for d, _ in again_val}
+    assert len(val) == 20 and not {d for d, _ in train} & {d for d, _ in val}
+    assert {d for d, _ in train} | {d for d, _ in val} == {d for d, _ in docs}
+    assert {d for d, _ in train} == {d for d, _ in again_train}
+
+
+def test_local_files_of_every_format(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.txt").write_text("plain text document " * 20)
+    (tmp_path / "b.md").write_text("# markdown\n" + "words " * 30)
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"body": f"json doc {i} " * 10}) for i in range(3)))
+    pq.write_table(pa.table({"body": [f"parquet doc {i} " * 10 for i in range(4)]}), tmp_path / "d.parquet")
+    txt = load_corpus([CorpusSpec(str(tmp_path / "*.txt"), validation_fraction=0.0)])
+    assert len(txt.train) == 1 and txt.train[0]["domain"] == tmp_path.name
+    both = load_corpus([CorpusSpec(str(tmp_path / "*.jsonl"), text_field="body", validation_fraction=0.0),
+                        CorpusSpec(str(tmp_path / "d.parquet"), text_field="body", validation_fraction=0.0,
+                                   domain="pq")])
+    assert len(both.train) == 7 and both.domains == [tmp_path.name, "pq"]
+    assert both.train["domain"].count("pq") == 4
+    folder = load_corpus([CorpusSpec(str(tmp_path), text_field="body", validation_fraction=0.0)])
+    assert len(folder.train) == 1 + 1 + 3 + 4
+
+
+def test_saved_dataset_folder(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": [f"saved document {i} " * 5 for i in range(5)]}).save_to_disk(str(tmp_path / "ds"))
+    corpus = load_corpus([CorpusSpec(str(tmp_path / "ds"), validation_fraction=0.2)])
+    assert len(corpus.train) == 4 and len(corpus.validation) == 1
+
+
+@pytest.mark.parametrize("source, message", [
+    ("no-such-corpus", "unknown corpus 'no-such-corpus'"),
+    ("/nonexistent/file.txt", "does not exist"),
+    ("hf:kinherit-test/absent-dataset", "could not load dataset"),
+])
+def test_clear_errors_for_bad_sources(source, message):
+    with pytest.raises(KinheritError, match=message):
+        load_corpus([CorpusSpec(source)])
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("   \n")
+    with pytest.raises(KinheritError, match="no documents with text"):
+        load_corpus([CorpusSpec(str(tmp_path / "empty.txt"))])
+
+
+def test_tokenizer_round_trip_and_specials(tokenizer_dir, tokenizer):
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    text = "Knowledge Inheritance, 2022: 3.41 vs 3.58 perplexity — naïve café."
+    assert loaded.decode(loaded(text, add_special_tokens=False)["input_ids"]) == text
+    for token in ("<s>", "</s>", "<pad>", "<mask>", "<unk>"):
+        assert token in loaded.get_vocab()
+    assert loaded.mask_token == "<mask>" and loaded.pad_token == "<pad>" and loaded.eos_token == "</s>"
+    assert len(loaded) == 512
+
+
+def test_blocks_are_full_and_cached(tmp_path, wiki_corpus, tokenizer, monkeypatch):
+    first = build_blocks(wiki_corpus.train, tokenizer, 64, wiki_corpus.domains, wiki_corpus.fingerprint, "train",
+                         tmp_path)
+    assert len(first) > 100 and all(len(ids) == 64 for ids in first["input_ids"][:50])
+    # Every document ends with </s>, so the stream holds as many separators as documents (minus the dropped tail).
+    flat = [t for ids in first["input_ids"] for t in ids]
+    assert len(wiki_corpus.train) - 1 <= flat.count(tokenizer.eos_token_id) <= len(wiki_corpus.train)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr(blocks_module, "_pack", fail)
+    second = build_blocks(wiki_corpus.train, tokenizer, 64, wiki_corpus.domains, wiki_corpus.fingerprint, "train",
+                          tmp_path)
+    assert second["input_ids"] == first["input_ids"]
+    assert not [p for p in (tmp_path / "blocks").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_corpus_shorter_than_a_block_is_an_error(tmp_path, tokenizer):
+    (tmp_path / "tiny.txt").write_text("too short")
+    corpus = load_corpus([CorpusSpec(str(tmp_path / "tiny.txt"), validation_fraction=0.0)])
+    with pytest.raises(KinheritError, match="fewer tokens than one block"):
+        build_blocks(corpus.train, tokenizer, 512, corpus.domains, corpus.fingerprint, "train", tmp_path)
+
+
+def test_masking_rates(tokenizer):
+    torch.manual_seed(0)
+    ids = torch.randint(10, len(tokenizer), (64, 128))
+    batch = BlockCollator(tokenizer, masked=True, seed=3)([{"input_ids": row.tolist()} for row in ids])
+    selected = batch["labels"] != -100
+    rate = selected.float().mean().item()
+    assert 0.14 < rate < 0.16
+    assert torch.equal(batch["labels"][selected], ids[selected])
+    masked = (batch["input_ids"] == tokenizer.mask_token_id) & selected
+    unchanged = (batch["input_ids"] == ids) & selected
+    n = selected.sum().item()
+    assert 0.77 < masked.sum().item() / n < 0.83
+    assert 0.08 < unchanged.sum().item() / n < 0.12  # 10% kept (random replacements rarely hit the same id)
+    assert torch.equal(batch["input_ids"][~selected], ids[~selected])
+
+
+def test_fixed_seed_masking_repeats_and_causal_labels(tokenizer):
+    rows = [{"input_ids": list(range(10, 74)), "domain_id": 1}]
+    a = BlockCollator(tokenizer, masked=True, seed=7)(rows)
+    b = BlockCollator(tokenizer, masked=True, seed=7)(rows)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and a["domain_id"].tolist() == [1]
+    causal = BlockCollator(tokenizer, masked=False)(rows)
+    assert torch.equal(causal["labels"], causal["input_ids"])
+
+
+def test_load_tokenizer_error(tmp_path):
+    with pytest.raises(KinheritError, match="could not load a tokenizer"):
+        load_tokenizer(tmp_path)

@@ -1,0 +1,142 @@
+"""Experiment YAML schema, dependency order, seeds, skip-what-is-done, and the compute-saved analysis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from kinherit.errors import KinheritError
+from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, crossing, summarise
+from kinherit.experiment import load_experiment, parse_experiment, run_experiment
+
+BASE = {"name": "x", "corpora": {"wiki": {"source": "wikipedia"}},
+        "runs": [{"name": "teacher", "model": "llama-2x64"},
+                 {"name": "scratch", "model": "llama-2x128"},
+                 {"name": "ki", "model": "llama-2x128", "teachers": ["teacher"], "baseline": "scratch",
+                  "inherit": {"steps": 10}}]}
+
+
+def with_runs(runs, **extra):
+    return {**BASE, "runs": runs, **extra}
+
+
+def test_valid_experiment_orders_teachers_first():
+    experiment = parse_experiment(dict(BASE), output_dir="/tmp/unused")
+    order = experiment.order()
+    assert order.index("teacher") < order.index("ki")
+    assert experiment.runs["ki"].settings["learning_rate"] == 1e-3  # defaults applied
+    assert experiment.order(only=["ki"]) == ["teacher", "ki"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({**BASE, "runz": []}, r"unknown key\(s\) \['runz'\] in the experiment; valid keys"),
+    (with_runs([{"name": "a", "model": "llama-2x64", "lr": 1}]), r"unknown key\(s\) \['lr'\] in run #1; valid keys"),
+    (with_runs([{"name": "a", "model": "m", "inherit": {"stepz": 1}}]), r"\['stepz'\] in run 'a' inherit"),
+    (with_runs([{"name": "a", "model": "m", "teachers": ["b"]}, {"name": "b", "model": "m", "teachers": ["a"]}]),
+     "dependency cycle between runs: a -> b -> a"),
+    (with_runs([{"name": "a", "model": "m", "teachers": ["ghost"]}]), "unknown run 'ghost'"),
+    (with_runs([{"name": "a", "model": "m"}, {"name": "a", "model": "m"}]), "must be unique"),
+    (with_runs([{"name": "a", "model": "m", "corpus": "web"}]), "defined corpora"),
+    (with_runs([{"name": "a"}]), "has no model"),
+    ({"name": "x", "runs": []}, "needs name, corpora and runs"),
+])
+def test_invalid_experiments_are_clear_errors(data, message):
+    with pytest.raises(KinheritError, match=message):
+        parse_experiment(data, output_dir="/tmp/unused")
+
+
+def test_seeds_expand_and_pair_runs():
+    runs = [{"name": "teacher", "model": "m"},
+            {"name": "scratch", "model": "m", "seeds": [0, 1]},
+            {"name": "ki", "model": "m", "seeds": [0, 1], "teachers": ["teacher"], "baseline": "scratch"}]
+    experiment = parse_experiment(with_runs(runs), output_dir="/tmp/unused")
+    assert set(experiment.runs) == {"teacher", "scratch-s0", "scratch-s1", "ki-s0", "ki-s1"}
+    assert experiment.runs["ki-s1"].baseline == "scratch-s1" and experiment.runs["ki-s1"].teachers == ["teacher"]
+    assert experiment.runs["ki-s1"].seed == 1 and experiment.runs["ki-s1"].group == "ki"
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(KinheritError, match="does not exist"):
+        load_experiment(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(KinheritError, match="not valid YAML"):
+        load_experiment(tmp_path / "bad.yaml")
+
+
+def curve(points):
+    return [EvalPoint(step=s, loss=l, flops=s * 10.0, seconds=s * 2.0) for s, l in points]
+
+
+def test_compute_saved_interpolates_the_crossing():
+    baseline = curve([(0, 9.0), (100, 6.0), (200, 5.0)])
+    ki = curve([(0, 9.0), (50, 6.0), (100, 4.0), (200, 3.5)])
+    result = compute_saved(ki, baseline, teacher_loss=4.5)
+    # 5.0 is crossed halfway between step 50 (6.0) and 100 (4.0): step 75 of 200
+    assert result["steps_fraction"] == pytest.approx(0.375)
+    assert result["flops_fraction"] == pytest.approx(0.375) and result["time_fraction"] == pytest.approx(0.375)
+    assert result["ki_beats_teacher"] is True and result["ki_beats_baseline"] is True
+    assert result["ki_val_loss_at_equal_steps"][1] == {"step": 50, "ki": 6.0, "baseline": 7.5}
+
+
+def test_compute_saved_never_reached_is_none_not_a_number():
+    baseline = curve([(0, 9.0), (100, 5.0)])
+    ki = curve([(0, 9.0), (100, 5.2)])
+    result = compute_saved(ki, baseline, teacher_loss=None)
+    assert result["steps_fraction"] is None and result["flops_fraction"] is None and result["time_fraction"] is None
+    assert result["ki_beats_baseline"] is False
+    assert crossing(ki, 5.0) is None
+    assert summarise([None, 0.5, 0.7]) == pytest.approx({"mean": 0.6, "std": 0.1414213, "min": 0.5, "max": 0.7,
+                                                         "reached": 2, "runs": 3}, rel=1e-5)
+
+
+def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
+    config = {
+        "name": "mini", "output_dir": str(tmp_path / "out"),
+        "tokenizer": {"corpus": "wiki", "vocab_size": 400},
+        "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1, "max_documents": 20}},
+        "defaults": {"block_size": 32, "batch_size": 8, "eval_steps": 10, "logging_steps": 5, "save_steps": 10,
+                     "training_args": {"report_to": "none", "disable_tqdm": True}},
+        "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 30},
+                 {"name": "scratch", "model": "llama-2x64", "max_steps": 20},
+                 {"name": "ki", "model": "llama-2x64", "max_steps": 20, "teachers": ["teacher"],
+                  "baseline": "scratch", "inherit": {"steps": 10, "temperature": 1.0}}]}
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(config))
+    report = run_experiment(path)
+    out = tmp_path / "out"
+    saved = json.loads((out / "report.json").read_text())
+    entry = saved["compute_saved"]["ki"]
+    for key in ("steps_fraction", "flops_fraction", "time_fraction", "baseline_final_val_loss", "ki_final_val_loss",
+                "teacher_val_loss", "ki_val_loss_at_equal_steps"):
+        assert key in entry
+    assert report["headline"].startswith("KI (ki)")
+    assert (out / "validation_loss.png").stat().st_size > 10_000 and (out / "report.md").exists()
+    capsys.readouterr()
+    run_experiment(path)  # everything done: skipped, report rebuilt
+    assert capsys.readouterr().out.count("done, skipped") == 3
+    # an interrupted run (no run.json) resumes from its checkpoint
+    (out / "runs" / "ki" / "run.json").unlink()
+    run_experiment(path)
+    log = capsys.readouterr().out
+    assert "resuming checkpoint-20" in log and log.count("done, skipped") == 2
+    # a changed run is refused rather than silently mixed with old results
+    config["runs"][1]["max_steps"] = 25
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(KinheritError, match="made with other settings"):
+        run_experiment(path)
+    config["name"] = "other"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(KinheritError, match="holds experiment 'mini'"):
+        run_experiment(path)
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert files
+    for file in files:
+        load_experiment(file)

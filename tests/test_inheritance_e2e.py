@@ -1,0 +1,93 @@
+"""End to end on CPU: teachers pre-trained in the fixture, students trained with and without KI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kinherit.errors import KinheritError
+from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments, pretrain
+from kinherit.trainer import InheritanceArguments
+
+STEPS = 60
+
+
+def train(tmp, name, tokenizer_dir, model, steps, teachers=(), corpus=("wikipedia",), **inherit):
+    args = KinheritTrainingArguments(output_dir=str(tmp / name), max_steps=steps, eval_steps=steps // 2,
+                                     logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True,
+                                     per_device_train_batch_size=16, learning_rate=2e-3, seed=0, use_cpu=True)
+    data = DataArguments(corpus=list(corpus), tokenizer=str(tokenizer_dir), block_size=32, max_documents=30,
+                         validation_fraction=0.1, cache_dir=str(tmp / "cache"))
+    return pretrain(ModelArguments(model=model), data, InheritanceArguments(teacher=list(teachers), **inherit), args)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def teacher(workdir, tokenizer_dir):
+    summary = train(workdir, "teacher", tokenizer_dir, "llama-2x64", 300)
+    return workdir / "teacher", summary
+
+
+@pytest.fixture(scope="module")
+def scratch(workdir, tokenizer_dir):
+    return train(workdir, "scratch", tokenizer_dir, "llama-3x128", STEPS)
+
+
+def test_ki_student_beats_scratch_at_equal_steps(workdir, tokenizer_dir, teacher, scratch):
+    ki = train(workdir, "ki", tokenizer_dir, "llama-3x128", STEPS, teachers=[str(teacher[0])], inherit_steps=40,
+               temperature=1.0)
+    assert scratch["final_val_loss"] < 6.24 * 0.95  # far below ln(512) = 6.24: the baseline learns
+    assert ki["final_val_loss"] < scratch["final_val_loss"] - 0.05
+    records = [json.loads(line) for line in (workdir / "ki" / "log.jsonl").read_text().splitlines()]
+    alphas = [(r["step"], r["inherit/alpha"]) for r in records if "inherit/alpha" in r]
+    assert alphas and all(a == pytest.approx(max(0.0, 1 - s / 40)) for s, a in alphas)
+    assert any(a == 0.0 for _, a in alphas) and any(0 < a < 1 for _, a in alphas)
+    assert all("inherit/ki_loss" in r and "inherit/agreement" in r for r in records if "inherit/alpha" in r)
+    # only the student is saved, and it loads in plain transformers
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(workdir / "ki")
+    assert student.config.num_hidden_layers == 3
+
+
+def test_teacher_of_other_depth_and_width_and_two_mixed_teachers(workdir, tokenizer_dir, teacher):
+    other = train(workdir, "teacher2", tokenizer_dir, "llama-1x128", 100)
+    assert other["final_val_loss"] < 6.0
+    mixed = train(workdir, "mixed", tokenizer_dir, "llama-3x128", 20, teachers=[str(teacher[0]),
+                  str(workdir / "teacher2")], teacher_weights=[3.0, 1.0], inherit_steps=20)
+    assert torch.isfinite(torch.tensor(mixed["final_val_loss"]))
+
+
+def test_domain_routing_with_two_domains(workdir, tokenizer_dir, teacher):
+    corpus = ("wiki=wikipedia", "code=bible")
+    routed = train(workdir, "routed", tokenizer_dir, "llama-2x128", 20, teachers=[f"wiki={teacher[0]}",
+                   f"code={teacher[0]}"], corpus=corpus, inherit_steps=20)
+    assert torch.isfinite(torch.tensor(routed["final_val_loss"]))
+    with pytest.raises(KinheritError, match=r"\['code'\] have no routed teacher"):
+        train(workdir, "routed-missing", tokenizer_dir, "llama-2x128", 4, teachers=[f"wiki={teacher[0]}"],
+              corpus=corpus, inherit_steps=4)
+
+
+def test_vocabulary_mismatch_is_an_error(workdir, tokenizer_dir, teacher, wiki_corpus):
+    from kinherit.data import train_tokenizer
+
+    train_tokenizer(wiki_corpus.train, 600, workdir / "other-tok")
+    with pytest.raises(KinheritError, match=r"another tokenizer .* id 5\d\d"):
+        train(workdir, "mismatch", workdir / "other-tok", "llama-2x128", 2, teachers=[str(teacher[0])],
+              inherit_steps=2)
+
+
+def test_teacher_of_the_wrong_kind_is_an_error(workdir, tokenizer_dir, teacher):
+    with pytest.raises(KinheritError, match="causal LM but the student is a masked LM"):
+        train(workdir, "wrong-kind", tokenizer_dir, "roberta-2x64", 2, teachers=[str(teacher[0])], inherit_steps=2)
+
+
+def test_missing_teacher_path_is_an_error(workdir, tokenizer_dir):
+    with pytest.raises(KinheritError, match="not a model checkpoint folder"):
+        train(workdir, "missing", tokenizer_dir, "llama-2x128", 2, teachers=[str(workdir / "nope")], inherit_steps=2)

@@ -1,0 +1,150 @@
+"""InheritanceLoss against an independent float64 reference: values and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kinherit.errors import KinheritError
+from kinherit.inheritance import InheritanceLoss
+
+V = 23
+
+
+def reference(student, teachers, weights, labels, alpha, tau, divergence, beta=0.5):
+    """Plain float64 formulas, written from the definitions, over the valid positions only."""
+    s = student.double().reshape(-1, V)
+    valid = labels.reshape(-1) != -100
+    s = s[valid]
+    y = labels.reshape(-1)[valid]
+    if s.shape[0] == 0:
+        return None
+    ce = -torch.log_softmax(s, -1)[torch.arange(len(y)), y].mean()
+    w = torch.tensor(weights, dtype=torch.float64)
+    w = w / w.sum()
+    p = sum(wi * torch.softmax(t.double().reshape(-1, V)[valid] / tau, -1) for wi, t in zip(w, teachers))
+    q = torch.softmax(s / tau, -1)
+    if divergence == "forward_kl":
+        d = (p * (p.log() - q.log())).sum(-1)
+    elif divergence == "reverse_kl":
+        d = (q * (q.log() - p.log())).sum(-1)
+    elif divergence == "jsd":
+        m = beta * p + (1 - beta) * q
+        d = beta * (p * (p.log() - m.log())).sum(-1) + (1 - beta) * (q * (q.log() - m.log())).sum(-1)
+    else:
+        d = 0.5 * (p - q).abs().sum(-1)
+    ki = tau**2 * d.mean()
+    return (1 - alpha) * ce + alpha * ki, ce, ki
+
+
+def make(seed, shape=(3, 7), n_teachers=1, ignore=True):
+    g = torch.Generator().manual_seed(seed)
+    student = (torch.randn(*shape, V, generator=g) * 2).requires_grad_()
+    teachers = [torch.randn(*shape, V, generator=g) * 2 for _ in range(n_teachers)]
+    labels = torch.randint(0, V, shape, generator=g)
+    if ignore:
+        labels[0, :4] = -100
+        labels[-1, -1] = -100
+    return student, teachers, labels
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "tvd"])
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 4.0])
+@pytest.mark.parametrize("fused", [True, False])
+def test_values_and_gradients_match_float64_reference(divergence, tau, fused):
+    student, teachers, labels = make(hash((divergence, tau)) % 1000)
+    loss = InheritanceLoss(temperature=tau, divergence=divergence, beta=0.3 if divergence == "jsd" else 0.5,
+                           chunk_size=5, fused=fused)
+    parts = loss(student, teachers[0], labels, alpha=0.7)
+    parts.total.backward()
+    ref_student = student.detach().double().requires_grad_()
+    total, ce, ki = reference(ref_student, teachers, [1.0], labels, 0.7, tau, divergence,
+                              beta=0.3 if divergence == "jsd" else 0.5)
+    total.backward()
+    assert parts.total.item() == pytest.approx(total.item(), rel=1e-5, abs=1e-6)
+    assert parts.self_loss.item() == pytest.approx(ce.item(), rel=1e-5)
+    assert parts.ki_loss.item() == pytest.approx(ki.item(), rel=1e-4, abs=1e-6)
+    assert torch.allclose(student.grad.double(), ref_student.grad, atol=1e-6, rtol=1e-4)
+    assert parts.num_positions == int((labels != -100).sum())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_three_weighted_teachers(fused):
+    student, teachers, labels = make(5, n_teachers=3)
+    weights = [0.5, 0.3, 0.2]
+    parts = InheritanceLoss(temperature=2.0, chunk_size=4, fused=fused)(student, teachers, labels, alpha=0.4,
+                                                                       teacher_weights=[5, 3, 2])
+    parts.total.backward()
+    ref_student = student.detach().double().requires_grad_()
+    total, _, ki = reference(ref_student, teachers, weights, labels, 0.4, 2.0, "forward_kl")
+    total.backward()
+    assert parts.total.item() == pytest.approx(total.item(), rel=1e-5)
+    assert parts.ki_loss.item() == pytest.approx(ki.item(), rel=1e-5)
+    assert torch.allclose(student.grad.double(), ref_student.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_equals_unchunked():
+    student, teachers, labels = make(11, shape=(4, 16))
+    grads, values = [], []
+    for chunk in (1, 7, 10_000):
+        s = student.detach().clone().requires_grad_()
+        parts = InheritanceLoss(temperature=1.5, chunk_size=chunk)(s, teachers[0], labels, alpha=0.5)
+        parts.total.backward()
+        values.append(parts.total.item())
+        grads.append(s.grad)
+    assert values[0] == pytest.approx(values[1], rel=1e-6) and values[1] == pytest.approx(values[2], rel=1e-6)
+    assert torch.allclose(grads[0], grads[2], atol=1e-7) and torch.allclose(grads[1], grads[2], atol=1e-7)
+
+
+def test_fully_ignored_batch_is_finite_zero():
+    student, teachers, labels = make(2)
+    labels[:] = -100
+    parts = InheritanceLoss()(student, teachers[0], labels, alpha=0.5)
+    parts.total.backward()
+    assert parts.total.item() == 0.0 and math.isfinite(parts.self_loss.item())
+    assert torch.isfinite(student.grad).all() and (student.grad == 0).all()
+
+
+def test_alpha_zero_and_one_limits():
+    student, teachers, labels = make(3)
+    loss = InheritanceLoss(temperature=2.0)
+    zero = loss(student, teachers[0], labels, alpha=0.0)
+    one = loss(student, teachers[0], labels, alpha=1.0)
+    assert zero.total.item() == pytest.approx(zero.self_loss.item())
+    assert one.total.item() == pytest.approx(one.ki_loss.item())
+
+
+def test_bfloat16_logits_are_computed_in_float32():
+    student, teachers, labels = make(4)
+    exact = InheritanceLoss(temperature=2.0)(student, teachers[0], labels, alpha=0.5).total.item()
+    low = InheritanceLoss(temperature=2.0)(student.detach().bfloat16(), teachers[0].bfloat16(), labels, alpha=0.5)
+    assert low.total.dtype == torch.float32
+    assert low.total.item() == pytest.approx(exact, rel=2e-2)
+
+
+def test_padded_teacher_vocabulary_is_truncated():
+    student, teachers, labels = make(6)
+    padded = torch.cat([teachers[0], torch.full((*teachers[0].shape[:-1], 9), 50.0)], dim=-1)
+    plain = InheritanceLoss(vocab_size=V)(student, teachers[0], labels, alpha=0.6).total
+    cut = InheritanceLoss(vocab_size=V)(student, padded, labels, alpha=0.6).total
+    assert cut.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": 0.0}, "temperature must be a positive"),
+    ({"temperature": -1.0}, "temperature must be a positive"),
+    ({"divergence": "kl"}, "unknown divergence"),
+    ({"divergence": "jsd", "beta": 1.0}, "0 < beta < 1"),
+])
+def test_bad_options(kwargs, message):
+    with pytest.raises(KinheritError, match=message):
+        InheritanceLoss(**kwargs)
+
+
+@pytest.mark.parametrize("weights, message", [([1, -1], "non-negative"), ([0, 0], "all zero"), ([1], "2 teachers")])
+def test_bad_teacher_weights(weights, message):
+    student, teachers, labels = make(7, n_teachers=2)
+    with pytest.raises(KinheritError, match=message):
+        InheritanceLoss()(student, teachers, labels, alpha=0.5, teacher_weights=weights)

@@ -1,0 +1,63 @@
+"""Presets (paper sizes), checkpoints that plain transformers loads, and the command line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from kinherit.cli import main, merge_repeated
+from kinherit.errors import KinheritError
+from kinherit.models import load_model, model_kind, preset_config
+
+
+@pytest.mark.parametrize("name, millions", [("roberta-medium", 73.5), ("roberta-base", 124.7),
+                                            ("roberta-base-plus", 210.6), ("roberta-large", 355.4),
+                                            ("roberta-h4", 68.0), ("roberta-d384", 55.2)])
+def test_paper_presets_have_the_paper_sizes(name, millions):
+    with torch.device("meta"):
+        model = AutoModelForMaskedLM.from_config(preset_config(name, 50265, 512))
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.05)
+
+
+def test_small_presets_of_each_family(tokenizer):
+    for family, kind in (("roberta", "masked"), ("bert", "masked"), ("gpt2", "causal"), ("llama", "causal")):
+        model = load_model(f"{family}-2x64", tokenizer, 32)
+        assert model_kind(model.config) == kind and model.config.vocab_size == len(tokenizer)
+    with pytest.raises(KinheritError, match="unknown model preset"):
+        load_model("gpt5-huge", tokenizer, 32)
+
+
+def test_merge_repeated_flags():
+    assert merge_repeated(["--teacher", "a", "--x", "1", "--teacher=b", "--corpus", "c", "d"]) == [
+        "--x", "1", "--teacher", "a", "b", "--corpus", "c", "d"]
+
+
+def test_cli_pretrain_writes_a_checkpoint_pipelines_load(tmp_path, tokenizer_dir):
+    from transformers import pipeline
+
+    common = ["--tokenizer", str(tokenizer_dir), "--block_size", "32", "--max_documents", "20",
+              "--validation_fraction", "0.1", "--max_steps", "20", "--eval_steps", "10", "--report_to", "tensorboard",
+              "--disable_tqdm", "true", "--cache_dir", str(tmp_path / "cache"), "--use_cpu", "true"]
+    assert main(["pretrain", "--model", "roberta-2x64", "--output_dir", str(tmp_path / "mlm"), *common]) == 0
+    fill = pipeline("fill-mask", model=str(tmp_path / "mlm"))
+    assert len(fill("The history of the <mask> is long.")) == 5
+    assert list((tmp_path / "mlm").glob("runs/*/events.out.tfevents.*"))  # TensorBoard logs
+    assert (tmp_path / "mlm" / "model.safetensors").exists() and (tmp_path / "mlm" / "log.jsonl").exists()
+    assert main(["pretrain", "--model", "gpt2-2x64", "--output_dir", str(tmp_path / "clm"), *common]) == 0
+    generate = pipeline("text-generation", model=str(tmp_path / "clm"))
+    assert generate("The", max_new_tokens=5, do_sample=False)[0]["generated_text"].startswith("The")
+    # saved and reloaded models give identical outputs
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "clm")
+    model.save_pretrained(tmp_path / "copy")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "copy")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    assert main(["pretrain", "--corpus", "atlantis", "--output_dir", str(tmp_path)]) == 2
+    assert "kinherit: error: unknown corpus 'atlantis'" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
