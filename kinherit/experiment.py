@@ -118,10 +118,10 @@ def _expand_seeds(raw_runs: list[dict[str, Any]], default_seed: int) -> list[dic
             copy_ = {k: v for k, v in run.items() if k != "seeds"}
             copy_["name"], copy_["seed"], copy_["_group"] = f"{run['name']}-s{seed}", seed, run["name"]
 
-            def rename(ref: str, seed=seed) -> str:
+            def rename(ref: str, seed: int = seed, owner: str = run["name"]) -> str:
                 if ref in seeded:
                     if seed not in seeded[ref]:
-                        raise KinheritError(f"run {run['name']!r} with seed {seed} refers to {ref!r}, which has "
+                        raise KinheritError(f"run {owner!r} with seed {seed} refers to {ref!r}, which has "
                                             f"no seed {seed}; give both the same seeds")
                     return f"{ref}-s{seed}"
                 return ref
@@ -198,7 +198,8 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
                 raise KinheritError(f"run {spec.name!r} refers to unknown run {ref!r}; runs: {sorted(runs)}")
         weights = spec.settings.get("teacher_weights")
         if weights is not None and len(weights) != len(spec.teachers):
-            raise KinheritError(f"run {spec.name!r} has {len(weights)} teacher_weights for {len(spec.teachers)} teachers")
+            raise KinheritError(f"run {spec.name!r} has {len(weights)} teacher_weights for "
+                                f"{len(spec.teachers)} teachers")
     experiment = Experiment(name=str(data["name"]), output_dir=Path(output_dir or data.get("output_dir")
                                                                         or f"runs/{data['name']}"),
                             tokenizer=tokenizer, corpora=corpora, runs=runs, description=data.get("description", ""))

@@ -66,7 +66,7 @@ def test_yaml_file_errors(tmp_path):
 
 
 def curve(points):
-    return [EvalPoint(step=s, loss=l, flops=s * 10.0, seconds=s * 2.0) for s, l in points]
+    return [EvalPoint(step=s, loss=loss, flops=s * 10.0, seconds=s * 2.0) for s, loss in points]
 
 
 def test_compute_saved_interpolates_the_crossing():

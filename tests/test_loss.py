@@ -24,7 +24,7 @@ def reference(student, teachers, weights, labels, alpha, tau, divergence, beta=0
     ce = -torch.log_softmax(s, -1)[torch.arange(len(y)), y].mean()
     w = torch.tensor(weights, dtype=torch.float64)
     w = w / w.sum()
-    p = sum(wi * torch.softmax(t.double().reshape(-1, V)[valid] / tau, -1) for wi, t in zip(w, teachers))
+    p = sum(wi * torch.softmax(t.double().reshape(-1, V)[valid] / tau, -1) for wi, t in zip(w, teachers, strict=False))
     q = torch.softmax(s / tau, -1)
     if divergence == "forward_kl":
         d = (p * (p.log() - q.log())).sum(-1)
