@@ -24,8 +24,8 @@ def _check_steps(steps: int) -> None:
 
 
 @dataclass(frozen=True)
-class LinearDecay:
-    """The paper's schedule: alpha_t = max(0, start * (1 - t / steps)) (Qin et al., Eq. 2)."""
+class _Decay:
+    """A decay from `start` to 0 at step `steps`."""
 
     steps: int
     start: float = 1.0
@@ -33,6 +33,11 @@ class LinearDecay:
     def __post_init__(self) -> None:
         _check_steps(self.steps)
         _check_unit("start", self.start)
+
+
+@dataclass(frozen=True)
+class LinearDecay(_Decay):
+    """The paper's schedule: alpha_t = max(0, start * (1 - t / steps)) (Qin et al., Eq. 2)."""
 
     def __call__(self, step: int) -> float:
         return max(0.0, self.start * (1.0 - step / self.steps))
@@ -67,15 +72,8 @@ class StepSchedule:
 
 
 @dataclass(frozen=True)
-class CosineDecay:
+class CosineDecay(_Decay):
     """alpha_t = start * (1 + cos(pi * t / steps)) / 2 until `steps`, then 0."""
-
-    steps: int
-    start: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_steps(self.steps)
-        _check_unit("start", self.start)
 
     def __call__(self, step: int) -> float:
         if step >= self.steps:
