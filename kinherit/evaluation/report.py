@@ -79,7 +79,7 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
                     color=colours[i % len(colours)], label=f"{name} ({kind})")
         for j, (name, loss) in enumerate(teacher_losses.items()):
             ax.axhline(loss, color="grey", linestyle=["--", ":", "-."][j % 3], linewidth=1,
-                       label=f"teacher {name} final ({loss:.2f})")
+                       label=f"teacher '{name}' final ({loss:.2f})")
         for name, c in compute.items():
             ax.axhline(c["baseline_final_val_loss"], color="black", linewidth=0.6, alpha=0.5)
             if c["steps_fraction"] is not None and attr == "step":
