@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from transformers.trainer_utils import get_last_checkpoint
 
+from kinherit.atomic import write_json_atomic
 from kinherit.errors import KinheritError
 
 logger = logging.getLogger(__name__)
@@ -291,8 +292,6 @@ def _fingerprint(spec: RunSpec) -> str:
 
 def prepare_output(experiment: Experiment) -> None:
     """Claim the output folder for this experiment (refuse one that holds another experiment)."""
-    from kinherit.pretrain import write_json_atomic
-
     experiment.output_dir.mkdir(parents=True, exist_ok=True)
     manifest = experiment.output_dir / "experiment.json"
     if manifest.exists():
@@ -328,7 +327,7 @@ def ensure_tokenizer(experiment: Experiment) -> Path:
 def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
     """Run every unfinished run of the experiment in dependency order, then write the report."""
     from kinherit.evaluation.report import write_report
-    from kinherit.pretrain import RUN_MARKER, pretrain, write_json_atomic
+    from kinherit.pretrain import RUN_MARKER, pretrain
 
     experiment = load_experiment(path, output_dir)
     prepare_output(experiment)

@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from kinherit.atomic import write_json_atomic
 from kinherit.data import BlockCollator, CorpusSpec, build_blocks, load_corpus, load_tokenizer, train_tokenizer
 from kinherit.data.corpora import Corpus
 from kinherit.errors import KinheritError
@@ -150,7 +151,7 @@ def build_teachers(inherit: InheritanceArguments, tokenizer: PreTrainedTokenizer
         routes = {domains.index(d): i for i, d in enumerate(teacher_domains)}
         if inherit.teacher_weights:
             raise KinheritError("--teacher_weights and domain routing exclude each other; use one")
-    return TeacherSet(models, weights=inherit.teacher_weights or None, routes=routes, vocab_size=len(tokenizer))
+    return TeacherSet(models, weights=inherit.teacher_weights or None, routes=routes)
 
 
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
@@ -225,10 +226,3 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         tokenizer.save_pretrained(str(output_dir))
         write_json_atomic(output_dir / RUN_MARKER, summary)
     return summary
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file and rename it, so a reader never sees half a file."""
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(staging, path)

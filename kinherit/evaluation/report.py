@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kinherit.atomic import write_json_atomic, write_text_atomic
 from kinherit.errors import KinheritError
 from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, summarise
 
@@ -107,8 +108,6 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
 
 def write_report(folder: str | Path) -> dict[str, Any]:
     """Rebuild report.json, report.md and the plots of an experiment folder from its logs."""
-    from kinherit.pretrain import write_json_atomic
-
     folder = Path(folder)
     manifest_path = folder / "experiment.json"
     if not manifest_path.exists():
@@ -147,10 +146,7 @@ def write_report(folder: str | Path) -> dict[str, Any]:
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
               "runs_finished": sorted(n for n, s in summaries.items() if s), "plots": plots}
     write_json_atomic(folder / "report.json", report)
-    markdown = render_markdown(report, summaries)
-    staging = folder / ".report.md.tmp"
-    staging.write_text(markdown, encoding="utf-8")
-    staging.replace(folder / "report.md")
+    write_text_atomic(folder / "report.md", render_markdown(report, summaries))
     return report
 
 

@@ -75,14 +75,13 @@ class TeacherSet:
     """One or more frozen teachers and how their predictions combine into the target distribution."""
 
     def __init__(self, models: Sequence[PreTrainedModel], weights: Sequence[float] | None = None,
-                 routes: dict[int, int] | None = None, vocab_size: int | None = None) -> None:
+                 routes: dict[int, int] | None = None) -> None:
         if not models:
             raise KinheritError("a TeacherSet needs at least one teacher")
         self.models = [freeze(m) for m in models]
         self.parts = [backbone_and_head(m) for m in self.models]
         self.routes = routes
         self.weights = normalise_weights(weights, len(models)) if routes is None else None
-        self.vocab_size = vocab_size or min(m.config.vocab_size for m in models)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                       domain_ids: torch.Tensor | None) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
