@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
+from kinherit.errors import KinheritError
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.divergences import IGNORE_INDEX, chunked_loss, loss_chunk, validate_options
 from kinherit.inheritance.schedules import SCHEDULES, AdaptiveSchedule, make_schedule
@@ -50,6 +52,8 @@ class InheritanceArguments:
     chunk_size: int = field(default=1024, metadata={"help": "Positions per chunk of the fused head and loss."})
     fused_loss: bool = field(default=True, metadata={
         "help": "Closed-form gradient of CE + forward KL per chunk (False: autograd, slower, same result)."})
+    compile_loss: bool = field(default=True, metadata={
+        "help": "torch.compile the fused forward-KL kernel (falls back to eager, with a warning, if it fails)."})
     teacher_dtype: str = field(default="auto", metadata={
         "help": "auto (bfloat16 on a CUDA device that supports it, else float32), float32, bfloat16, float16."})
 
@@ -118,7 +122,8 @@ class InheritanceTrainer(Trainer):
         self.clock_start: float | None = None
         self.eval_seconds = 0.0
         self.teacher_val_losses: list[float] | None = None
-        self._stats = torch.zeros(4, dtype=torch.float64)  # ce sum, ki sum, agreements, positions
+        # ce sum, ki sum, agreements, positions, positions taught by a teacher
+        self._stats = torch.zeros(5, dtype=torch.float64)
         self.add_callback(_Clock(self))
 
     # ---------------------------------------------------------------- the loss
@@ -154,7 +159,7 @@ class InheritanceTrainer(Trainer):
             if use_teacher:
                 target = self.teachers.target(chunk, teacher_hidden, row_teacher, args.temperature, vocab)
             return loss_chunk(logits, target, labels[chunk], alpha, args.temperature, args.divergence,
-                              args.jsd_beta, args.fused_loss)
+                              args.jsd_beta, args.fused_loss, args.compile_loss)
 
         total, stats = chunked_loss(compute, positions, args.chunk_size, [hidden], list(params), n_stats=3)
         count = positions.numel()
@@ -163,9 +168,22 @@ class InheritanceTrainer(Trainer):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         if model.training:
-            self._stats += torch.tensor([*stats.tolist(), count], dtype=torch.float64)
+            ce, ki, agree = stats.tolist()
+            self._check_finite(ce, ki if use_teacher else 0.0)
+            self._stats += torch.tensor([ce, ki, agree, count, count if use_teacher else 0], dtype=torch.float64)
             self._count_flops(input_ids, count, use_teacher, inputs.get("domain_id"))
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _check_finite(self, self_sum: float, ki_sum: float) -> None:
+        """Stop with an error naming the step and the term when a loss term is NaN or infinite."""
+        bad = [name for name, value in (("self-learning (cross-entropy)", self_sum), ("KI (divergence)", ki_sum))
+               if not math.isfinite(value)]
+        if bad:
+            saved = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+            last = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was saved yet"
+            raise KinheritError(
+                f"non-finite {' and '.join(bad)} loss at step {self.state.global_step + 1}; training stopped and "
+                f"{last}. Lower the learning rate, set --max_grad_norm, or check the teacher and the data.")
 
     def _count_flops(self, input_ids: torch.Tensor, positions: int, use_teacher: bool,
                      domain_ids: torch.Tensor | None) -> None:
@@ -192,12 +210,13 @@ class InheritanceTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the inheritance statistics, cumulative FLOPs and training time to every log record."""
         if "loss" in logs and self._stats[3] > 0:
-            ce, ki, agree, count = self._stats.tolist()
+            ce, ki, agree, count, taught = self._stats.tolist()
             logs["inherit/self_loss"] = ce / count
             if self.teachers is not None:
                 logs["inherit/alpha"] = self.inheritance_rate()
-                logs["inherit/ki_loss"] = ki / count
-                logs["inherit/agreement"] = agree / count
+            if taught > 0:  # the KI terms are only computed while the teacher runs
+                logs["inherit/ki_loss"] = ki / taught
+                logs["inherit/agreement"] = agree / taught
             self._stats.zero_()
         logs.setdefault("train_flops", self.train_flops)
         logs.setdefault("train_seconds", self.train_seconds())

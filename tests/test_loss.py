@@ -50,13 +50,17 @@ def make(seed, shape=(3, 7), n_teachers=1, ignore=True):
     return student, teachers, labels
 
 
+# The three ways of computing the gradient: autograd, the closed form, and the closed form compiled.
+PATHS = {"autograd": {"fused": False}, "fused": {"fused": True}, "compiled": {"fused": True, "compiled": True}}
+
+
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "tvd"])
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 4.0])
-@pytest.mark.parametrize("fused", [True, False])
-def test_values_and_gradients_match_float64_reference(divergence, tau, fused):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_values_and_gradients_match_float64_reference(divergence, tau, path):
     student, teachers, labels = make(hash((divergence, tau)) % 1000)
     loss = InheritanceLoss(temperature=tau, divergence=divergence, beta=0.3 if divergence == "jsd" else 0.5,
-                           chunk_size=5, fused=fused)
+                           chunk_size=5, **PATHS[path])
     parts = loss(student, teachers[0], labels, alpha=0.7)
     parts.total.backward()
     ref_student = student.detach().double().requires_grad_()
@@ -70,12 +74,12 @@ def test_values_and_gradients_match_float64_reference(divergence, tau, fused):
     assert parts.num_positions == int((labels != -100).sum())
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_three_weighted_teachers(fused):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_three_weighted_teachers(path):
     student, teachers, labels = make(5, n_teachers=3)
     weights = [0.5, 0.3, 0.2]
-    parts = InheritanceLoss(temperature=2.0, chunk_size=4, fused=fused)(student, teachers, labels, alpha=0.4,
-                                                                       teacher_weights=[5, 3, 2])
+    parts = InheritanceLoss(temperature=2.0, chunk_size=4, **PATHS[path])(student, teachers, labels, alpha=0.4,
+                                                                         teacher_weights=[5, 3, 2])
     parts.total.backward()
     ref_student = student.detach().double().requires_grad_()
     total, _, ki = reference(ref_student, teachers, weights, labels, 0.4, 2.0, "forward_kl")
@@ -148,3 +152,19 @@ def test_bad_teacher_weights(weights, message):
     student, teachers, labels = make(7, n_teachers=2)
     with pytest.raises(KinheritError, match=message):
         InheritanceLoss()(student, teachers, labels, alpha=0.5, teacher_weights=weights)
+
+
+def test_failed_compilation_falls_back_to_the_same_result(monkeypatch):
+    from kinherit.inheritance import divergences
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no compiler")
+
+    kernel = divergences._CompiledKernel()
+    monkeypatch.setattr(divergences, "_COMPILED_KERNEL", kernel)
+    monkeypatch.setattr(torch, "compile", broken)
+    student, teachers, labels = make(8)
+    eager = InheritanceLoss(temperature=2.0)(student, teachers[0], labels, alpha=0.3).total
+    with pytest.warns(UserWarning, match="no compiler"):
+        fallback = InheritanceLoss(temperature=2.0, compiled=True)(student, teachers[0], labels, alpha=0.3).total
+    assert kernel.failed and fallback.item() == eager.item()

@@ -12,6 +12,7 @@ chunk by chunk inside the forward pass (`chunked_loss`), so no float32 tensor of
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -63,50 +64,48 @@ def mixture_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float
 
 @dataclass
 class Target:
-    """A tempered teacher distribution over one chunk: probs = exp(scores - lse), all float32.
+    """A teacher distribution over one chunk of positions: P_T = softmax(scores * scale), in float32.
 
-    For one teacher `scores` are its logits / tau and `lse` their logsumexp, so the log-probabilities
-    are never materialised on the fused path; for a mixture `scores` are the mixture's log-probabilities.
+    For one teacher `scores` are its raw logits (any float dtype) and `scale` is 1 / tau, so nothing is
+    copied before the loss kernel; for a mixture `scores` are the mixture's log-probabilities and `scale` 1.
     """
 
-    probs: torch.Tensor
     scores: torch.Tensor
-    lse: torch.Tensor
+    scale: float
 
     @property
     def log_probs(self) -> torch.Tensor:
-        """log P_T (materialised)."""
-        return self.scores - self.lse.unsqueeze(-1)
+        """log P_T in float32 (materialised)."""
+        return F.log_softmax(self.scores.float() * self.scale, dim=-1)
 
     @classmethod
     def from_logits(cls, logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float) -> Target:
         """The tempered target of one teacher, or the weighted mixture of several (in log space)."""
         active = [(z, w) for z, w in zip(logits, weights, strict=True) if w > 0]
         if len(active) == 1:
-            scores = active[0][0].float() / temperature
-            probs, lse = _softmax_and_lse(scores)
-            return cls(probs, scores, lse)
+            return cls(active[0][0], 1.0 / temperature)
         mixed = mixture_log_probs([tempered_log_probs(z, temperature) for z, _ in active], [w for _, w in active])
-        return cls(mixed.exp(), mixed, mixed.new_zeros(mixed.shape[0]))
+        return cls(mixed, 1.0)
 
     @classmethod
     def assemble(cls, parts: Sequence[tuple[torch.Tensor, Target]], rows: int) -> Target:
-        """One target from targets of disjoint row subsets (domain routing)."""
+        """One target from targets of disjoint row subsets (domain routing); all parts share one scale."""
         first = parts[0][1]
-        probs = first.probs.new_empty(rows, first.probs.shape[-1])
-        scores, lse = torch.empty_like(probs), first.lse.new_empty(rows)
+        if any(part.scale != first.scale for _, part in parts):
+            raise KinheritError("routed targets must share one temperature")
+        scores = first.scores.new_empty(rows, first.scores.shape[-1])
         for index, part in parts:
-            probs[index], scores[index], lse[index] = part.probs, part.scores, part.lse
-        return cls(probs, scores, lse)
+            scores[index] = part.scores
+        return cls(scores, first.scale)
 
 
-def _softmax_and_lse(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax, logsumexp) of float32 rows with one exponential pass."""
-    peak = logits.amax(-1, keepdim=True)
-    probs = (logits - peak).exp_()
+def _softmax_lse_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(softmax, logsumexp, argmax) of float32 rows with one exponential pass."""
+    peak, top = scores.max(-1, keepdim=True)
+    probs = (scores - peak).exp_()
     total = probs.sum(-1, keepdim=True)
     probs.div_(total)
-    return probs, (peak + total.log()).squeeze(-1)
+    return probs, (peak + total.log()).squeeze(-1), top.squeeze(-1)
 
 
 def divergence_per_position(target_logp: torch.Tensor, student_logp: torch.Tensor, divergence: str,
@@ -151,38 +150,80 @@ def chunk_terms(student_logits: torch.Tensor, target: Target | None, labels: tor
     return ce, ki, agree
 
 
+def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
+                       alpha: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
+    """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below)."""
+    rows = torch.arange(z.shape[0], device=z.device)
+    probs, lse, top = _softmax_lse_argmax(z)
+    ce = (lse - z[rows, labels]).sum()
+    target = scores.float() if scale == 1.0 else scores.float() * scale
+    p, target_lse, target_top = _softmax_lse_argmax(target)
+    if temperature == 1.0:
+        q, q_lse, tempered = probs, lse, z
+    else:
+        tempered = z / temperature
+        q, q_lse, _ = _softmax_lse_argmax(tempered)
+    dot = torch.einsum("ij,ij->i", p, target) - torch.einsum("ij,ij->i", p, tempered)
+    kl = (dot - target_lse + q_lse).sum()
+    agree = (top == target_top).sum().float()
+    step = alpha * temperature
+    # At tau = 1 the tempered softmax is the plain one: both terms share one tensor.
+    grad = probs.mul_(1.0 - alpha + step) if temperature == 1.0 else probs.mul_(1.0 - alpha).add_(q.mul_(step))
+    grad.sub_(p.mul_(step))
+    grad[rows, labels] -= 1.0 - alpha
+    return ce, kl * temperature**2, agree, grad
+
+
+class _CompiledKernel:
+    """`torch.compile` of the forward-KL kernel (one fused pass per reduction), built on first use.
+
+    Dynamic shapes, so chunks of any length share one graph; alpha is a tensor so that its decay
+    does not recompile. If compilation fails (no C++ compiler, unsupported device), the eager kernel
+    is used from then on, with a warning.
+    """
+
+    def __init__(self) -> None:
+        self.function = None
+        self.failed = False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                if self.function is None:
+                    self.function = torch.compile(_forward_kl_kernel, dynamic=True)
+                return self.function(*args)
+            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the same math
+                warnings.warn(f"torch.compile of the KI loss failed, using the eager kernel: {error}", stacklevel=2)
+                self.failed = True
+        return _forward_kl_kernel(*args)
+
+
+_COMPILED_KERNEL = _CompiledKernel()
+
+
 @torch.no_grad()
-def fused_forward_kl_terms(logits: torch.Tensor, target: Target | None, labels: torch.Tensor,
-                           alpha: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                      torch.Tensor]:
+def fused_forward_kl_terms(logits: torch.Tensor, target: Target | None, labels: torch.Tensor, alpha: float,
+                           temperature: float, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                 torch.Tensor, torch.Tensor]:
     """The forward-KL loss terms and their gradient with respect to the logits, in closed form.
 
     Returns (CE sum, tau^2 * KL sum, top-1 agreements, d total / d logits) for
     total = (1 - alpha) * CE + alpha * tau^2 * KL(P_T^tau || P_S^tau), using
     KL = sum_v p_T * (scores_T - z / tau) - lse_T + lse(z / tau),
     d CE / dz = softmax(z) - onehot and d tau^2 KL / dz = tau * (softmax(z / tau) - p_T).
-    This makes a few passes over the [chunk, V] tensor where autograd makes several dozen.
+    This makes a few passes over the [chunk, V] tensor where autograd makes several dozen;
+    `compiled` fuses them further with `torch.compile`.
     """
     z = logits.float()
-    rows = torch.arange(z.shape[0], device=z.device)
-    probs, lse = _softmax_and_lse(z)
-    ce = (lse - z[rows, labels]).sum()
     if target is None:
+        rows = torch.arange(z.shape[0], device=z.device)
+        probs, lse, _top = _softmax_lse_argmax(z)
+        ce = (lse - z[rows, labels]).sum()
         probs[rows, labels] -= 1.0
         zero = z.new_zeros(())
         return ce, zero, zero, probs
-    tempered = z / temperature if temperature != 1.0 else z
-    q, lse_t = (probs, lse) if temperature == 1.0 else _softmax_and_lse(tempered)
-    p = target.probs
-    dot = torch.einsum("ij,ij->i", p, target.scores) - torch.einsum("ij,ij->i", p, tempered)
-    kl = (dot - target.lse + lse_t).sum()
-    agree = (z.argmax(-1) == target.scores.argmax(-1)).sum().float()
-    scale = alpha * temperature
-    # At tau = 1 the tempered softmax is the plain one: both terms share one tensor.
-    grad = probs.mul_(1.0 - alpha + scale) if temperature == 1.0 else probs.mul_(1.0 - alpha).add_(q, alpha=scale)
-    grad.sub_(p, alpha=scale)
-    grad[rows, labels] -= 1.0 - alpha
-    return ce, kl * temperature**2, agree, grad
+    args = (z, target.scores, target.scale, labels, torch.tensor(alpha, device=z.device), temperature)
+    return _COMPILED_KERNEL(*args) if compiled else _forward_kl_kernel(*args)
 
 
 ChunkResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
@@ -190,14 +231,17 @@ ChunkFn = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor]], Chunk
 
 
 def loss_chunk(logits: torch.Tensor, target: Target | None, labels: torch.Tensor, alpha: float,
-               temperature: float, divergence: str, beta: float, fused: bool = True) -> ChunkResult:
+               temperature: float, divergence: str, beta: float, fused: bool = True,
+               compiled: bool = False) -> ChunkResult:
     """One chunk's `(output, grad_output, loss, stats)` for `chunked_loss`; stats = (CE, KI, agreements).
 
     Forward KL (and pure self-learning) takes the closed-form gradient when `fused`; every other
-    divergence goes through autograd. Without a target the loss is the cross-entropy alone.
+    divergence goes through autograd. Without a target the loss is the cross-entropy alone. `compiled`
+    runs the forward-KL kernel through `torch.compile`.
     """
     if fused and divergence == "forward_kl":
-        ce, ki, agree, grad = fused_forward_kl_terms(logits.detach(), target, labels, alpha, temperature)
+        ce, ki, agree, grad = fused_forward_kl_terms(logits.detach(), target, labels, alpha, temperature,
+                                                          compiled)
         loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
         return logits, grad.to(logits.dtype), loss, torch.stack([ce, ki, agree])
     ce, ki, agree = chunk_terms(logits, target, labels, temperature, divergence, beta)
@@ -301,13 +345,16 @@ class InheritanceLoss:
     `loss(student_logits, teacher_logits, labels, alpha)` with logits `[..., V]` and labels `[...]`
     (-100 ignored). `teacher_logits` may be a list of tensors; `teacher_weights` then gives their
     mixture weights (normalised to sum to one). Padded vocabulary rows (beyond `vocab_size`) are cut.
-    `fused=False` takes every gradient through autograd (the plain path the fused one is tested against).
+    `fused=False` takes every gradient through autograd (the plain path the fused one is tested against);
+    `compiled=True` runs the fused forward-KL kernel through `torch.compile`.
     """
 
     def __init__(self, temperature: float = 2.0, divergence: str = "forward_kl", beta: float = 0.5,
-                 chunk_size: int = 1024, vocab_size: int | None = None, fused: bool = True) -> None:
+                 chunk_size: int = 1024, vocab_size: int | None = None, fused: bool = True,
+                 compiled: bool = False) -> None:
         validate_options(temperature, divergence, beta)
         self.fused = fused
+        self.compiled = compiled
         self.temperature = temperature
         self.divergence = divergence
         self.beta = beta
@@ -344,7 +391,7 @@ class InheritanceLoss:
                 with torch.no_grad():
                     target = Target.from_logits([t[chunk][:, :vocab] for t in teachers], weights, self.temperature)
             return loss_chunk(logits, target, flat_labels[chunk], alpha, self.temperature, self.divergence,
-                              self.beta, self.fused)
+                              self.beta, self.fused, self.compiled)
 
         total, stats = chunked_loss(compute, index, self.chunk_size, [student], [], n_stats=3)
         count = max(int(index.numel()), 1)

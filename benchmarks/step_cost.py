@@ -1,0 +1,260 @@
+"""Cost of a KI training step against self-learning and a naive KD step: time, FLOP bound and peak memory.
+
+For each configuration (a masked and a causal pair, demo-sized and large) this times, in one process
+after warm-up, the self-learning step (our own fast path: logits only at valid positions, fused
+head and loss in chunks), our KI step (the same plus the teacher), the KI step with the eager (not
+compiled) loss kernel, and a naive KD step as it is commonly written (full-vocabulary logits at
+every position from the models' standard forward, then `F.kl_div`). Peak memory of each step is
+measured in a separate child process by maximum resident set size on CPU, and by
+`torch.cuda.max_memory_allocated` on CUDA. Models are randomly initialised: timings do not depend
+on the weights.
+
+    python benchmarks/step_cost.py --help
+    python benchmarks/step_cost.py --configs causal-demo masked-demo --json step_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast, TrainingArguments
+
+from kinherit.evaluation.flops import FlopModel
+from kinherit.inheritance.teachers import TeacherSet, freeze
+from kinherit.models import load_model
+from kinherit.trainer import InheritanceArguments, InheritanceTrainer
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A student/teacher pair and the batch it is timed on."""
+
+    student: str
+    teacher: str
+    vocab: int
+    batch: int
+    block: int
+
+    @property
+    def masked(self) -> bool:
+        return not self.student.startswith(("llama", "gpt2"))
+
+
+CONFIGS = {
+    "causal-demo": Pair("llama-4x256", "llama-2x128", 8192, 16, 128),
+    "masked-demo": Pair("roberta-4x256", "roberta-2x128", 8192, 16, 128),
+    "causal-32k": Pair("llama-4x256", "llama-2x128", 32768, 16, 512),
+    "masked-32k": Pair("roberta-4x256", "roberta-2x128", 32768, 16, 512),
+}
+VARIANTS = ("self", "ki", "ki_eager", "naive")
+
+
+def stand_in_tokenizer(size: int) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of `size` ids: building a model reads only its size and special ids."""
+    vocab = {f"t{i}": i for i in range(size)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                                   pad_token="t1", eos_token="t2", bos_token="t3", cls_token="t3", sep_token="t2",
+                                   mask_token="t4")
+
+
+class Bench:
+    """The models, one batch, and a step function per variant for one configuration."""
+
+    def __init__(self, pair: Pair, device: torch.device, temperature: float) -> None:
+        torch.manual_seed(0)
+        tokenizer = stand_in_tokenizer(pair.vocab)
+        self.pair, self.device = pair, device
+        self.student = load_model(pair.student, tokenizer, pair.block).to(device)
+        self.teacher = freeze(load_model(pair.teacher, tokenizer, pair.block)).to(device)
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(5, pair.vocab, (pair.batch, pair.block), generator=generator)
+        labels = ids.clone()
+        if pair.masked:
+            masked = torch.rand(ids.shape, generator=generator) < 0.15
+            labels[~masked] = -100
+            ids = torch.where(masked, torch.full_like(ids, 4), ids)
+        self.batch = {"input_ids": ids.to(device), "labels": labels.to(device),
+                      "attention_mask": torch.ones_like(ids).to(device)}
+        self.positions = int((labels != -100).sum()) if pair.masked else pair.batch * (pair.block - 1)
+        self.temperature = temperature
+        self.output_dir = tempfile.mkdtemp(prefix="kinherit-bench-")
+
+    def trainer(self, with_teacher: bool, compiled: bool = True) -> InheritanceTrainer:
+        inherit = InheritanceArguments(inherit_schedule="constant", inherit_value=0.5, temperature=self.temperature,
+                                       compile_loss=compiled)
+        args = TrainingArguments(self.output_dir, report_to="none", use_cpu=self.device.type == "cpu")
+        return InheritanceTrainer(model=self.student, args=args, inherit_args=inherit, vocab_size=self.pair.vocab,
+                                  teachers=TeacherSet([self.teacher]) if with_teacher else None)
+
+    def step(self, variant: str):
+        """A function that runs one forward and backward of `variant` (gradients zeroed first)."""
+        if variant == "naive":
+            return self.naive_step
+        trainer = self.trainer(with_teacher=variant != "self", compiled=variant != "ki_eager")
+
+        def ours() -> None:
+            self.student.zero_grad(set_to_none=True)
+            trainer.compute_loss(self.student, self.batch).backward()
+        return ours
+
+    def naive_step(self) -> None:
+        """Full logits at every position from both models' standard forward, then F.kl_div over all of them."""
+        self.student.zero_grad(set_to_none=True)
+        out = self.student(**self.batch)
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=self.batch["input_ids"]).logits
+        tau = self.temperature
+        kl = F.kl_div(F.log_softmax(out.logits / tau, -1), F.log_softmax(teacher_logits / tau, -1),
+                      log_target=True, reduction="batchmean")
+        (0.5 * out.loss + 0.5 * tau**2 * kl).backward()
+
+    def bound(self) -> tuple[float, float, float]:
+        """(bound, student step FLOPs, teacher forward FLOPs) counted for the actual models and batch."""
+        tokens = self.pair.batch * self.pair.block
+        student = FlopModel.of(self.student).train_step(tokens, self.pair.block, self.positions)
+        teacher = FlopModel.of(self.teacher).forward(tokens, self.pair.block, self.positions)
+        return 1.0 + teacher / student, float(student), float(teacher)
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(bench: Bench, variant: str, warmup: int, repeats: int) -> list[float]:
+    """Seconds per step of `variant` over `repeats` repetitions after `warmup` untimed ones."""
+    step = bench.step(variant)
+    for _ in range(warmup):
+        step()
+    synchronise(bench.device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        synchronise(bench.device)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def matmul_flops_per_second(device: torch.device, size: int, repeats: int = 5) -> float:
+    """Throughput of a large float32 matrix product: the machine's practical peak for our models."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    synchronise(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        synchronise(device)
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times)
+
+
+def peak_memory_mb(config: str, variant: str, device: torch.device, temperature: float) -> float:
+    """Peak memory of two steps of `variant`: CUDA allocator peak in process, else a child's max RSS."""
+    if device.type == "cuda":
+        bench = Bench(CONFIGS[config], device, temperature)
+        step = bench.step(variant)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        step()
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        del bench, step
+        torch.cuda.empty_cache()
+        return peak
+    command = [sys.executable, __file__, "--child", config, variant, "--temperature", str(temperature)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory child for {config}/{variant} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def child(config: str, variant: str, temperature: float) -> None:
+    """Run two steps of one variant and print this process's maximum resident set size."""
+    bench = Bench(CONFIGS[config], torch.device("cpu"), temperature)
+    step = bench.step(variant)
+    step()
+    step()
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    """Parse options, measure every configuration, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compilation included)")
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "VARIANT"), help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        child(*options.child, options.temperature)
+        return
+    device = torch.device(options.device)
+    peak = matmul_flops_per_second(device, options.matmul_size)
+    results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "temperature": options.temperature, "matmul_flops_per_second": peak, "configs": {}}
+    print(f"device {device}, {torch.get_num_threads()} threads; {options.matmul_size}^3 float32 matmul: "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    for config in options.configs:
+        pair = CONFIGS[config]
+        bench = Bench(pair, device, options.temperature)
+        bound, student_flops, teacher_flops = bench.bound()
+        times = {variant: time_steps(bench, variant, options.warmup, options.repeats) for variant in VARIANTS}
+        del bench
+        median = {variant: statistics.median(t) for variant, t in times.items()}
+        entry = {
+            "pair": pair.__dict__, "bound": bound, "student_step_flops": student_flops,
+            "teacher_forward_flops": teacher_flops,
+            "seconds": {v: {"median": median[v], "min": min(t), "max": max(t)} for v, t in times.items()},
+            "ki_over_self": median["ki"] / median["self"],
+            "ki_over_bound": median["ki"] / median["self"] / bound,
+            "naive_over_ki": median["naive"] / median["ki"],
+            "eager_over_compiled": median["ki_eager"] / median["ki"],
+            "self_flops_per_second": student_flops / median["self"],
+            "self_fraction_of_matmul": student_flops / median["self"] / peak,
+        }
+        if not options.no_memory:
+            entry["peak_mb"] = {v: peak_memory_mb(config, v, device, options.temperature) for v in VARIANTS}
+        results["configs"][config] = entry
+        report(config, entry)
+    if options.json:
+        with open(options.json + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+        os.replace(options.json + ".tmp", options.json)
+
+
+def report(config: str, entry: dict) -> None:
+    """Print one configuration's table."""
+    pair = entry["pair"]
+    print(f"\n{config}: student {pair['student']}, teacher {pair['teacher']}, vocabulary {pair['vocab']}, "
+          f"{pair['batch']}x{pair['block']} tokens")
+    print(f"{'step':10s} {'median s':>9s} {'min s':>8s} {'max s':>8s} {'peak MB':>9s}")
+    for variant, seconds in entry["seconds"].items():
+        memory = entry.get("peak_mb", {}).get(variant)
+        print(f"{variant:10s} {seconds['median']:9.3f} {seconds['min']:8.3f} {seconds['max']:8.3f} "
+              f"{memory if memory is None else f'{memory:9.0f}'}")
+    print(f"bound {entry['bound']:.3f}  ki/self {entry['ki_over_self']:.3f} ({entry['ki_over_bound']:.3f} x bound)  "
+          f"naive/ki {entry['naive_over_ki']:.2f}  eager/compiled {entry['eager_over_compiled']:.2f}  "
+          f"self {entry['self_flops_per_second'] / 1e9:.1f} GFLOP/s = {entry['self_fraction_of_matmul']:.0%} of matmul")
+
+
+if __name__ == "__main__":
+    main()
