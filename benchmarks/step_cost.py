@@ -182,13 +182,26 @@ def peak_memory_mb(config: str, variant: str, device: torch.device, temperature:
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size. Linux's VmHWM starts afresh at exec; ru_maxrss is kept
+    across exec (it would report the parent's peak), so it is only the fallback elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(config: str, variant: str, temperature: float) -> None:
-    """Run two steps of one variant and print this process's maximum resident set size."""
+    """Run two steps of one variant and print this process's peak resident set size."""
     bench = Bench(CONFIGS[config], torch.device("cpu"), temperature)
     step = bench.step(variant)
     step()
     step()
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_mb": peak_rss_mb()}))
 
 
 def main() -> None:

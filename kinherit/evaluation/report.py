@@ -87,7 +87,7 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
                 ax.axvline(c["reached_at_step"], color="black", linewidth=0.6, alpha=0.5)
                 ax.annotate(f"{name} reaches the scratch final\nat {_percent(c['steps_fraction'])} of the steps",
                             (c["reached_at_step"], c["baseline_final_val_loss"]), textcoords="offset points",
-                            xytext=(8, 25), fontsize=9)
+                            xytext=(10, 60), fontsize=9)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         ax.set_ylim(min(finals) - 0.15, top)
@@ -98,7 +98,8 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     secondary.set_yticklabels([f"{math.exp(t):.0f}" for t in ticks])
     secondary.set_ylabel("validation perplexity")
     axes[0].legend(fontsize=8, loc="upper right")
-    figure.suptitle("Validation loss: Knowledge Inheritance vs self-learning")
+    has_ki = any(runs.get(name, {}).get("teachers") for name in students)
+    figure.suptitle("Validation loss: Knowledge Inheritance vs self-learning" if has_ki else "Validation loss")
     figure.tight_layout()
     name = "validation_loss.png"
     figure.savefig(folder / name, dpi=110)
