@@ -81,13 +81,14 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
         for j, (name, loss) in enumerate(teacher_losses.items()):
             ax.axhline(loss, color="grey", linestyle=["--", ":", "-."][j % 3], linewidth=1,
                        label=f"teacher '{name}' final ({loss:.2f})")
-        for name, c in compute.items():
+        for k, (name, c) in enumerate(compute.items()):
             ax.axhline(c["baseline_final_val_loss"], color="black", linewidth=0.6, alpha=0.5)
             if c["steps_fraction"] is not None and attr == "step":
                 ax.axvline(c["reached_at_step"], color="black", linewidth=0.6, alpha=0.5)
-                ax.annotate(f"{name} reaches the scratch final\nat {_percent(c['steps_fraction'])} of the steps",
+                # one line per KI run, stacked, so that several seeds stay legible
+                ax.annotate(f"{name}: baseline's final at {_percent(c['steps_fraction'])} of the steps",
                             (c["reached_at_step"], c["baseline_final_val_loss"]), textcoords="offset points",
-                            xytext=(10, 60), fontsize=9)
+                            xytext=(10, 60 + 13 * k), fontsize=8.5)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         ax.set_ylim(min(finals) - 0.15, top)
