@@ -33,8 +33,16 @@ TRAIN_KEYS = {"model", "corpus", "max_steps", "learning_rate", "batch_size", "gr
               "weight_decay", "lr_scheduler", "max_grad_norm", "eval_steps", "logging_steps", "save_steps",
               "mlm_probability", "training_args", "inherit", "seed"}
 RUN_KEYS = TRAIN_KEYS | {"name", "teachers", "teacher_weights", "routing", "baseline", "seeds", "description"}
-INHERIT_KEYS = {"schedule", "steps", "start", "value", "time_constant", "margin", "temperature", "divergence",
-                "jsd_beta", "chunk_size", "teacher_dtype"}
+# An `inherit:` key of the YAML -> the `InheritanceArguments` field it sets and how its value is read
+# (None: taken as YAML gives it). Keys left out keep the field's own default.
+INHERIT_FIELDS = {"schedule": ("inherit_schedule", str), "steps": ("inherit_steps", int),
+                  "start": ("inherit_start", float), "value": ("inherit_value", float),
+                  "time_constant": ("inherit_time_constant", float), "margin": ("inherit_margin", float),
+                  "temperature": ("temperature", float), "divergence": ("divergence", str),
+                  "jsd_beta": ("jsd_beta", float), "chunk_size": ("chunk_size", int),
+                  "teacher_dtype": ("teacher_dtype", str), "compile_loss": ("compile_loss", None),
+                  "fused_loss": ("fused_loss", None)}
+INHERIT_KEYS = set(INHERIT_FIELDS)
 DEFAULTS = {"block_size": 128, "batch_size": 16, "grad_accum": 1, "learning_rate": 1e-3, "warmup": 0.05,
             "weight_decay": 0.01, "lr_scheduler": "linear", "max_grad_norm": 1.0, "eval_steps": 50,
             "logging_steps": 10, "save_steps": 200, "mlm_probability": 0.15, "max_steps": 1000}
@@ -253,24 +261,18 @@ def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, c
                          validation_fraction=float(_first_corpus_setting(experiment, corpus_names,
                                                                          "validation_fraction", 0.05)),
                          max_documents=_first_corpus_setting(experiment, corpus_names, "max_documents", None))
-    inherit_settings = dict(s.get("inherit") or {})
     teacher_dirs = {name: str(experiment.output_dir / "runs" / name) for name in spec.dependencies()}
     if spec.routing:
         teacher_args = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
     else:
         teacher_args = [teacher_dirs[name] for name in spec.teachers]
-    inherit = InheritanceArguments(
-        teacher=teacher_args, teacher_weights=[float(w) for w in s.get("teacher_weights") or []],
-        temperature=float(inherit_settings.get("temperature", 2.0)),
-        divergence=inherit_settings.get("divergence", "forward_kl"),
-        jsd_beta=float(inherit_settings.get("jsd_beta", 0.5)),
-        inherit_schedule=inherit_settings.get("schedule", "linear"),
-        inherit_steps=inherit_settings.get("steps"), inherit_start=float(inherit_settings.get("start", 1.0)),
-        inherit_value=float(inherit_settings.get("value", 0.5)),
-        inherit_time_constant=inherit_settings.get("time_constant"),
-        inherit_margin=float(inherit_settings.get("margin", 0.0)),
-        chunk_size=int(inherit_settings.get("chunk_size", 1024)),
-        teacher_dtype=inherit_settings.get("teacher_dtype", "auto"))
+    inherit_fields = {}
+    for key, value in (s.get("inherit") or {}).items():
+        field_name, read = INHERIT_FIELDS[key]
+        inherit_fields[field_name] = read(value) if read is not None and value is not None else value
+    inherit = InheritanceArguments(teacher=teacher_args,
+                                   teacher_weights=[float(w) for w in s.get("teacher_weights") or []],
+                                   **inherit_fields)
     extra = dict(s.get("training_args") or {})
     training = KinheritTrainingArguments(
         output_dir=str(run_dir), max_steps=int(s["max_steps"]), learning_rate=float(s["learning_rate"]),

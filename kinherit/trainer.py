@@ -11,14 +11,15 @@ self-learning on the same fast path and no teacher runs.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from kinherit.errors import KinheritError
 from kinherit.evaluation.flops import FlopModel
@@ -169,7 +170,7 @@ class InheritanceTrainer(Trainer):
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         if model.training:
             ce, ki, agree = stats.tolist()
-            self._check_finite(ce, ki if use_teacher else 0.0)
+            self._check_finite(ce, ki)
             self._stats += torch.tensor([ce, ki, agree, count, count if use_teacher else 0], dtype=torch.float64)
             self._count_flops(input_ids, count, use_teacher, inputs.get("domain_id"))
         return (loss, {"loss": loss}) if return_outputs else loss
@@ -179,8 +180,9 @@ class InheritanceTrainer(Trainer):
         bad = [name for name, value in (("self-learning (cross-entropy)", self_sum), ("KI (divergence)", ki_sum))
                if not math.isfinite(value)]
         if bad:
-            saved = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            last = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was saved yet"
+            output_dir = self.args.output_dir
+            saved = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+            last = f"the last good checkpoint is {saved}" if saved else "no checkpoint was saved yet"
             raise KinheritError(
                 f"non-finite {' and '.join(bad)} loss at step {self.state.global_step + 1}; training stopped and "
                 f"{last}. Lower the learning rate, set --max_grad_norm, or check the teacher and the data.")

@@ -9,7 +9,7 @@ import yaml
 
 from kinherit.errors import KinheritError
 from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, crossing, summarise
-from kinherit.experiment import load_experiment, parse_experiment, run_experiment
+from kinherit.experiment import load_experiment, parse_experiment, run_arguments, run_experiment
 
 BASE = {"name": "x", "corpora": {"wiki": {"source": "wikipedia"}},
         "runs": [{"name": "teacher", "model": "llama-2x64"},
@@ -140,3 +140,21 @@ def test_shipped_configs_are_valid():
     assert files
     for file in files:
         load_experiment(file)
+
+
+def test_inherit_keys_reach_the_inheritance_arguments(tmp_path):
+    inherit = {"schedule": "cosine", "steps": 30, "start": 0.8, "temperature": 1.5, "divergence": "jsd",
+               "jsd_beta": 0.3, "chunk_size": 64, "teacher_dtype": "float32", "compile_loss": False,
+               "fused_loss": False}
+    runs = [{"name": "teacher", "model": "llama-2x64"},
+            {"name": "ki", "model": "llama-2x128", "teachers": ["teacher"], "inherit": inherit}]
+    experiment = parse_experiment(with_runs(runs), output_dir=str(tmp_path))
+    _model, _data, args, _training = run_arguments(experiment, experiment.runs["ki"], tmp_path / "tok", tmp_path)
+    assert (args.inherit_schedule, args.inherit_steps, args.inherit_start) == ("cosine", 30, 0.8)
+    assert (args.temperature, args.divergence, args.jsd_beta, args.chunk_size) == (1.5, "jsd", 0.3, 64)
+    assert (args.teacher_dtype, args.compile_loss, args.fused_loss) == ("float32", False, False)
+    assert args.teacher == [str(tmp_path / "runs" / "teacher")]
+    # keys left out keep the dataclass defaults
+    plain = parse_experiment(with_runs([runs[0], {**runs[1], "inherit": {"steps": 5}}]), output_dir=str(tmp_path))
+    defaults = run_arguments(plain, plain.runs["ki"], tmp_path / "tok", tmp_path)[2]
+    assert (defaults.temperature, defaults.compile_loss, defaults.inherit_schedule) == (2.0, True, "linear")

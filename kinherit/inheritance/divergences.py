@@ -150,12 +150,17 @@ def chunk_terms(student_logits: torch.Tensor, target: Target | None, labels: tor
     return ce, ki, agree
 
 
+def _cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs."""
+    rows = torch.arange(z.shape[0], device=z.device)
+    probs, lse, top = _softmax_lse_argmax(z)
+    return rows, probs, lse, top, (lse - z[rows, labels]).sum()
+
+
 def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
                        alpha: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
     """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below)."""
-    rows = torch.arange(z.shape[0], device=z.device)
-    probs, lse, top = _softmax_lse_argmax(z)
-    ce = (lse - z[rows, labels]).sum()
+    rows, probs, lse, top, ce = _cross_entropy_terms(z, labels)
     target = scores.float() if scale == 1.0 else scores.float() * scale
     p, target_lse, target_top = _softmax_lse_argmax(target)
     if temperature == 1.0:
@@ -216,9 +221,7 @@ def fused_forward_kl_terms(logits: torch.Tensor, target: Target | None, labels: 
     """
     z = logits.float()
     if target is None:
-        rows = torch.arange(z.shape[0], device=z.device)
-        probs, lse, _top = _softmax_lse_argmax(z)
-        ce = (lse - z[rows, labels]).sum()
+        rows, probs, _lse, _top, ce = _cross_entropy_terms(z, labels)
         probs[rows, labels] -= 1.0
         zero = z.new_zeros(())
         return ce, zero, zero, probs
