@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers.trainer_utils import get_last_checkpoint
 
 from kinherit.atomic import write_json_atomic
 from kinherit.errors import KinheritError
+from kinherit.sealed import last_good_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         model, data, inherit, training = run_arguments(experiment, spec, tokenizer_path, cache_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
-        last = get_last_checkpoint(str(run_dir))
+        last = last_good_checkpoint(run_dir)
         training.resume_from_checkpoint = last
         teachers = f" from {', '.join(spec.dependencies())}" if spec.dependencies() else ""
         resumed = f", resuming {Path(last).name}" if last else ""

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from kinherit.errors import KinheritError
+from kinherit.sealed import is_sealed, verify
 
 MASKED_TYPES = {"roberta", "bert", "xlm-roberta", "camembert", "distilbert", "electra", "deberta", "deberta-v2"}
 CAUSAL_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "opt", "phi", "phi3", "gemma", "olmo"}
@@ -141,16 +142,34 @@ def is_checkpoint(path: str) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").exists()
 
 
+def check_finished(folder: str) -> None:
+    """Refuse a checkpoint folder that is known to be incomplete or corrupt.
+
+    A sealed folder (ours) is verified against its manifest; a `kinherit pretrain` output folder with
+    a model but neither manifest nor run.json was interrupted while saving its final model. Other
+    folders load as they are.
+    """
+    if is_sealed(folder):
+        verify(folder, "model checkpoint")
+    elif (Path(folder) / "log.jsonl").exists() and not (Path(folder) / "run.json").exists():
+        raise KinheritError(f"{folder} is the output of a `kinherit pretrain` run that did not finish saving its "
+                            "model; resume that run (same command with --resume_from_checkpoint auto) or use one "
+                            "of its checkpoint-N folders")
+
+
 def load_model(source: str, tokenizer: PreTrainedTokenizerBase | None = None, block_size: int = 128,
                trust_remote_code: bool = False, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """A model from a checkpoint folder (weights loaded), a config.json (fresh weights), or a preset."""
     if is_checkpoint(source):
+        check_finished(source)
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         try:
             return _auto_class(model_kind(config)).from_pretrained(
                 source, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
-        except OSError as error:
-            raise KinheritError(f"could not load model weights from {source}: {str(error).splitlines()[0]}") from error
+        except Exception as error:  # truncated or foreign weight files fail deep inside the loaders
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise KinheritError(f"could not load model weights from {source}: {first}. Check that the folder "
+                                "holds a complete checkpoint (re-save or re-download it)") from error
     if source.endswith(".json"):
         if not os.path.exists(source):
             raise KinheritError(f"model config file {source} does not exist; check the path")

@@ -11,20 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
-from kinherit.atomic import write_json_atomic
+from kinherit.atomic import write_json_atomic, write_text_atomic
 from kinherit.data import BlockCollator, CorpusSpec, build_blocks, load_corpus, load_tokenizer, train_tokenizer
 from kinherit.data.corpora import Corpus
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, load_teacher, parse_teacher_specs, resolve_dtype
 from kinherit.models import is_checkpoint, load_model, model_kind, non_embedding_parameters
+from kinherit.sealed import last_good_checkpoint, seal, unseal, verify
 from kinherit.trainer import InheritanceArguments, InheritanceTrainer
 
 logger = logging.getLogger(__name__)
@@ -93,9 +95,15 @@ class JsonlLogger(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # A resumed run re-does the steps after its checkpoint: drop their records from the file.
         if state.is_world_process_zero and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a run killed while writing it
+                    continue
+                if record.get("step", 0) <= state.global_step:
+                    kept.append(line)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -155,20 +163,44 @@ def build_teachers(inherit: InheritanceArguments, tokenizer: PreTrainedTokenizer
 
 
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from: the one named (verified), the last good one for 'auto', or None."""
     resume = training_args.resume_from_checkpoint
     if resume in (None, "", "False", "false"):
         return None
     if resume in ("True", "true", "auto", "last"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        return last
+        return last_good_checkpoint(training_args.output_dir)
     if not os.path.isdir(resume):
         raise KinheritError(f"--resume_from_checkpoint {resume} is not a folder; give a checkpoint-N folder or 'auto'")
+    verify(resume, "checkpoint")
     return resume
 
 
+def save_final(trainer: InheritanceTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> None:
+    """Save the final model and tokenizer into `output_dir`, sealed: staged, moved in file by file, then sealed.
+
+    Until the manifest is written the folder reads as unfinished (`check_finished`), so a run killed
+    while saving never leaves a model that loads as if it were complete.
+    """
+    unseal(output_dir)
+    (output_dir / RUN_MARKER).unlink(missing_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=output_dir))
+    try:
+        trainer.save_model(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        names = [p.name for p in staging.iterdir() if p.is_file()]
+        for name in names:
+            os.replace(staging / name, output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    seal(output_dir, names)
+
+
 def pretrain(model_args: ModelArguments, data: DataArguments, inherit: InheritanceArguments,
-             training_args: TrainingArguments) -> dict[str, Any]:
-    """Train a student (with KI when teachers are given); returns the run summary written to run.json."""
+             training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+    """Train a student (with KI when teachers are given); returns the run summary written to run.json.
+
+    `callbacks` are added to the Trainer's (for example early stopping or custom logging).
+    """
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(parse_corpus_specs(data))
@@ -196,10 +228,10 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
     masked = kind == "masked"
     trainer = InheritanceTrainer(
         model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
-        data_collator=BlockCollator(tokenizer, masked, data.mlm_probability),
+        data_collator=BlockCollator(tokenizer, masked, data.mlm_probability, seed=training_args.seed),
         eval_collator=BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed),
         processing_class=tokenizer, teachers=teachers, inherit_args=inherit, vocab_size=len(tokenizer),
-        callbacks=[JsonlLogger(output_dir / LOG_FILE)])
+        callbacks=[JsonlLogger(output_dir / LOG_FILE), *(callbacks or [])])
     resume = _resume_checkpoint(training_args)
     if resume is None and (output_dir / LOG_FILE).exists() and trainer.is_world_process_zero():
         (output_dir / LOG_FILE).unlink()  # a fresh start: the old log belongs to another run
@@ -222,7 +254,6 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         "corpus_fingerprint": corpus.fingerprint,
     }
     if trainer.is_world_process_zero():
-        trainer.save_model(str(output_dir))
-        tokenizer.save_pretrained(str(output_dir))
+        save_final(trainer, tokenizer, output_dir)
         write_json_atomic(output_dir / RUN_MARKER, summary)
     return summary

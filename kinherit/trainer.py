@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from kinherit.errors import KinheritError
 from kinherit.evaluation.flops import FlopModel
@@ -27,6 +27,9 @@ from kinherit.inheritance.divergences import IGNORE_INDEX, chunked_loss, loss_ch
 from kinherit.inheritance.schedules import SCHEDULES, AdaptiveSchedule, make_schedule
 from kinherit.inheritance.teachers import TeacherSet
 from kinherit.models import backbone_and_head, model_kind
+from kinherit.sealed import last_good_checkpoint, rotate_checkpoints, seal, unseal
+
+NONFINITE = ("stop", "skip")
 
 
 @dataclass
@@ -57,9 +60,14 @@ class InheritanceArguments:
         "help": "torch.compile the fused forward-KL kernel (falls back to eager, with a warning, if it fails)."})
     teacher_dtype: str = field(default="auto", metadata={
         "help": "auto (bfloat16 on a CUDA device that supports it, else float32), float32, bfloat16, float16."})
+    nonfinite: str = field(default="stop", metadata={
+        "help": "On a NaN or infinite loss: stop (error naming the step, the term and the last good checkpoint) "
+                "or skip (that batch adds no gradient; counted as inherit/skipped_batches in the log)."})
 
     def __post_init__(self) -> None:
         validate_options(self.temperature, self.divergence, self.jsd_beta)
+        if self.nonfinite not in NONFINITE:
+            raise KinheritError(f"--nonfinite {self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
 
     def schedule(self):
         """The configured inheritance-rate schedule."""
@@ -77,6 +85,18 @@ def target_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:
     return shifted.reshape(-1)
 
 
+class _MaskEpoch(TrainerCallback):
+    """Tell the training collator which epoch begins, so masks depend on (seed, epoch, block) only."""
+
+    def __init__(self, trainer: InheritanceTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.trainer.data_collator, "set_epoch"):
+            # state.epoch is whole at an epoch's start and fractional when resuming inside one
+            self.trainer.data_collator.set_epoch(math.floor(state.epoch + 1e-6))
+
+
 class _Clock(TrainerCallback):
     """Wall-clock seconds spent training (evaluation time excluded), continued across resumes."""
 
@@ -88,6 +108,7 @@ class _Clock(TrainerCallback):
             if "train_seconds" in record:
                 self.trainer.train_seconds_offset = record["train_seconds"]
                 self.trainer.train_flops = record.get("train_flops", 0.0)
+                self.trainer.skipped_batches = int(record.get("inherit/skipped_batches", 0))
                 break
         self.trainer.clock_start = time.perf_counter()
         self.trainer.eval_seconds = 0.0
@@ -119,6 +140,7 @@ class InheritanceTrainer(Trainer):
         self.student_flops = FlopModel.of(self.model)
         self.teacher_flops = [FlopModel.of(m) for m in teachers.models] if teachers is not None else []
         self.train_flops = 0.0
+        self.skipped_batches = 0
         self.train_seconds_offset = 0.0
         self.clock_start: float | None = None
         self.eval_seconds = 0.0
@@ -126,6 +148,7 @@ class InheritanceTrainer(Trainer):
         # ce sum, ki sum, agreements, positions, positions taught by a teacher
         self._stats = torch.zeros(5, dtype=torch.float64)
         self.add_callback(_Clock(self))
+        self.add_callback(_MaskEpoch(self))
 
     # ---------------------------------------------------------------- the loss
     def inheritance_rate(self) -> float:
@@ -170,22 +193,32 @@ class InheritanceTrainer(Trainer):
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         if model.training:
             ce, ki, agree = stats.tolist()
-            self._check_finite(ce, ki)
+            if not self._check_finite(ce, ki):
+                self.skipped_batches += 1  # a leaf with no graph: backward leaves every gradient untouched
+                zero = torch.zeros((), device=loss.device, requires_grad=True)
+                return (zero, {"loss": zero}) if return_outputs else zero
             self._stats += torch.tensor([ce, ki, agree, count, count if use_teacher else 0], dtype=torch.float64)
             self._count_flops(input_ids, count, use_teacher, inputs.get("domain_id"))
         return (loss, {"loss": loss}) if return_outputs else loss
 
-    def _check_finite(self, self_sum: float, ki_sum: float) -> None:
-        """Stop with an error naming the step and the term when a loss term is NaN or infinite."""
+    def _check_finite(self, self_sum: float, ki_sum: float) -> bool:
+        """True if both loss terms are finite; else stop with an error naming the step and the term
+        (or, with `--nonfinite skip`, return False so the batch is skipped)."""
         bad = [name for name, value in (("self-learning (cross-entropy)", self_sum), ("KI (divergence)", ki_sum))
                if not math.isfinite(value)]
-        if bad:
-            output_dir = self.args.output_dir
-            saved = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if not bad:
+            return True
+        if self.inherit_args.nonfinite == "skip":
+            return False
+        try:
+            saved = last_good_checkpoint(self.args.output_dir)
             last = f"the last good checkpoint is {saved}" if saved else "no checkpoint was saved yet"
-            raise KinheritError(
-                f"non-finite {' and '.join(bad)} loss at step {self.state.global_step + 1}; training stopped and "
-                f"{last}. Lower the learning rate, set --max_grad_norm, or check the teacher and the data.")
+        except KinheritError as error:
+            last = f"no checkpoint could be verified ({error})"
+        raise KinheritError(
+            f"non-finite {' and '.join(bad)} loss at step {self.state.global_step + 1}; training stopped and "
+            f"{last}. Lower the learning rate, set --max_grad_norm, check the teacher and the data, or pass "
+            "--nonfinite skip to skip such batches.")
 
     def _count_flops(self, input_ids: torch.Tensor, positions: int, use_teacher: bool,
                      domain_ids: torch.Tensor | None) -> None:
@@ -201,6 +234,27 @@ class InheritanceTrainer(Trainer):
                     share = routed.count(index) / max(batch, 1)
                 flops += share * teacher.forward(tokens, length, positions)
         self.train_flops += flops
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, sealed with a manifest once complete; older ones are rotated out only then.
+
+        A checkpoint cut short (killed while saving) has no manifest and is never resumed from, and the
+        checkpoints it would have replaced are still there.
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        limit = self.args.save_total_limit
+        if self.args.should_save and os.path.isdir(folder):
+            unseal(folder)  # a stale checkpoint of the same step is about to be overwritten
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            seal(folder)
+            rotate_checkpoints(run_dir, limit, self.state.global_step, protect=self.state.best_model_checkpoint)
 
     # ---------------------------------------------------------------- logging
     def train_seconds(self) -> float:
@@ -220,6 +274,8 @@ class InheritanceTrainer(Trainer):
                 logs["inherit/ki_loss"] = ki / taught
                 logs["inherit/agreement"] = agree / taught
             self._stats.zero_()
+        if self.skipped_batches:
+            logs["inherit/skipped_batches"] = self.skipped_batches
         logs.setdefault("train_flops", self.train_flops)
         logs.setdefault("train_seconds", self.train_seconds())
         super().log(logs, start_time)

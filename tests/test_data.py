@@ -148,6 +148,21 @@ def test_fixed_seed_masking_repeats_and_causal_labels(tokenizer):
     assert torch.equal(causal["labels"], causal["input_ids"])
 
 
+def test_masks_are_a_function_of_seed_epoch_and_block(tokenizer):
+    blocks = [{"input_ids": list(range(10 + i, 74 + i)), "index": 100 + i} for i in range(4)]
+    collator = BlockCollator(tokenizer, masked=True, seed=7)
+    state = torch.get_rng_state()
+    first = collator(blocks)
+    assert torch.equal(torch.get_rng_state(), state)  # no global random state consumed
+    assert torch.equal(collator(blocks)["input_ids"], first["input_ids"])  # every evaluation sees the same masks
+    alone = collator([blocks[2]])  # the same block in another batch, at another position
+    assert torch.equal(alone["labels"][0], first["labels"][2])
+    collator.set_epoch(1)
+    assert not torch.equal(collator(blocks)["labels"], first["labels"])  # masked afresh in each epoch
+    other_seed = BlockCollator(tokenizer, masked=True, seed=8)(blocks)
+    assert not torch.equal(other_seed["labels"], first["labels"])
+
+
 def test_load_tokenizer_error(tmp_path):
     with pytest.raises(KinheritError, match="could not load a tokenizer"):
         load_tokenizer(tmp_path)

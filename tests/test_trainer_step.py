@@ -10,10 +10,11 @@ from transformers import TrainingArguments
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models import load_model
+from kinherit.sealed import seal
 from kinherit.trainer import InheritanceArguments, InheritanceTrainer
 
 
-def make_trainer(tmp_path, tokenizer, poison: str) -> tuple[InheritanceTrainer, dict]:
+def make_trainer(tmp_path, tokenizer, poison: str, nonfinite: str = "stop") -> tuple[InheritanceTrainer, dict]:
     torch.manual_seed(0)
     student = load_model("llama-1x64", tokenizer, 32)
     teacher = freeze(load_model("llama-1x64", tokenizer, 32))
@@ -22,7 +23,8 @@ def make_trainer(tmp_path, tokenizer, poison: str) -> tuple[InheritanceTrainer, 
             (student if poison == "student" else teacher).get_output_embeddings().weight[:, 0] = float("nan")
     args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True)
     trainer = InheritanceTrainer(model=student, args=args, teachers=TeacherSet([teacher]),
-                                 inherit_args=InheritanceArguments(inherit_steps=100), vocab_size=len(tokenizer))
+                                 inherit_args=InheritanceArguments(inherit_steps=100, nonfinite=nonfinite),
+                                 vocab_size=len(tokenizer))
     ids = torch.randint(5, len(tokenizer), (2, 32))
     return trainer, {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
 
@@ -30,11 +32,31 @@ def make_trainer(tmp_path, tokenizer, poison: str) -> tuple[InheritanceTrainer, 
 @pytest.mark.parametrize("poison, term", [("student", "self-learning"), ("teacher", "KI")])
 def test_non_finite_loss_names_step_and_term(tmp_path, tokenizer, poison, term):
     trainer, batch = make_trainer(tmp_path, tokenizer, poison)
-    (tmp_path / "checkpoint-200").mkdir()
-    (tmp_path / "checkpoint-1000").mkdir()
+    for step in (200, 1000):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"weights")
+    seal(tmp_path / "checkpoint-200")  # checkpoint-1000 has no manifest: its writing was cut short
     trainer.model.train()
-    with pytest.raises(KinheritError, match=f"non-finite {term}.*at step 1;.*checkpoint-1000"):
+    with pytest.raises(KinheritError, match=f"non-finite {term}.*at step 1;.*good checkpoint is .*checkpoint-200"):
         trainer.compute_loss(trainer.model, batch)
+
+
+@pytest.mark.parametrize("poison", ["student", "teacher"])
+def test_non_finite_batches_can_be_skipped_and_are_counted(tmp_path, tokenizer, poison):
+    trainer, batch = make_trainer(tmp_path, tokenizer, poison, nonfinite="skip")
+    trainer.model.train()
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    assert loss.item() == 0.0 and trainer.skipped_batches == 1
+    assert all(p.grad is None for p in trainer.model.parameters())  # AdamW leaves such parameters as they are
+    trainer.log({"loss": 0.0})
+    assert trainer.state.log_history[-1]["inherit/skipped_batches"] == 1
+
+
+def test_unknown_nonfinite_policy_is_an_error():
+    with pytest.raises(KinheritError, match="--nonfinite 'ignore' is not one of stop, skip"):
+        InheritanceArguments(nonfinite="ignore")
 
 
 def test_finite_loss_passes(tmp_path, tokenizer):

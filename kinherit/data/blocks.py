@@ -3,15 +3,14 @@
 Documents are joined with the end-of-sequence token and cut into blocks of `block_size` tokens,
 one domain at a time (so each block has a single domain tag). The result is cached under a key made
 of the corpus fingerprint, the tokenizer fingerprint and the block length; the cache is written to a
-temporary folder and renamed, so a half-written cache is never read.
+temporary folder, sealed with a manifest of its files' digests and renamed, so a half-written or
+corrupt cache is never read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
@@ -20,8 +19,9 @@ from transformers import PreTrainedTokenizerBase
 
 from kinherit.data.tokenizer import tokenizer_fingerprint
 from kinherit.errors import KinheritError
+from kinherit.sealed import staged_folder, verify
 
-CACHE_FORMAT = "blocks-v1"
+CACHE_FORMAT = "blocks-v2"  # v2: sealed with a manifest, blocks carry their index
 
 
 def default_cache_dir() -> Path:
@@ -59,7 +59,7 @@ def _pack(docs: Dataset, tokenizer: PreTrainedTokenizerBase, block_size: int, do
 
 def build_blocks(docs: Dataset, tokenizer: PreTrainedTokenizerBase, block_size: int, domains: list[str],
                  corpus_fingerprint: str, split: str, cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Return the packed blocks of `docs` (columns input_ids, domain_id), building the cache if needed."""
+    """Return the packed blocks of `docs` (columns input_ids, domain_id, index), building the cache if needed."""
     if block_size < 2:
         raise KinheritError(f"block_size must be at least 2, got {block_size}")
     key = hashlib.sha256(
@@ -68,22 +68,17 @@ def build_blocks(docs: Dataset, tokenizer: PreTrainedTokenizerBase, block_size: 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / "blocks" / f"{split}-{block_size}-{key}"
     if target.exists():
+        verify(target, "block cache")
         try:
             return datasets.load_from_disk(str(target))
         except Exception as error:
             raise KinheritError(f"block cache {target} is unreadable ({error}); delete that folder and "
                                 "run again to rebuild it") from error
     blocks = _pack(docs, tokenizer, block_size, domains)
+    blocks = blocks.add_column("index", list(range(len(blocks))))  # keys each block's masks (see collate.py)
     if len(blocks) == 0:
         raise KinheritError(f"the {split} split has fewer tokens than one block of {block_size}; use more "
                             "documents, a larger validation_fraction, or a smaller block_size")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:  # another process may win the race; its copy is then kept
         blocks.save_to_disk(str(staging))
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not target.exists():  # another process may have won the race to build it
-            raise
     return datasets.load_from_disk(str(target))

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from kinherit.errors import KinheritError
+from kinherit.sealed import is_sealed, staged_folder, verify
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
                   "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
@@ -45,18 +45,18 @@ def train_tokenizer(texts: Dataset, vocab_size: int, output_dir: str | os.PathLi
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | os.PathLike) -> None:
-    """Save atomically: written to a temporary folder, then renamed into place."""
+    """Save as a sealed folder: written to a temporary folder, then renamed into place (replacing `output_dir`)."""
     target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tokenizer.save_pretrained(staging)
     if target.exists():
         shutil.rmtree(target)
-    os.replace(staging, target)
+    with staged_folder(target) as staging:
+        tokenizer.save_pretrained(staging)
 
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
-    """Load an HF tokenizer from a folder or hub name; it must be a fast tokenizer."""
+    """Load an HF tokenizer from a folder or hub name; it must be a fast tokenizer (a sealed folder is verified)."""
+    if is_sealed(path):
+        verify(path, "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
