@@ -8,10 +8,21 @@ from pathlib import Path
 from typing import Any
 
 
+def _staging(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path` and rename it into place."""
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging = _staging(path)
     staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+
+
+def save_figure_atomic(figure: Any, path: Path, **options: Any) -> None:
+    """`figure.savefig` to a temporary file beside `path` (same format), then rename it into place."""
+    staging = _staging(path)
+    figure.savefig(staging, format=path.suffix.lstrip("."), **options)
     os.replace(staging, path)
 
 

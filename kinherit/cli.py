@@ -46,16 +46,38 @@ def merge_repeated(argv: Sequence[str], flags: Sequence[str] = REPEATABLE) -> li
     return rest
 
 
-def run_pretrain(argv: Sequence[str]) -> int:
-    """Parse `TrainingArguments` plus our dataclasses and train."""
+def parse_pretrain_args(argv: Sequence[str]) -> tuple:
+    """`kinherit pretrain` options as (ModelArguments, DataArguments, InheritanceArguments, TrainingArguments).
+
+    Every problem with them (unknown flag, bad value, inconsistent `TrainingArguments`) is a `KinheritError`.
+    """
     from transformers import HfArgumentParser
 
-    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments, pretrain
+    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
     from kinherit.trainer import InheritanceArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, InheritanceArguments, KinheritTrainingArguments),
-                              prog="kinherit pretrain", description=COMMANDS["pretrain"])
-    model_args, data, inherit, training = parser.parse_args_into_dataclasses(args=merge_repeated(argv))
+    class Parser(HfArgumentParser):
+        def error(self, message: str):
+            raise KinheritError(f"{message}; see `kinherit pretrain --help`")
+
+    parser = Parser((ModelArguments, DataArguments, InheritanceArguments, KinheritTrainingArguments),
+                    prog="kinherit pretrain", description=COMMANDS["pretrain"])
+    try:
+        *parsed, rest = parser.parse_args_into_dataclasses(args=merge_repeated(argv), return_remaining_strings=True)
+    except KinheritError:
+        raise
+    except (ValueError, TypeError) as error:  # the dataclasses' own checks, TrainingArguments' among them
+        raise KinheritError(f"invalid option: {str(error).strip()}") from error
+    if rest:
+        raise KinheritError(f"unknown option(s) {rest}; see `kinherit pretrain --help` for the valid ones")
+    return tuple(parsed)
+
+
+def run_pretrain(argv: Sequence[str]) -> int:
+    """Parse `TrainingArguments` plus our dataclasses and train."""
+    from kinherit.pretrain import pretrain
+
+    model_args, data, inherit, training = parse_pretrain_args(argv)
     summary = pretrain(model_args, data, inherit, training)
     print(f"final validation loss {summary['final_val_loss']:.4f} after {summary['steps']} steps; "
           f"model saved to {training.output_dir}")

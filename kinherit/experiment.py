@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,82 @@ logger = logging.getLogger(__name__)
 TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description"}
 TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
 CORPUS_KEYS = {"source", "domain", "text_field", "validation_fraction", "max_documents", "hf_config", "hf_split"}
-TRAIN_KEYS = {"model", "corpus", "max_steps", "learning_rate", "batch_size", "grad_accum", "block_size", "warmup",
-              "weight_decay", "lr_scheduler", "max_grad_norm", "eval_steps", "logging_steps", "save_steps",
-              "mlm_probability", "training_args", "inherit", "seed"}
-RUN_KEYS = TRAIN_KEYS | {"name", "teachers", "teacher_weights", "routing", "baseline", "seeds", "description"}
-# An `inherit:` key of the YAML -> the `InheritanceArguments` field it sets and how its value is read
-# (None: taken as YAML gives it). Keys left out keep the field's own default.
-INHERIT_FIELDS = {"schedule": ("inherit_schedule", str), "steps": ("inherit_steps", int),
-                  "start": ("inherit_start", float), "value": ("inherit_value", float),
-                  "time_constant": ("inherit_time_constant", float), "margin": ("inherit_margin", float),
-                  "temperature": ("temperature", float), "divergence": ("divergence", str),
-                  "jsd_beta": ("jsd_beta", float), "chunk_size": ("chunk_size", int),
-                  "teacher_dtype": ("teacher_dtype", str), "compile_loss": ("compile_loss", None),
-                  "fused_loss": ("fused_loss", None)}
+# The value each key takes (see `_coerce`); every key of a run, of `defaults`, of a corpus and of `inherit:`.
+INT, POSITIVE, FLOAT, POSITIVE_FLOAT, FRACTION, STR, BOOL, MAP, STRS, NUMBERS = (
+    "an integer >= 0", "an integer > 0", "a number >= 0", "a number > 0", "a number in [0, 1)", "a string",
+    "true or false", "a mapping", "a string or a list of strings", "a list of numbers")
+TRAIN_TYPES = {"model": STR, "corpus": STRS, "max_steps": POSITIVE, "learning_rate": POSITIVE_FLOAT,
+               "batch_size": POSITIVE, "grad_accum": POSITIVE, "block_size": POSITIVE, "warmup": FLOAT,
+               "weight_decay": FLOAT, "lr_scheduler": STR, "max_grad_norm": FLOAT, "eval_steps": POSITIVE,
+               "logging_steps": POSITIVE, "save_steps": POSITIVE, "mlm_probability": FRACTION,
+               "training_args": MAP, "inherit": MAP, "seed": INT}
+TRAIN_KEYS = set(TRAIN_TYPES)
+RUN_TYPES = {**TRAIN_TYPES, "name": STR, "teachers": STRS, "teacher_weights": NUMBERS, "routing": MAP,
+             "baseline": STR, "description": STR}
+RUN_KEYS = set(RUN_TYPES) | {"seeds"}
+CORPUS_TYPES = {"source": STR, "domain": STR, "text_field": STR, "validation_fraction": FRACTION,
+                "max_documents": POSITIVE, "hf_config": STR, "hf_split": STR}
+CORPUS_KEYS = set(CORPUS_TYPES)
+# An `inherit:` key of the YAML -> the `InheritanceArguments` field it sets and the value it takes.
+# Keys left out keep the field's own default; range checks beyond these are the dataclass's own.
+INHERIT_FIELDS = {"schedule": ("inherit_schedule", STR), "steps": ("inherit_steps", POSITIVE),
+                  "start": ("inherit_start", FLOAT), "value": ("inherit_value", FLOAT),
+                  "time_constant": ("inherit_time_constant", POSITIVE_FLOAT), "margin": ("inherit_margin", FLOAT),
+                  "temperature": ("temperature", POSITIVE_FLOAT), "divergence": ("divergence", STR),
+                  "jsd_beta": ("jsd_beta", FLOAT), "chunk_size": ("chunk_size", POSITIVE),
+                  "teacher_dtype": ("teacher_dtype", STR), "compile_loss": ("compile_loss", BOOL),
+                  "fused_loss": ("fused_loss", BOOL), "nonfinite": ("nonfinite", STR)}
 INHERIT_KEYS = set(INHERIT_FIELDS)
 DEFAULTS = {"block_size": 128, "batch_size": 16, "grad_accum": 1, "learning_rate": 1e-3, "warmup": 0.05,
             "weight_decay": 0.01, "lr_scheduler": "linear", "max_grad_norm": 1.0, "eval_steps": 50,
             "logging_steps": 10, "save_steps": 200, "mlm_probability": 0.15, "max_steps": 1000}
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a finite number (YAML reads `1e-3`, without a dot, as a string), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _coerce(where: str, key: str, value: Any, kind: str) -> Any:
+    """Check that `value` is of `kind` (one of the type names above); numbers given as strings are converted."""
+    if kind in (INT, POSITIVE):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= (1 if kind == POSITIVE else 0)
+    elif kind in (FLOAT, POSITIVE_FLOAT, FRACTION):
+        number = _number(value)
+        ok = number is not None and (number > 0 if kind == POSITIVE_FLOAT else number >= 0)
+        ok = ok and (kind != FRACTION or number < 1)
+        if ok and isinstance(value, str):
+            value = number
+    elif kind == STR:
+        ok = isinstance(value, str) and bool(value)
+    elif kind == BOOL:
+        ok = isinstance(value, bool)
+    elif kind == MAP:
+        ok = isinstance(value, dict)
+    elif kind == STRS:
+        ok = (isinstance(value, str) and bool(value)) or (
+            isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value))
+    else:  # NUMBERS
+        ok = isinstance(value, list) and all(_number(v) is not None and not isinstance(v, str) for v in value)
+    if not ok:
+        raise KinheritError(f"{where}: {key} must be {kind}, got {value!r}")
+    return value
+
+
+def _check_values(where: str, data: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
+    """`data` with every value of a known key checked (and numbers given as strings converted)."""
+    return {k: _coerce(where, k, v, types[k]) if k in types else v for k, v in data.items()}
 
 
 def _check_keys(where: str, data: Any, valid: set[str]) -> None:
@@ -145,47 +204,68 @@ def _expand_seeds(raw_runs: list[dict[str, Any]], default_seed: int) -> list[dic
     return expanded
 
 
+def _check_inherit(where: str, inherit: Any) -> dict[str, Any]:
+    _check_keys(where, inherit, INHERIT_KEYS)
+    return {k: _coerce(where, k, v, INHERIT_FIELDS[k][1]) for k, v in inherit.items()}
+
+
+def _check_run(index: int, run: Any) -> dict[str, Any]:
+    _check_keys(f"run #{index + 1}", run, RUN_KEYS)
+    if not isinstance(run.get("name"), str) or not run["name"]:
+        raise KinheritError(f"run #{index + 1} has no name (a non-empty string)")
+    where = f"run {run['name']!r}"
+    run = _check_values(where, run, RUN_TYPES)
+    if "inherit" in run:
+        run["inherit"] = _check_inherit(f"{where} inherit", run["inherit"])
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in run.get("routing", {}).items()):
+        raise KinheritError(f"{where}: routing must map domain names to run names")
+    if not all(isinstance(k, str) for k in run.get("training_args", {})):
+        raise KinheritError(f"{where}: training_args must map TrainingArguments field names to values")
+    return run
+
+
 def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Experiment:
     """Validate an experiment mapping (as loaded from YAML) into an `Experiment`."""
     _check_keys("the experiment", data, TOP_KEYS)
     for key in ("name", "runs", "corpora"):
         if key not in data:
             raise KinheritError(f"the experiment has no {key!r}; it needs name, corpora and runs")
+    top = _check_values("the experiment", data, {"name": STR, "output_dir": STR, "seed": INT, "description": STR})
     corpora = data["corpora"]
-    if not isinstance(corpora, dict) or not corpora:
+    if not isinstance(corpora, dict) or not corpora or not all(isinstance(k, str) for k in corpora):
         raise KinheritError("corpora must map corpus names to settings, e.g. {wiki: {source: wikipedia}}")
     for name, spec in corpora.items():
         _check_keys(f"corpus {name!r}", spec, CORPUS_KEYS)
         if "source" not in spec:
             raise KinheritError(f"corpus {name!r} has no 'source'")
+        corpora[name] = _check_values(f"corpus {name!r}", spec, CORPUS_TYPES)
     tokenizer = data.get("tokenizer", {"corpus": next(iter(corpora)), "vocab_size": 8192})
     _check_keys("tokenizer", tokenizer, TOKENIZER_KEYS)
+    tokenizer = _check_values("tokenizer", tokenizer, {"corpus": STR, "vocab_size": POSITIVE, "path": STR})
     if "path" not in tokenizer and tokenizer.get("corpus", next(iter(corpora))) not in corpora:
         raise KinheritError(f"tokenizer corpus {tokenizer.get('corpus')!r} is not one of the corpora {sorted(corpora)}")
     defaults = data.get("defaults", {})
     _check_keys("defaults", defaults, TRAIN_KEYS)
+    defaults = _check_values("defaults", defaults, TRAIN_TYPES)
+    if "inherit" in defaults:
+        defaults["inherit"] = _check_inherit("defaults inherit", defaults["inherit"])
     raw_runs = data["runs"]
     if not isinstance(raw_runs, list) or not raw_runs:
         raise KinheritError("runs must be a non-empty list")
-    for index, run in enumerate(raw_runs):
-        _check_keys(f"run #{index + 1}", run, RUN_KEYS)
-        if "name" not in run or not isinstance(run["name"], str) or not run["name"]:
-            raise KinheritError(f"run #{index + 1} has no name")
-        if "inherit" in run:
-            _check_keys(f"run {run['name']!r} inherit", run["inherit"], INHERIT_KEYS)
+    raw_runs = [_check_run(index, run) for index, run in enumerate(raw_runs)]
     names = [r["name"] for r in raw_runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise KinheritError(f"run names must be unique; repeated: {duplicates}")
-    if "inherit" in defaults:
-        _check_keys("defaults inherit", defaults["inherit"], INHERIT_KEYS)
     runs: dict[str, RunSpec] = {}
-    for run in _expand_seeds(raw_runs, int(data.get("seed", 0))):
+    for run in _expand_seeds(raw_runs, top.get("seed", 0)):
         settings = {**DEFAULTS, **copy.deepcopy(defaults),
                     **{k: v for k, v in run.items() if k in TRAIN_KEYS}}
         settings.setdefault("corpus", next(iter(corpora)))
         if "inherit" in defaults and "inherit" in run:
             settings["inherit"] = {**defaults["inherit"], **run["inherit"]}
+        if "teacher_weights" in run:
+            settings["teacher_weights"] = run["teacher_weights"]
         if "model" not in settings:
             raise KinheritError(f"run {run['name']!r} has no model (a preset, config.json or checkpoint)")
         corpus_names = settings["corpus"] if isinstance(settings["corpus"], list) else [settings["corpus"]]
@@ -200,7 +280,7 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
             raise KinheritError(f"run {run['name']!r} has both teachers and routing; use one")
         runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(teachers),
                                     routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
-                                    seed=int(run["seed"]))
+                                    seed=run["seed"])
     for spec in runs.values():
         for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
             if ref not in runs:
@@ -209,9 +289,9 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
         if weights is not None and len(weights) != len(spec.teachers):
             raise KinheritError(f"run {spec.name!r} has {len(weights)} teacher_weights for "
                                 f"{len(spec.teachers)} teachers")
-    experiment = Experiment(name=str(data["name"]), output_dir=Path(output_dir or data.get("output_dir")
-                                                                        or f"runs/{data['name']}"),
-                            tokenizer=tokenizer, corpora=corpora, runs=runs, description=data.get("description", ""))
+    experiment = Experiment(name=top["name"], output_dir=Path(output_dir or top.get("output_dir")
+                                                              or f"runs/{top['name']}"),
+                            tokenizer=tokenizer, corpora=corpora, runs=runs, description=top.get("description", ""))
     experiment.order()  # raises on cycles
     return experiment
 
@@ -246,6 +326,16 @@ def _first_corpus_setting(experiment: Experiment, names: list[str], key: str, de
     return experiment.corpora[names[0]].get(key, default)
 
 
+def _construct(where: str, cls: type, **values: Any) -> Any:
+    """`cls(**values)`, with the dataclass's own value checks reported as our error naming the run."""
+    try:
+        return cls(**values)
+    except KinheritError as error:
+        raise KinheritError(f"{where}: {error}") from error
+    except (ValueError, TypeError) as error:
+        raise KinheritError(f"{where}: invalid {cls.__name__} ({error})") from error
+
+
 def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, cache_dir: Path):
     """The (model, data, inheritance, training) argument dataclasses of one run."""
     from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
@@ -254,7 +344,8 @@ def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, c
     s = spec.settings
     run_dir = experiment.output_dir / "runs" / spec.name
     corpus_names = s["corpus"] if isinstance(s["corpus"], list) else [s["corpus"]]
-    data = DataArguments(corpus=_corpus_args(experiment, corpus_names), tokenizer=str(tokenizer_path),
+    data = _construct(f"run {spec.name!r}", DataArguments,
+                      corpus=_corpus_args(experiment, corpus_names), tokenizer=str(tokenizer_path),
                          block_size=int(s["block_size"]), cache_dir=str(cache_dir),
                          mlm_probability=float(s["mlm_probability"]),
                          text_field=_first_corpus_setting(experiment, corpus_names, "text_field", "text"),
@@ -266,22 +357,28 @@ def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, c
         teacher_args = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
     else:
         teacher_args = [teacher_dirs[name] for name in spec.teachers]
-    inherit_fields = {}
-    for key, value in (s.get("inherit") or {}).items():
-        field_name, read = INHERIT_FIELDS[key]
-        inherit_fields[field_name] = read(value) if read is not None and value is not None else value
-    inherit = InheritanceArguments(teacher=teacher_args,
-                                   teacher_weights=[float(w) for w in s.get("teacher_weights") or []],
-                                   **inherit_fields)
+    inherit_fields = {INHERIT_FIELDS[key][0]: value for key, value in (s.get("inherit") or {}).items()}
+    where = f"run {spec.name!r}"
+    inherit = _construct(where, InheritanceArguments, teacher=teacher_args,
+                         teacher_weights=[float(w) for w in s.get("teacher_weights") or []], **inherit_fields)
     extra = dict(s.get("training_args") or {})
-    training = KinheritTrainingArguments(
+    valid = {f.name for f in fields(KinheritTrainingArguments) if f.init}
+    unknown = sorted(set(extra) - valid)
+    if unknown:
+        raise KinheritError(f"{where}: unknown training_args {unknown}; they must be TrainingArguments fields "
+                            "(see `kinherit pretrain --help`)")
+    own = dict(
         output_dir=str(run_dir), max_steps=int(s["max_steps"]), learning_rate=float(s["learning_rate"]),
         per_device_train_batch_size=int(s["batch_size"]), gradient_accumulation_steps=int(s["grad_accum"]),
         warmup_steps=float(s["warmup"]), weight_decay=float(s["weight_decay"]),
         lr_scheduler_type=s["lr_scheduler"], max_grad_norm=float(s["max_grad_norm"]),
         eval_steps=int(s["eval_steps"]), logging_steps=int(s["logging_steps"]), save_steps=int(s["save_steps"]),
-        seed=spec.seed, data_seed=spec.seed, eval_on_start=True, report_to=extra.pop("report_to", "tensorboard"),
-        **extra)
+        seed=spec.seed, data_seed=spec.seed, eval_on_start=True, report_to="tensorboard")
+    clashes = sorted(set(extra) & (set(own) - {"report_to"}))
+    if clashes:
+        raise KinheritError(f"{where}: training_args {clashes} are set by the run's own keys (max_steps, "
+                            "learning_rate, batch_size, ...); set them there")
+    training = _construct(where, KinheritTrainingArguments, **{**own, **extra})
     model = ModelArguments(model=s["model"])
     return model, data, inherit, training
 

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainingArgum
 from kinherit.atomic import write_json_atomic, write_text_atomic
 from kinherit.data import BlockCollator, CorpusSpec, build_blocks, load_corpus, load_tokenizer, train_tokenizer
 from kinherit.data.corpora import Corpus
+from kinherit.data.tokenizer import SPECIAL_TOKENS
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, load_teacher, parse_teacher_specs, resolve_dtype
 from kinherit.models import is_checkpoint, load_model, model_kind, non_embedding_parameters
@@ -30,6 +31,7 @@ from kinherit.sealed import last_good_checkpoint, seal, unseal, verify
 from kinherit.trainer import InheritanceArguments, InheritanceTrainer
 
 logger = logging.getLogger(__name__)
+MIN_VOCAB = 256 + len(set(SPECIAL_TOKENS.values()))  # byte-level BPE: every byte, then the special tokens
 RUN_MARKER = "run.json"
 LOG_FILE = "log.jsonl"
 
@@ -63,6 +65,21 @@ class DataArguments:
     mlm_probability: float = field(default=0.15, metadata={"help": "Masking rate of masked LMs."})
     eval_mask_seed: int = field(default=1234, metadata={
         "help": "Seed of the fixed validation masking, so every evaluation and every run sees the same masks."})
+
+    def __post_init__(self) -> None:
+        checks = [(self.block_size >= 2, f"--block_size must be at least 2, got {self.block_size}"),
+                  (0.0 <= self.validation_fraction < 1.0,
+                   f"--validation_fraction must be in [0, 1), got {self.validation_fraction}"),
+                  (0.0 < self.mlm_probability < 1.0,
+                   f"--mlm_probability must be in (0, 1), got {self.mlm_probability}"),
+                  (self.vocab_size >= MIN_VOCAB, f"--vocab_size must be at least {MIN_VOCAB} (256 bytes and the "
+                                                 f"special tokens), got {self.vocab_size}"),
+                  (self.max_documents is None or self.max_documents > 0,
+                   f"--max_documents must be positive, got {self.max_documents}"),
+                  (bool(self.corpus), "--corpus needs at least one source")]
+        for ok, message in checks:
+            if not ok:
+                raise KinheritError(message)
 
 
 @dataclass

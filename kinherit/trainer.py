@@ -68,6 +68,13 @@ class InheritanceArguments:
         validate_options(self.temperature, self.divergence, self.jsd_beta)
         if self.nonfinite not in NONFINITE:
             raise KinheritError(f"--nonfinite {self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
+        if self.chunk_size < 1:
+            raise KinheritError(f"--chunk_size must be positive, got {self.chunk_size}")
+        if self.teacher_weights and len(self.teacher_weights) != len(self.teacher):
+            raise KinheritError(f"{len(self.teacher_weights)} --teacher_weights for {len(self.teacher)} --teacher; "
+                                "give one weight per teacher")
+        if self.teacher:
+            self.schedule()  # its parameters are checked before any data or model is loaded
 
     def schedule(self):
         """The configured inheritance-rate schedule."""

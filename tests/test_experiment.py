@@ -41,10 +41,41 @@ def test_valid_experiment_orders_teachers_first():
     (with_runs([{"name": "a", "model": "m", "corpus": "web"}]), "defined corpora"),
     (with_runs([{"name": "a"}]), "has no model"),
     ({"name": "x", "runs": []}, "needs name, corpora and runs"),
+    (with_runs([{"name": "a", "model": "m", "max_steps": "many"}]), "run 'a': max_steps must be an integer > 0"),
+    (with_runs([{"name": "a", "model": "m", "learning_rate": -1}]), "learning_rate must be a number > 0, got -1"),
+    (with_runs([{"name": "a", "model": "m", "inherit": {"temperature": "hot"}}]), "temperature must be a number > 0"),
+    (with_runs([{"name": "a", "model": "m", "inherit": {"compile_loss": "yes"}}]), "compile_loss must be true or"),
+    (with_runs([{"name": "a", "model": 7}]), "model must be a string, got 7"),
+    ({**BASE, "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 1.5}}},
+     r"validation_fraction must be a number in \[0, 1\)"),
 ])
 def test_invalid_experiments_are_clear_errors(data, message):
     with pytest.raises(KinheritError, match=message):
         parse_experiment(data, output_dir="/tmp/unused")
+
+
+@pytest.mark.parametrize("run, message", [
+    ({"training_args": {"no_such_field": 1}}, r"unknown training_args \['no_such_field'\]"),
+    ({"training_args": {"max_steps": 5}}, r"training_args \['max_steps'\] are set by the run's own keys"),
+    ({"training_args": {"eval_strategy": "sometimes"}}, "run 'ki': invalid KinheritTrainingArguments"),
+    ({"inherit": {"steps": 10, "schedule": "sigmoid"}}, "run 'ki': unknown inheritance schedule"),
+    ({"inherit": {"steps": 10, "start": 2.0}}, "run 'ki': .*start must be in"),
+])
+def test_run_settings_checked_before_anything_runs(tmp_path, run, message):
+    ki = {k: v for k, v in {**BASE["runs"][2], **run}.items() if k != "baseline"}
+    experiment = parse_experiment(with_runs([BASE["runs"][0], ki]), output_dir=str(tmp_path))
+    with pytest.raises(KinheritError, match=message):
+        run_arguments(experiment, experiment.runs["ki"], tmp_path / "tok", tmp_path)
+
+
+def test_numbers_written_without_a_dot_and_teacher_weights_are_read(tmp_path):
+    runs = [{"name": "t1", "model": "llama-1x64"}, {"name": "t2", "model": "llama-1x64"},
+            {"name": "ki", "model": "llama-2x64", "teachers": ["t1", "t2"], "teacher_weights": [3, 1],
+             "learning_rate": "5e-4", "inherit": {"steps": 10, "temperature": "1e0"}}]
+    experiment = parse_experiment(yaml.safe_load(yaml.safe_dump(with_runs(runs))), output_dir=str(tmp_path))
+    _model, _data, inherit, training = run_arguments(experiment, experiment.runs["ki"], tmp_path / "tok", tmp_path)
+    assert training.learning_rate == 5e-4 and inherit.temperature == 1.0
+    assert inherit.teacher_weights == [3.0, 1.0]
 
 
 def test_seeds_expand_and_pair_runs():

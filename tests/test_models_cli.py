@@ -61,3 +61,22 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     assert main(["pretrain", "--corpus", "atlantis", "--output_dir", str(tmp_path)]) == 2
     assert "kinherit: error: unknown corpus 'atlantis'" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--no_such_flag", "3"], r"unknown option\(s\) \['--no_such_flag', '3'\]"),
+    (["--learning_rate", "fast"], "invalid float value: 'fast'"),
+    (["--block_size", "1"], "--block_size must be at least 2"),
+    (["--validation_fraction", "1"], r"--validation_fraction must be in \[0, 1\)"),
+    (["--temperature", "0"], "temperature must be a positive number"),
+    (["--teacher", "a", "--teacher", "b", "--teacher_weights", "1", "--inherit_steps", "5"],
+     "1 --teacher_weights for 2 --teacher"),
+    (["--teacher", "a", "--inherit_schedule", "linear"], "needs --inherit_steps"),
+    (["--nonfinite", "ignore"], "--nonfinite 'ignore' is not one of stop, skip"),
+    (["--warmup_steps", "-1"], "invalid option: .*warmup_steps"),
+])
+def test_command_line_errors_name_the_option(argv, message):
+    from kinherit.cli import parse_pretrain_args
+
+    with pytest.raises(KinheritError, match=message):
+        parse_pretrain_args(argv)

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kinherit.atomic import write_json_atomic, write_text_atomic
+from kinherit.atomic import save_figure_atomic, write_json_atomic, write_text_atomic
 from kinherit.errors import KinheritError
 from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, summarise
 
@@ -103,7 +103,7 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     figure.suptitle("Validation loss: Knowledge Inheritance vs self-learning" if has_ki else "Validation loss")
     figure.tight_layout()
     name = "validation_loss.png"
-    figure.savefig(folder / name, dpi=110)
+    save_figure_atomic(figure, folder / name, dpi=110)
     plt.close(figure)
     return [name]
 

@@ -1,4 +1,5 @@
-"""Interrupted runs resume exactly; checkpoints cut short or corrupted are detected, never loaded."""
+"""Reliability: interrupted runs resume exactly; checkpoints and caches cut short or corrupted are detected and
+refused; unusual but valid input (a padded-vocabulary teacher) works."""
 
 from __future__ import annotations
 
@@ -117,3 +118,37 @@ def test_truncated_weights_of_a_foreign_checkpoint_are_a_clear_error(tmp_path, t
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(KinheritError, match="could not load model weights from .*complete checkpoint"):
         load_model(str(tmp_path))
+
+
+def test_corrupt_block_cache_is_refused_naming_the_file(tmp_path, tokenizer, wiki_corpus):
+    from kinherit.data import build_blocks
+
+    def build():
+        return build_blocks(wiki_corpus.validation, tokenizer, 32, wiki_corpus.domains, wiki_corpus.fingerprint,
+                            "validation", tmp_path)
+
+    first = build()
+    assert build()["input_ids"] == first["input_ids"]  # read back from the sealed cache
+    (arrow,) = (tmp_path / "blocks").rglob("*.arrow")
+    data = bytearray(arrow.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    arrow.write_bytes(bytes(data))
+    with pytest.raises(KinheritError, match=rf"block cache file {arrow} is corrupt.*delete that folder"):
+        build()
+
+
+def test_padded_vocabulary_teacher_works(tmp_path, tokenizer, tokenizer_dir):
+    """A teacher whose output layer has more rows than the tokenizer (padded to a multiple) teaches normally."""
+    teacher = load_model("llama-1x64", tokenizer, 32)
+    teacher.resize_token_embeddings(len(tokenizer) + 64)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    args = KinheritTrainingArguments(output_dir=str(tmp_path / "student"), max_steps=4, eval_steps=4, logging_steps=2,
+                                     save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True)
+    data = small_data(str(tokenizer_dir), str(tmp_path / "cache"))
+    data.block_size = 32
+    summary = pretrain(ModelArguments(model="llama-1x64"), data,
+                       InheritanceArguments(teacher=[str(tmp_path / "teacher")], inherit_steps=4), args)
+    assert summary["steps"] == 4 and summary["final_val_loss"] < 7.0
+    kl = records(tmp_path / "student", "inherit/ki_loss")
+    assert kl and all(0.0 <= value < 10.0 for value in kl.values())
