@@ -14,6 +14,7 @@ COMMANDS = {
     "pretrain": "pre-train a model by self-learning, or with Knowledge Inheritance from --teacher checkpoints",
     "experiment": "run an experiment YAML (tokenizer, teachers, students, report); re-running skips what is done",
     "report": "regenerate report.md, report.json and the plots of an experiment folder from its logs",
+    "cache-teacher": "run teachers once over a corpus and store their top-K predictions for students to read",
     "tokenizer": "train a byte-level BPE tokenizer on a corpus and save it as an HF tokenizer",
     "presets": "list the named model presets",
     "corpora": "list the built-in offline corpora and whether each is available",
@@ -46,22 +47,18 @@ def merge_repeated(argv: Sequence[str], flags: Sequence[str] = REPEATABLE) -> li
     return rest
 
 
-def parse_pretrain_args(argv: Sequence[str]) -> tuple:
-    """`kinherit pretrain` options as (ModelArguments, DataArguments, InheritanceArguments, TrainingArguments).
+def parse_dataclasses(argv: Sequence[str], classes: tuple, command: str) -> tuple:
+    """Parse `argv` into instances of the dataclasses `classes` (HF argument parser).
 
-    Every problem with them (unknown flag, bad value, inconsistent `TrainingArguments`) is a `KinheritError`.
+    Every problem (unknown flag, bad value, a dataclass's own checks) is a `KinheritError` naming it.
     """
     from transformers import HfArgumentParser
 
-    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
-    from kinherit.trainer import InheritanceArguments
-
     class Parser(HfArgumentParser):
         def error(self, message: str):
-            raise KinheritError(f"{message}; see `kinherit pretrain --help`")
+            raise KinheritError(f"{message}; see `kinherit {command} --help`")
 
-    parser = Parser((ModelArguments, DataArguments, InheritanceArguments, KinheritTrainingArguments),
-                    prog="kinherit pretrain", description=COMMANDS["pretrain"])
+    parser = Parser(classes, prog=f"kinherit {command}", description=COMMANDS[command])
     try:
         *parsed, rest = parser.parse_args_into_dataclasses(args=merge_repeated(argv), return_remaining_strings=True)
     except KinheritError:
@@ -69,8 +66,35 @@ def parse_pretrain_args(argv: Sequence[str]) -> tuple:
     except (ValueError, TypeError) as error:  # the dataclasses' own checks, TrainingArguments' among them
         raise KinheritError(f"invalid option: {str(error).strip()}") from error
     if rest:
-        raise KinheritError(f"unknown option(s) {rest}; see `kinherit pretrain --help` for the valid ones")
+        raise KinheritError(f"unknown option(s) {rest}; see `kinherit {command} --help` for the valid ones")
     return tuple(parsed)
+
+
+def parse_pretrain_args(argv: Sequence[str]) -> tuple:
+    """`kinherit pretrain` options as (ModelArguments, DataArguments, InheritanceArguments, TrainingArguments)."""
+    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
+    from kinherit.trainer import InheritanceArguments
+
+    return parse_dataclasses(argv, (ModelArguments, DataArguments, InheritanceArguments, KinheritTrainingArguments),
+                             "pretrain")
+
+
+def run_cache_teacher(argv: Sequence[str]) -> int:
+    """Build a teacher cache."""
+    from kinherit.pretrain import DataArguments, ModelArguments
+    from kinherit.teacher_cache import CacheArguments, build_cache
+    from kinherit.trainer import InheritanceArguments
+
+    argv = list(argv)
+    if not any(a.startswith("--inherit_schedule") for a in argv):
+        argv += ["--inherit_schedule", "constant"]  # the schedule belongs to the students, not to the cache
+    model, data, inherit, cache = parse_dataclasses(
+        argv, (ModelArguments, DataArguments, InheritanceArguments, CacheArguments), "cache-teacher")
+    manifest = build_cache(data, inherit, cache, model.trust_remote_code)
+    print(f"cached {manifest['positions']} positions at top-{cache.top_k} in {cache.output}: "
+          f"{manifest['bytes'] / 2**20:.1f} MiB, {manifest['bytes_per_position']:.1f} bytes per position, "
+          f"{manifest['build_seconds']:.0f} s; teacher validation loss {manifest['teacher_val_loss']}")
+    return 0
 
 
 def run_pretrain(argv: Sequence[str]) -> int:
@@ -156,6 +180,7 @@ def run_corpora(argv: Sequence[str]) -> int:
 
 
 HANDLERS = {"pretrain": run_pretrain, "experiment": run_experiment, "report": run_report,
+            "cache-teacher": run_cache_teacher,
             "tokenizer": run_tokenizer, "presets": run_presets, "corpora": run_corpora}
 
 

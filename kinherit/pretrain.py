@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -23,11 +24,12 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainingArgum
 from kinherit.atomic import write_json_atomic, write_text_atomic
 from kinherit.data import BlockCollator, CorpusSpec, build_blocks, load_corpus, load_tokenizer, train_tokenizer
 from kinherit.data.corpora import Corpus
-from kinherit.data.tokenizer import SPECIAL_TOKENS
+from kinherit.data.tokenizer import SPECIAL_TOKENS, tokenizer_fingerprint
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, load_teacher, parse_teacher_specs, resolve_dtype
 from kinherit.models import is_checkpoint, load_model, model_kind, non_embedding_parameters
 from kinherit.sealed import last_good_checkpoint, seal, unseal, verify
+from kinherit.teacher_cache import TeacherCache
 from kinherit.trainer import InheritanceArguments, InheritanceTrainer
 
 logger = logging.getLogger(__name__)
@@ -179,6 +181,23 @@ def build_teachers(inherit: InheritanceArguments, tokenizer: PreTrainedTokenizer
     return TeacherSet(models, weights=inherit.teacher_weights or None, routes=routes)
 
 
+def open_teacher_cache(inherit: InheritanceArguments, training_args: TrainingArguments, data: DataArguments,
+                       tokenizer: PreTrainedTokenizerBase, corpus: Corpus, kind: str,
+                       blocks: int) -> TeacherCache | None:
+    """The `--teacher_cache`, checked against this run (tokenizer, data, block layout, kind, temperature, masks)."""
+    if not inherit.teacher_cache:
+        return None
+    cache = TeacherCache(inherit.teacher_cache)
+    steps = inherit.inherit_steps or training_args.max_steps
+    seen = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * \
+        training_args.world_size
+    run = {"tokenizer": tokenizer_fingerprint(tokenizer), "corpus": corpus.fingerprint, "block_size": data.block_size,
+           "blocks": blocks, "kind": kind, "temperature": inherit.temperature, "seed": training_args.seed,
+           "mlm_probability": data.mlm_probability}
+    cache.check_run(run, epochs_needed=math.ceil(seen / max(blocks, 1)) if kind == "masked" else 1)
+    return cache
+
+
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
     """The checkpoint to resume from: the one named (verified), the last good one for 'auto', or None."""
     resume = training_args.resume_from_checkpoint
@@ -243,15 +262,19 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
     teachers = build_teachers(inherit, tokenizer, tokenizer_path, kind, corpus.domains, training_args.device,
                               model_args.trust_remote_code)
     masked = kind == "masked"
+    cache = open_teacher_cache(inherit, training_args, data, tokenizer, corpus, kind, len(train_blocks))
     trainer = InheritanceTrainer(
         model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
         data_collator=BlockCollator(tokenizer, masked, data.mlm_probability, seed=training_args.seed),
         eval_collator=BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed),
-        processing_class=tokenizer, teachers=teachers, inherit_args=inherit, vocab_size=len(tokenizer),
+        processing_class=tokenizer, teachers=teachers, teacher_cache=cache, inherit_args=inherit,
+        vocab_size=len(tokenizer),
         callbacks=[JsonlLogger(output_dir / LOG_FILE), *(callbacks or [])])
     resume = _resume_checkpoint(training_args)
     if resume is None and (output_dir / LOG_FILE).exists() and trainer.is_world_process_zero():
         (output_dir / LOG_FILE).unlink()  # a fresh start: the old log belongs to another run
+    if cache is not None:
+        trainer.teacher_val_losses = [cache.teacher_val_loss]
     result = trainer.train(resume_from_checkpoint=resume)
     final_eval = None
     if eval_blocks is not None:
@@ -267,7 +290,7 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         "non_embedding_parameters": non_embedding_parameters(model),
         "vocab_size": len(tokenizer), "teachers": list(inherit.teacher),
         "teacher_val_losses": trainer.teacher_val_losses,
-        "inherit": asdict(inherit) if inherit.teacher else None,
+        "inherit": asdict(inherit) if inherit.teacher or inherit.teacher_cache else None,
         "corpus_fingerprint": corpus.fingerprint,
     }
     if trainer.is_world_process_zero():

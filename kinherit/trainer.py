@@ -10,6 +10,7 @@ self-learning on the same fast path and no teacher runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -26,6 +27,7 @@ from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.divergences import IGNORE_INDEX, chunked_loss, loss_chunk, validate_options
 from kinherit.inheritance.schedules import SCHEDULES, AdaptiveSchedule, make_schedule
 from kinherit.inheritance.teachers import TeacherSet
+from kinherit.inheritance.topk import TopKTarget
 from kinherit.models import backbone_and_head, model_kind
 from kinherit.sealed import last_good_checkpoint, rotate_checkpoints, seal, unseal
 
@@ -60,6 +62,9 @@ class InheritanceArguments:
         "help": "torch.compile the fused forward-KL kernel (falls back to eager, with a warning, if it fails)."})
     teacher_dtype: str = field(default="auto", metadata={
         "help": "auto (bfloat16 on a CUDA device that supports it, else float32), float32, bfloat16, float16."})
+    teacher_cache: str | None = field(default=None, metadata={
+        "help": "A folder written by `kinherit cache-teacher`: read the teachers' top-K targets from it instead of "
+                "running teachers (forward KL only; replaces --teacher)."})
     nonfinite: str = field(default="stop", metadata={
         "help": "On a NaN or infinite loss: stop (error naming the step, the term and the last good checkpoint) "
                 "or skip (that batch adds no gradient; counted as inherit/skipped_batches in the log)."})
@@ -73,7 +78,11 @@ class InheritanceArguments:
         if self.teacher_weights and len(self.teacher_weights) != len(self.teacher):
             raise KinheritError(f"{len(self.teacher_weights)} --teacher_weights for {len(self.teacher)} --teacher; "
                                 "give one weight per teacher")
-        if self.teacher:
+        if self.teacher and self.teacher_cache:
+            raise KinheritError("--teacher and --teacher_cache exclude each other: the cache replaces the teachers")
+        if self.teacher_cache and self.divergence != "forward_kl":
+            raise KinheritError(f"--teacher_cache supports only --divergence forward_kl, not {self.divergence}")
+        if self.teacher or self.teacher_cache:
             self.schedule()  # its parameters are checked before any data or model is loaded
 
     def schedule(self):
@@ -90,6 +99,34 @@ def target_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:
     shifted = torch.full_like(labels, IGNORE_INDEX)
     shifted[:, :-1] = labels[:, 1:]
     return shifted.reshape(-1)
+
+
+@torch.inference_mode()
+def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int, vocab: int,
+                    kind: str, autocast=contextlib.nullcontext) -> tuple[float, int]:
+    """Mean cross-entropy per valid position of `model` over `dataset`, and the number of positions.
+
+    Logits are made chunk by chunk at the valid positions only; the model is left in the mode it had.
+    """
+    was_training = model.training
+    model.eval()
+    body, head = backbone_and_head(model)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for batch in loader:
+        input_ids = batch["input_ids"].to(device)
+        labels = target_labels(batch["labels"].to(device), kind)
+        positions = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
+        with autocast():
+            hidden = body(input_ids=input_ids)[0]
+            hidden = hidden.reshape(-1, hidden.shape[-1])
+        for chunk in positions.split(chunk_size):
+            logits = head(hidden[chunk])[:, :vocab].float()
+            total += torch.nn.functional.cross_entropy(logits, labels[chunk], reduction="sum").item()
+        count += positions.numel()
+    model.train(was_training)
+    return (total / count if count else math.nan), count
 
 
 class _MaskEpoch(TrainerCallback):
@@ -125,12 +162,13 @@ class _Clock(TrainerCallback):
 class InheritanceTrainer(Trainer):
     """A `Trainer` that trains the student on (1 - alpha_t) * L_self + alpha_t * L_KI.
 
-    Extra keyword arguments: `teachers` (a `TeacherSet` or None for self-learning), `inherit_args`
+    Extra keyword arguments: `teachers` (a `TeacherSet` or None for self-learning), `teacher_cache` (a
+    `TeacherCache` read instead of running teachers), `inherit_args`
     (an `InheritanceArguments`), `eval_collator` (a collator with fixed masking for validation), and
     `vocab_size` (the tokenizer's size: padded logit rows beyond it are cut).
     """
 
-    def __init__(self, *args: Any, teachers: TeacherSet | None = None,
+    def __init__(self, *args: Any, teachers: TeacherSet | None = None, teacher_cache=None,
                  inherit_args: InheritanceArguments | None = None, eval_collator=None,
                  vocab_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -140,7 +178,11 @@ class InheritanceTrainer(Trainer):
         self.args.remove_unused_columns = False
         self.inherit_args = inherit_args or InheritanceArguments()
         self.teachers = teachers.to(self.args.device) if teachers is not None else None
-        self.schedule = self.inherit_args.schedule() if teachers is not None else None
+        self.teacher_cache = teacher_cache
+        if teachers is not None and teacher_cache is not None:
+            raise KinheritError("give teachers or a teacher cache, not both")
+        inherits = teachers is not None or teacher_cache is not None
+        self.schedule = self.inherit_args.schedule() if inherits else None
         self.eval_collator = eval_collator or self.data_collator
         self.vocab_size = vocab_size or self.model.config.vocab_size
         self.kind = model_kind(self.model.config)
@@ -171,12 +213,18 @@ class InheritanceTrainer(Trainer):
         labels = target_labels(inputs["labels"], self.kind)
         positions = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
         alpha = self.inheritance_rate() if model.training else 0.0
-        use_teacher = self.teachers is not None and alpha > 0.0
+        use_teacher = self.schedule is not None and alpha > 0.0
 
         hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]
         hidden = hidden.reshape(-1, hidden.shape[-1])
-        teacher_hidden, row_teacher = None, None
-        if use_teacher:
+        teacher_hidden, row_teacher, cached, cache_row = None, None, None, None
+        if use_teacher and self.teacher_cache is not None:
+            counts = (labels.view(input_ids.shape) != IGNORE_INDEX).sum(1)
+            cached = self.teacher_cache.target(inputs["block_index"], int(inputs["mask_epoch"]), counts,
+                                               labels.device)
+            cache_row = torch.full_like(labels, -1)
+            cache_row[positions] = torch.arange(positions.numel(), device=labels.device)
+        elif use_teacher:
             teacher_hidden, row_teacher = self.teachers.hidden_states(input_ids, attention_mask,
                                                                       inputs.get("domain_id"))
         names, params = zip(*head.named_parameters(), strict=True)
@@ -187,7 +235,10 @@ class InheritanceTrainer(Trainer):
             logits = torch.func.functional_call(head, dict(zip(names, shared_leaves, strict=True)),
                                                 (row_leaves[0],))[:, :vocab]
             target = None
-            if use_teacher:
+            if cached is not None:
+                rows = cache_row[chunk]
+                target = TopKTarget(cached.ids[rows], cached.log_probs[rows])
+            elif use_teacher:
                 target = self.teachers.target(chunk, teacher_hidden, row_teacher, args.temperature, vocab)
             return loss_chunk(logits, target, labels[chunk], alpha, args.temperature, args.divergence,
                               args.jsd_beta, args.fused_loss, args.compile_loss)
@@ -275,7 +326,7 @@ class InheritanceTrainer(Trainer):
         if "loss" in logs and self._stats[3] > 0:
             ce, ki, agree, count, taught = self._stats.tolist()
             logs["inherit/self_loss"] = ce / count
-            if self.teachers is not None:
+            if self.schedule is not None:
                 logs["inherit/alpha"] = self.inheritance_rate()
             if taught > 0:  # the KI terms are only computed while the teacher runs
                 logs["inherit/ki_loss"] = ki / taught
@@ -288,29 +339,11 @@ class InheritanceTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------- evaluation
-    @torch.inference_mode()
     def validation_loss(self, model: PreTrainedModel, dataset) -> tuple[float, int]:
         """Mean self-supervised loss per valid position over `dataset` (fixed masking), and the count."""
-        was_training = model.training
-        model.eval()
-        body, head = backbone_and_head(model)
-        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.eval_collator)
-        total, count = 0.0, 0
-        device = next(model.parameters()).device
-        vocab = self.vocab_size
-        for batch in loader:
-            input_ids = batch["input_ids"].to(device)
-            labels = target_labels(batch["labels"].to(device), self.kind)
-            positions = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
-            with self.autocast_smart_context_manager():
-                hidden = body(input_ids=input_ids)[0]
-                hidden = hidden.reshape(-1, hidden.shape[-1])
-            for chunk in positions.split(self.inherit_args.chunk_size):
-                logits = head(hidden[chunk])[:, :vocab].float()
-                total += torch.nn.functional.cross_entropy(logits, labels[chunk], reduction="sum").item()
-            count += positions.numel()
-        model.train(was_training)
-        return (total / count if count else math.nan), count
+        return validation_loss(model, dataset, self.eval_collator, self.args.per_device_eval_batch_size,
+                               self.inherit_args.chunk_size, self.vocab_size, self.kind,
+                               self.autocast_smart_context_manager)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Token-weighted validation loss and perplexity of the student (self-supervised loss only)."""
@@ -332,7 +365,9 @@ class InheritanceTrainer(Trainer):
 
     def teacher_losses(self, dataset) -> list[float]:
         """Each teacher's validation loss on `dataset` (computed once)."""
-        if self.teacher_val_losses is None:
+        if self.teacher_val_losses is None and self.teacher_cache is not None:
+            self.teacher_val_losses = [self.teacher_cache.teacher_val_loss]
+        elif self.teacher_val_losses is None:
             self.teacher_val_losses = [self.validation_loss(m, dataset)[0] for m in self.teachers.models]
         return self.teacher_val_losses
 

@@ -26,7 +26,8 @@ def mask_key(seed: int, epoch: int, index: int) -> int:
 
 
 class BlockCollator:
-    """Collate packed blocks (`input_ids`, `domain_id`, `index`) into model inputs with labels and domain ids."""
+    """Collate packed blocks (`input_ids`, `domain_id`, `index`) into model inputs with labels, domain ids, the
+    blocks' indices (`block_index`) and the masking epoch (`mask_epoch`)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, masked: bool, mlm_probability: float = 0.15,
                  seed: int = 0) -> None:
@@ -53,4 +54,7 @@ class BlockCollator:
             self.base.generator = None
             batch = {key: torch.cat([row[key] for row in rows]) for key in rows[0]}
         batch["domain_id"] = domain_ids
+        # which blocks, and in which epoch's masks: a teacher cache looks its targets up by these
+        batch["block_index"] = torch.tensor([int(example.get("index", -1)) for example in examples])
+        batch["mask_epoch"] = torch.tensor(self.epoch)
         return batch

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from kinherit.errors import KinheritError
+from kinherit.inheritance.rowwise import cross_entropy_terms, softmax_lse_argmax
+from kinherit.inheritance.topk import TopKTarget, topk_forward_kl_terms
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
 IGNORE_INDEX = -100
@@ -99,15 +101,6 @@ class Target:
         return cls(scores, first.scale)
 
 
-def _softmax_lse_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(softmax, logsumexp, argmax) of float32 rows with one exponential pass."""
-    peak, top = scores.max(-1, keepdim=True)
-    probs = (scores - peak).exp_()
-    total = probs.sum(-1, keepdim=True)
-    probs.div_(total)
-    return probs, (peak + total.log()).squeeze(-1), top.squeeze(-1)
-
-
 def divergence_per_position(target_logp: torch.Tensor, student_logp: torch.Tensor, divergence: str,
                             beta: float = 0.5) -> torch.Tensor:
     """D(P_T, P_S) per position (summed over the vocabulary), from float32 log-probabilities.
@@ -150,24 +143,17 @@ def chunk_terms(student_logits: torch.Tensor, target: Target | None, labels: tor
     return ce, ki, agree
 
 
-def _cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs."""
-    rows = torch.arange(z.shape[0], device=z.device)
-    probs, lse, top = _softmax_lse_argmax(z)
-    return rows, probs, lse, top, (lse - z[rows, labels]).sum()
-
-
 def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
                        alpha: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
     """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below)."""
-    rows, probs, lse, top, ce = _cross_entropy_terms(z, labels)
+    rows, probs, lse, top, ce = cross_entropy_terms(z, labels)
     target = scores.float() if scale == 1.0 else scores.float() * scale
-    p, target_lse, target_top = _softmax_lse_argmax(target)
+    p, target_lse, target_top = softmax_lse_argmax(target)
     if temperature == 1.0:
         q, q_lse, tempered = probs, lse, z
     else:
         tempered = z / temperature
-        q, q_lse, _ = _softmax_lse_argmax(tempered)
+        q, q_lse, _ = softmax_lse_argmax(tempered)
     dot = torch.einsum("ij,ij->i", p, target) - torch.einsum("ij,ij->i", p, tempered)
     kl = (dot - target_lse + q_lse).sum()
     agree = (top == target_top).sum().float()
@@ -221,7 +207,7 @@ def fused_forward_kl_terms(logits: torch.Tensor, target: Target | None, labels: 
     """
     z = logits.float()
     if target is None:
-        rows, probs, _lse, _top, ce = _cross_entropy_terms(z, labels)
+        rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels)
         probs[rows, labels] -= 1.0
         zero = z.new_zeros(())
         return ce, zero, zero, probs
@@ -233,15 +219,22 @@ ChunkResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tenso
 ChunkFn = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor]], ChunkResult]
 
 
-def loss_chunk(logits: torch.Tensor, target: Target | None, labels: torch.Tensor, alpha: float,
+def loss_chunk(logits: torch.Tensor, target: Target | TopKTarget | None, labels: torch.Tensor, alpha: float,
                temperature: float, divergence: str, beta: float, fused: bool = True,
                compiled: bool = False) -> ChunkResult:
     """One chunk's `(output, grad_output, loss, stats)` for `chunked_loss`; stats = (CE, KI, agreements).
 
     Forward KL (and pure self-learning) takes the closed-form gradient when `fused`; every other
     divergence goes through autograd. Without a target the loss is the cross-entropy alone. `compiled`
-    runs the forward-KL kernel through `torch.compile`.
+    runs the forward-KL kernel through `torch.compile`. A `TopKTarget` (from a teacher cache) always takes
+    its own closed-form kernel, and only with the forward KL.
     """
+    if isinstance(target, TopKTarget):
+        if divergence != "forward_kl":
+            raise KinheritError(f"a teacher cache (top-K targets) supports only --divergence forward_kl, "
+                                f"not {divergence}; run the teacher live for other divergences")
+        ce, ki, agree, grad = topk_forward_kl_terms(logits.detach(), target, labels, alpha, temperature)
+        return logits, grad.to(logits.dtype), (1.0 - alpha) * ce + alpha * ki, torch.stack([ce, ki, agree])
     if fused and divergence == "forward_kl":
         ce, ki, agree, grad = fused_forward_kl_terms(logits.detach(), target, labels, alpha, temperature,
                                                           compiled)

@@ -1,0 +1,79 @@
+"""Top-K teacher targets with a tail bucket: the forward-KL term when only the teacher's K most likely
+tokens per position are known (as stored by a teacher cache).
+
+The teacher's tempered distribution P_T (normalised over the whole vocabulary before truncation) is
+kept on its top-K tokens; the rest of its mass, p_tail = 1 - sum_K p_k, becomes one extra outcome,
+the tail. The student's tempered distribution Q is reduced to the same K + 1 outcomes: q_k on the
+teacher's top-K tokens and q_tail = sum of q_j over every other token. Both are thus normalised over
+the same support and
+
+    KL_K = sum_{k in K} p_k (log p_k - log q_k) + p_tail (log p_tail - log q_tail)
+
+is a true KL divergence between two distributions on K + 1 outcomes; with K = V the tail is empty and
+it is the full KL. Its gradient with respect to u = z / tau is q_j - p~_j, where p~_j = p_j on the
+top-K and p_tail * q_j / q_tail elsewhere: the teacher's tail mass is spread over the tail tokens in
+the student's own proportions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kinherit.errors import KinheritError
+from kinherit.inheritance.rowwise import cross_entropy_terms
+
+
+@dataclass
+class TopKTarget:
+    """The teacher's top-K token ids `[n, K]` and their tempered log-probabilities `[n, K]` (float32)."""
+
+    ids: torch.Tensor
+    log_probs: torch.Tensor
+
+    @classmethod
+    def from_log_probs(cls, log_probs: torch.Tensor, k: int) -> TopKTarget:
+        """Keep the K most likely tokens of full tempered log-probabilities `[n, V]` (sorted, most likely first)."""
+        if not 1 <= k <= log_probs.shape[-1]:
+            raise KinheritError(f"top_k must be in [1, {log_probs.shape[-1]}], got {k}")
+        values, ids = log_probs.float().topk(k, dim=-1)
+        return cls(ids, values)
+
+    def tail_mass(self) -> torch.Tensor:
+        """p_tail per position: the teacher's probability outside its top-K (clamped at 0)."""
+        return (1.0 - self.log_probs.exp().sum(-1)).clamp_min(0.0)
+
+
+@torch.no_grad()
+def topk_forward_kl_terms(logits: torch.Tensor, target: TopKTarget, labels: torch.Tensor, alpha: float,
+                          temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits) for total = (1 - alpha) CE + alpha tau^2 KL_K.
+
+    The same contract as `fused_forward_kl_terms`, for a top-K target (see the module docstring).
+    """
+    z = logits.float()
+    rows, probs, _lse, top, ce = cross_entropy_terms(z, labels)
+    grad = probs.mul_(1.0 - alpha)
+    grad[rows, labels] -= 1.0 - alpha
+    u = z / temperature
+    lse = torch.logsumexp(u, dim=-1, keepdim=True)
+    ids = target.ids.long()
+    p_k = target.log_probs.float().exp()
+    in_top = torch.zeros_like(u, dtype=torch.bool).scatter_(1, ids, True)
+    tail_lse = torch.logsumexp(u.masked_fill(in_top, float("-inf")), dim=-1, keepdim=True)
+    empty_tail = torch.isinf(tail_lse)  # K = V: no tail outcome
+    p_tail = torch.where(empty_tail, 0.0, (1.0 - p_k.sum(-1, keepdim=True)).clamp_min(0.0))
+    log_q_k = u.gather(1, ids) - lse
+    log_q_tail = torch.where(empty_tail, 0.0, tail_lse - lse)
+    kl_top = (p_k * (target.log_probs.float() - log_q_k)).sum(-1)
+    kl_tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0).squeeze(-1)
+    kl = (kl_top + kl_tail).sum()
+    # d(tau^2 KL_K)/dz = tau * (q - p~): p~ is p_k on the top-K, p_tail * q_j / q_tail on the tail
+    step = alpha * temperature
+    q = (u - lse).exp_()
+    spread = torch.where(in_top, 0.0, (u - tail_lse).exp() * p_tail)
+    grad.add_(q.sub_(spread).mul_(step))
+    grad.scatter_add_(1, ids, -step * p_k)
+    agree = (top == ids[:, 0]).sum().float()
+    return ce, kl * temperature**2, agree, grad

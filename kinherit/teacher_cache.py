@@ -1,0 +1,267 @@
+"""Teacher cache: run frozen teachers once over a corpus's packed training blocks and keep, for every
+position a student is taught on, the teacher's top-K token ids and tempered log-probabilities.
+
+Many students (the paper's analyses train dozens from the same teachers) then read the cache instead
+of running the teachers. Layout of a cache folder (sealed, see `kinherit.sealed`):
+
+- `cache.json`: the manifest: what was cached (teachers and their weight digests, tokenizer, corpus
+  and block layout fingerprints, temperature, K, masking seed, probability and epochs), the teachers'
+  validation loss, sizes and build time.
+- `epoch{E}-shard{S}.safetensors`: for blocks `S * blocks_per_shard ...` in block-index order, `ids`
+  `[positions, K]` (uint16 when the vocabulary fits, else int32), `log_probs` `[positions, K]`
+  (float16 or float32) and `offsets` `[blocks + 1]` (each block's first row).
+
+Positions: causal LMs are taught at every position that has a next token (block length - 1 per
+block), the same in every epoch, so one epoch is stored. Masked LMs are taught at the masked positions
+of each epoch's masks, which are a function of (seed, epoch, block) (see `kinherit.data.collate`); the
+cache stores `--epochs` epochs of them, and a student that would still inherit in a later epoch is
+refused before training starts. A build is written to `OUTPUT.partial/`, one shard file at a time
+(each atomically); an interrupted build resumes from the shards already there, and only the complete,
+sealed folder is renamed to `OUTPUT`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig
+
+from kinherit.atomic import write_json_atomic
+from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
+from kinherit.data.tokenizer import tokenizer_fingerprint
+from kinherit.errors import KinheritError
+from kinherit.inheritance.divergences import IGNORE_INDEX
+from kinherit.inheritance.teachers import parse_teacher_specs
+from kinherit.inheritance.topk import TopKTarget
+from kinherit.models import model_kind
+from kinherit.sealed import file_digest, is_sealed, seal, verify
+from kinherit.trainer import target_labels, validation_loss
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "kinherit-teacher-cache-v1"
+MANIFEST_NAME = "cache.json"
+LOG_PROB_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# Settings a student run must share with the cache it reads (the manifest's `settings`).
+MATCHED = ("tokenizer", "corpus", "block_size", "blocks", "kind", "temperature")
+MATCHED_MASKED = ("seed", "mlm_probability")
+
+
+@dataclass
+class CacheArguments:
+    """Where the cache goes and what it keeps (the teachers, data and temperature are the usual flags)."""
+
+    output: str = field(default="runs/teacher-cache", metadata={"help": "Folder to write the cache to."})
+    top_k: int = field(default=32, metadata={"help": "Most likely tokens kept per position."})
+    epochs: int = field(default=1, metadata={
+        "help": "Masked LMs: epochs of masks to cache (a student inheriting beyond them is refused). Causal: 1."})
+    seed: int = field(default=0, metadata={"help": "Masked LMs: the masking seed, i.e. the students' --seed."})
+    batch_size: int = field(default=32, metadata={"help": "Blocks per teacher forward pass."})
+    blocks_per_shard: int = field(default=4096, metadata={"help": "Blocks per shard file."})
+    log_prob_dtype: str = field(default="float16", metadata={"help": "float16 or float32."})
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.epochs < 1 or self.batch_size < 1 or self.blocks_per_shard < 1:
+            raise KinheritError("--top_k, --epochs, --batch_size and --blocks_per_shard must be positive")
+        if self.log_prob_dtype not in LOG_PROB_DTYPES:
+            raise KinheritError(f"--log_prob_dtype must be one of {', '.join(LOG_PROB_DTYPES)}")
+
+
+def _weights_digest(path: str) -> str:
+    """One digest of a checkpoint's weight files (safetensors or bin), for provenance."""
+    files = sorted(p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin"))
+    return ",".join(f"{p.name}:{file_digest(p)}" for p in files)
+
+
+def build_cache(data, inherit, cache: CacheArguments, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Run the teachers of `inherit` over the training blocks of `data` and write the cache; returns its manifest."""
+    from kinherit.pretrain import build_teachers, parse_corpus_specs
+
+    if not inherit.teacher:
+        raise KinheritError("cache-teacher needs at least one --teacher")
+    output, partial = Path(cache.output), Path(f"{cache.output}.partial")
+    if output.exists():
+        raise KinheritError(f"{output} already exists; a cache is never overwritten: delete it or choose another "
+                            "--output")
+    started = time.perf_counter()
+    corpus = load_corpus(parse_corpus_specs(data))
+    paths, _domains = parse_teacher_specs(inherit.teacher)
+    tokenizer_path = data.tokenizer or paths[0]  # default: the (first) teacher's own tokenizer
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
+    blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint, "train",
+                          data.cache_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = model_kind(AutoConfig.from_pretrained(paths[0], trust_remote_code=trust_remote_code))
+    teachers = build_teachers(inherit, tokenizer, tokenizer_path, kind, corpus.domains, device, trust_remote_code)
+    masked = kind == "masked"
+    epochs = cache.epochs if masked else 1
+    vocab = len(tokenizer)
+    settings = {"tokenizer": tokenizer_fingerprint(tokenizer), "corpus": corpus.fingerprint,
+                "block_size": data.block_size, "blocks": len(blocks), "kind": kind,
+                "temperature": inherit.temperature, "top_k": cache.top_k, "epochs": epochs,
+                "blocks_per_shard": cache.blocks_per_shard, "log_prob_dtype": cache.log_prob_dtype,
+                "seed": cache.seed if masked else None,
+                "mlm_probability": data.mlm_probability if masked else None,
+                "teachers": [{"spec": spec, "weights": _weights_digest(path)}
+                             for spec, path in zip(inherit.teacher, paths, strict=True)],
+                "teacher_weights": list(inherit.teacher_weights), "vocab_size": vocab}
+    _prepare_partial(partial, settings)
+    id_dtype = torch.uint16 if vocab <= 65536 else torch.int32
+    collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=cache.seed)
+    shards = math.ceil(len(blocks) / cache.blocks_per_shard)
+    for epoch in range(epochs):
+        collator.set_epoch(epoch)
+        for shard in range(shards):
+            path = partial / f"epoch{epoch}-shard{shard:05d}.safetensors"
+            if path.exists():
+                continue
+            lo, hi = shard * cache.blocks_per_shard, min((shard + 1) * cache.blocks_per_shard, len(blocks))
+            logger.info("caching epoch %d, blocks %d-%d of %d", epoch, lo, hi, len(blocks))
+            tensors = _cache_blocks(blocks, range(lo, hi), collator, teachers, kind, inherit.temperature,
+                                    cache.top_k, vocab, inherit.chunk_size, cache.batch_size, device)
+            tensors["ids"] = tensors["ids"].to(id_dtype)
+            tensors["log_probs"] = tensors["log_probs"].to(LOG_PROB_DTYPES[cache.log_prob_dtype])
+            staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            save_file(tensors, str(staging), metadata={"epoch": str(epoch), "first_block": str(lo)})
+            os.replace(staging, path)
+    positions = 0
+    for epoch_shard in sorted(partial.glob("epoch*-shard*.safetensors")):
+        with safe_open(str(epoch_shard), "pt") as handle:
+            positions += handle.get_slice("ids").get_shape()[0]
+    shard_bytes = sum(p.stat().st_size for p in partial.glob("epoch*-shard*.safetensors"))
+    teacher_val_loss = None
+    if len(corpus.validation):
+        eval_blocks = build_blocks(corpus.validation, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
+                                   "validation", data.cache_dir)
+        eval_collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed)
+        teacher_val_loss = min(validation_loss(m, eval_blocks, eval_collator, cache.batch_size, inherit.chunk_size,
+                                               vocab, kind)[0] for m in teachers.models)
+    manifest = {"format": CACHE_FORMAT, "settings": settings, "positions": positions, "bytes": shard_bytes,
+                "bytes_per_position": shard_bytes / max(positions, 1), "teacher_val_loss": teacher_val_loss,
+                "build_seconds": time.perf_counter() - started}
+    write_json_atomic(partial / MANIFEST_NAME, manifest)
+    (partial / "build.json").unlink()
+    seal(partial)
+    os.replace(partial, output)
+    return manifest
+
+
+def _prepare_partial(partial: Path, settings: dict[str, Any]) -> None:
+    """Resume a partial build with the same settings; restart one with other settings; refuse anything else."""
+    build = partial / "build.json"
+    if partial.exists():
+        if not build.exists():
+            raise KinheritError(f"{partial} exists but is not a partial cache build (no build.json); move it away")
+        if json.loads(build.read_text())["settings"] == settings:
+            logger.info("resuming the cache build in %s", partial)
+            return
+        logger.warning("%s holds a partial build with other settings; starting over", partial)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    write_json_atomic(build, {"settings": settings})
+
+
+def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kind: str, temperature: float,
+                  top_k: int, vocab: int, chunk_size: int, batch_size: int,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """Top-K targets of the taught positions of `blocks[indices]`, rows in block order, with block offsets."""
+    ids, log_probs, counts = [], [], []
+    for start in range(indices.start, indices.stop, batch_size):
+        rows = [blocks[i] for i in range(start, min(start + batch_size, indices.stop))]
+        batch = collator(rows)
+        input_ids = batch["input_ids"].to(device)
+        labels = target_labels(batch["labels"], kind).to(device)
+        valid = labels != IGNORE_INDEX
+        counts += valid.view(len(rows), -1).sum(1).tolist()
+        mask = batch.get("attention_mask")
+        hidden, row_teacher = teachers.hidden_states(input_ids, mask.to(device) if mask is not None else None,
+                                                     batch["domain_id"].to(device))
+        for chunk in valid.nonzero().squeeze(-1).split(chunk_size):
+            target = teachers.target(chunk, hidden, row_teacher, temperature, vocab)
+            top = TopKTarget.from_log_probs(target.log_probs, min(top_k, vocab))
+            ids.append(top.ids.cpu())
+            log_probs.append(top.log_probs.cpu())
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+    return {"ids": torch.cat(ids), "log_probs": torch.cat(log_probs), "offsets": offsets}
+
+
+class TeacherCache:
+    """A built cache, verified on opening; `target` returns the top-K targets of a batch's taught positions."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise KinheritError(f"teacher cache {self.path} does not exist; build it with `kinherit cache-teacher`")
+        if not is_sealed(self.path) and Path(f"{self.path}.partial").exists():
+            raise KinheritError(f"teacher cache {self.path} is incomplete; re-run the same `kinherit cache-teacher` "
+                                "command to finish it")
+        verify(self.path, "teacher cache")
+        self.manifest = json.loads((self.path / MANIFEST_NAME).read_text())
+        if self.manifest.get("format") != CACHE_FORMAT:
+            raise KinheritError(f"{self.path} is not a {CACHE_FORMAT} teacher cache")
+        self.settings = self.manifest["settings"]
+        self._handles: dict[tuple[int, int], Any] = {}
+        self._offsets: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def teacher_val_loss(self) -> float | None:
+        """The (best) teacher's validation loss measured when the cache was built."""
+        return self.manifest.get("teacher_val_loss")
+
+    def check_run(self, run: dict[str, Any], epochs_needed: int) -> None:
+        """Refuse a run whose tokenizer, data, block layout, kind, temperature or masking differ from the cache's."""
+        keys = MATCHED + (MATCHED_MASKED if self.settings["kind"] == "masked" else ())
+        differ = [f"{key}: cache {self.settings[key]!r}, run {run[key]!r}" for key in keys
+                  if self.settings[key] != run[key]]
+        if differ:
+            raise KinheritError(f"teacher cache {self.path} does not match this run ({'; '.join(differ)}); rebuild the "
+                                "cache with the run's settings or change the run")
+        if epochs_needed > self.settings["epochs"]:
+            raise KinheritError(f"this run inherits over {epochs_needed} epochs of masks but the cache {self.path} "
+                                f"holds {self.settings['epochs']}; rebuild it with --epochs {epochs_needed} or "
+                                "inherit over fewer steps")
+
+    def _shard(self, epoch: int, shard: int):
+        key = (epoch, shard)
+        if key not in self._handles:
+            path = self.path / f"epoch{epoch}-shard{shard:05d}.safetensors"
+            handle = safe_open(str(path), "pt")
+            self._handles[key] = handle
+            self._offsets[key] = handle.get_tensor("offsets")
+        return self._handles[key], self._offsets[key]
+
+    def target(self, block_index: torch.Tensor, epoch: int, counts: torch.Tensor,
+               device: torch.device) -> TopKTarget:
+        """The cached rows of these blocks (in order), checked against the positions the batch is taught on."""
+        if self.settings["kind"] != "masked":
+            epoch = 0
+        if epoch >= self.settings["epochs"]:
+            raise KinheritError(f"teacher cache {self.path} holds masks for {self.settings['epochs']} epoch(s); "
+                                f"the run reached epoch {epoch + 1} while still inheriting")
+        per_shard = self.settings["blocks_per_shard"]
+        ids, log_probs = [], []
+        for block, count in zip(block_index.tolist(), counts.tolist(), strict=True):
+            if not 0 <= block < self.settings["blocks"]:
+                raise KinheritError(f"block {block} is not in teacher cache {self.path}")
+            handle, offsets = self._shard(epoch, block // per_shard)
+            local = block % per_shard
+            lo, hi = int(offsets[local]), int(offsets[local + 1])
+            if hi - lo != count:
+                raise KinheritError(f"teacher cache {self.path} holds {hi - lo} positions for block {block} but the "
+                                    f"run is taught on {count}: the masks differ (seed or masking settings)")
+            ids.append(handle.get_slice("ids")[lo:hi])
+            log_probs.append(handle.get_slice("log_probs")[lo:hi])
+        return TopKTarget(torch.cat(ids).to(device=device, dtype=torch.long),
+                          torch.cat(log_probs).to(device=device, dtype=torch.float32))
