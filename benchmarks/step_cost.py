@@ -3,7 +3,8 @@
 For each configuration (a masked and a causal pair, demo-sized and large) this times, in one process
 after warm-up, the self-learning step (our own fast path: logits only at valid positions, fused
 head and loss in chunks), our KI step (the same plus the teacher), the KI step with the eager (not
-compiled) loss kernel, and a naive KD step as it is commonly written (full-vocabulary logits at
+compiled) loss kernel, the KI step reading the teacher's top-K targets from a teacher cache on disk
+instead of running the teacher, and a naive KD step as it is commonly written (full-vocabulary logits at
 every position from the models' standard forward, then `F.kl_div`). Peak memory of each step is
 measured in a separate child process by maximum resident set size on CPU, and by
 `torch.cuda.max_memory_allocated` on CUDA. Models are randomly initialised: timings do not depend
@@ -25,16 +26,21 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast, TrainingArguments
 
+from kinherit.atomic import write_json_atomic
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.teachers import TeacherSet, freeze
+from kinherit.inheritance.topk import TopKTarget
 from kinherit.models import load_model
-from kinherit.trainer import InheritanceArguments, InheritanceTrainer
+from kinherit.sealed import seal
+from kinherit.teacher_cache import CACHE_FORMAT, MANIFEST_NAME, TeacherCache, write_shard
+from kinherit.trainer import InheritanceArguments, InheritanceTrainer, target_labels
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,8 @@ CONFIGS = {
     "causal-32k": Pair("llama-4x256", "llama-2x128", 32768, 16, 512),
     "masked-32k": Pair("roberta-4x256", "roberta-2x128", 32768, 16, 512),
 }
-VARIANTS = ("self", "ki", "ki_eager", "naive")
+VARIANTS = ("self", "ki", "ki_eager", "ki_cache", "naive")
+CACHE_K = 32  # top-K of the `ki_cache` variant
 
 
 def stand_in_tokenizer(size: int) -> PreTrainedTokenizerFast:
@@ -91,22 +98,46 @@ class Bench:
         self.temperature = temperature
         self.output_dir = tempfile.mkdtemp(prefix="kinherit-bench-")
 
-    def trainer(self, with_teacher: bool, compiled: bool = True) -> InheritanceTrainer:
+    def trainer(self, teacher: str | None, compiled: bool = True) -> InheritanceTrainer:
+        """The trainer with the live teacher (`teacher="live"`), a teacher cache (`"cache"`), or none."""
         inherit = InheritanceArguments(inherit_schedule="constant", inherit_value=0.5, temperature=self.temperature,
                                        compile_loss=compiled)
         args = TrainingArguments(self.output_dir, report_to="none", use_cpu=self.device.type == "cpu")
         return InheritanceTrainer(model=self.student, args=args, inherit_args=inherit, vocab_size=self.pair.vocab,
-                                  teachers=TeacherSet([self.teacher]) if with_teacher else None)
+                                  teachers=TeacherSet([self.teacher]) if teacher == "live" else None,
+                                  teacher_cache=self.cache(CACHE_K) if teacher == "cache" else None)
+
+    def cache(self, k: int) -> TeacherCache:
+        """A one-shard teacher cache on disk holding the teacher's top-K targets for this batch's positions."""
+        folder = Path(self.output_dir) / f"cache-{k}"
+        if not folder.exists():
+            folder.mkdir()
+            labels = target_labels(self.batch["labels"], "masked" if self.pair.masked else "causal")
+            positions = (labels != -100).nonzero().squeeze(-1)
+            live = TeacherSet([self.teacher])
+            hidden, rows = live.hidden_states(self.batch["input_ids"], None, None)
+            target = TopKTarget.from_log_probs(live.target(positions, hidden, rows, self.temperature,
+                                                           self.pair.vocab).log_probs, k)
+            counts = (labels.view(self.pair.batch, -1) != -100).sum(1).tolist()
+            write_shard(folder / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab,
+                        "float16")
+            settings = {"kind": "masked" if self.pair.masked else "causal", "epochs": 1, "blocks": self.pair.batch,
+                        "blocks_per_shard": self.pair.batch, "top_k": k}
+            write_json_atomic(folder / MANIFEST_NAME, {"format": CACHE_FORMAT, "settings": settings})
+            seal(folder)
+        return TeacherCache(folder)
 
     def step(self, variant: str):
         """A function that runs one forward and backward of `variant` (gradients zeroed first)."""
         if variant == "naive":
             return self.naive_step
-        trainer = self.trainer(with_teacher=variant != "self", compiled=variant != "ki_eager")
+        teacher = {"self": None, "ki_cache": "cache"}.get(variant, "live")
+        trainer = self.trainer(teacher, compiled=variant != "ki_eager")
+        batch = {**self.batch, "block_index": torch.arange(self.pair.batch), "mask_epoch": torch.tensor(0)}
 
         def ours() -> None:
             self.student.zero_grad(set_to_none=True)
-            trainer.compute_loss(self.student, self.batch).backward()
+            trainer.compute_loss(self.student, batch).backward()
         return ours
 
     def naive_step(self) -> None:
@@ -241,6 +272,8 @@ def main() -> None:
             "ki_over_bound": median["ki"] / median["self"] / bound,
             "naive_over_ki": median["naive"] / median["ki"],
             "eager_over_compiled": median["ki_eager"] / median["ki"],
+            "cache_over_ki": median["ki_cache"] / median["ki"],
+            "cache_k": CACHE_K,
             "self_flops_per_second": student_flops / median["self"],
             "self_fraction_of_matmul": student_flops / median["self"] / peak,
         }
@@ -266,6 +299,7 @@ def report(config: str, entry: dict) -> None:
               f"{memory if memory is None else f'{memory:9.0f}'}")
     print(f"bound {entry['bound']:.3f}  ki/self {entry['ki_over_self']:.3f} ({entry['ki_over_bound']:.3f} x bound)  "
           f"naive/ki {entry['naive_over_ki']:.2f}  eager/compiled {entry['eager_over_compiled']:.2f}  "
+          f"cache(top-{entry['cache_k']})/ki {entry['cache_over_ki']:.2f}  "
           f"self {entry['self_flops_per_second'] / 1e9:.1f} GFLOP/s = {entry['self_fraction_of_matmul']:.0%} of matmul")
 
 

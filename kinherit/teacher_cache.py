@@ -117,7 +117,6 @@ def build_cache(data, inherit, cache: CacheArguments, trust_remote_code: bool = 
                              for spec, path in zip(inherit.teacher, paths, strict=True)],
                 "teacher_weights": list(inherit.teacher_weights), "vocab_size": vocab}
     _prepare_partial(partial, settings)
-    id_dtype = torch.uint16 if vocab <= 65536 else torch.int32
     collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=cache.seed)
     shards = math.ceil(len(blocks) / cache.blocks_per_shard)
     for epoch in range(epochs):
@@ -128,13 +127,9 @@ def build_cache(data, inherit, cache: CacheArguments, trust_remote_code: bool = 
                 continue
             lo, hi = shard * cache.blocks_per_shard, min((shard + 1) * cache.blocks_per_shard, len(blocks))
             logger.info("caching epoch %d, blocks %d-%d of %d", epoch, lo, hi, len(blocks))
-            tensors = _cache_blocks(blocks, range(lo, hi), collator, teachers, kind, inherit.temperature,
-                                    cache.top_k, vocab, inherit.chunk_size, cache.batch_size, device)
-            tensors["ids"] = tensors["ids"].to(id_dtype)
-            tensors["log_probs"] = tensors["log_probs"].to(LOG_PROB_DTYPES[cache.log_prob_dtype])
-            staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            save_file(tensors, str(staging), metadata={"epoch": str(epoch), "first_block": str(lo)})
-            os.replace(staging, path)
+            target, counts = _cache_blocks(blocks, range(lo, hi), collator, teachers, kind, inherit.temperature,
+                                           cache.top_k, vocab, inherit.chunk_size, cache.batch_size, device)
+            write_shard(path, target, counts, vocab, cache.log_prob_dtype)
     positions = 0
     for epoch_shard in sorted(partial.glob("epoch*-shard*.safetensors")):
         with safe_open(str(epoch_shard), "pt") as handle:
@@ -157,6 +152,18 @@ def build_cache(data, inherit, cache: CacheArguments, trust_remote_code: bool = 
     return manifest
 
 
+def write_shard(path: Path, target: TopKTarget, counts: list[int], vocab: int, log_prob_dtype: str) -> None:
+    """Write one shard atomically: ids (uint16 when the vocabulary fits), log-probs and each block's first row."""
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+    tensors = {"ids": target.ids.cpu().to(torch.uint16 if vocab <= 65536 else torch.int32).contiguous(),
+               "log_probs": target.log_probs.cpu().to(LOG_PROB_DTYPES[log_prob_dtype]).contiguous(),
+               "offsets": offsets}
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(staging))
+    os.replace(staging, path)
+
+
 def _prepare_partial(partial: Path, settings: dict[str, Any]) -> None:
     """Resume a partial build with the same settings; restart one with other settings; refuse anything else."""
     build = partial / "build.json"
@@ -174,8 +181,8 @@ def _prepare_partial(partial: Path, settings: dict[str, Any]) -> None:
 
 def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kind: str, temperature: float,
                   top_k: int, vocab: int, chunk_size: int, batch_size: int,
-                  device: torch.device) -> dict[str, torch.Tensor]:
-    """Top-K targets of the taught positions of `blocks[indices]`, rows in block order, with block offsets."""
+                  device: torch.device) -> tuple[TopKTarget, list[int]]:
+    """Top-K targets of the taught positions of `blocks[indices]` (rows in block order) and each block's count."""
     ids, log_probs, counts = [], [], []
     for start in range(indices.start, indices.stop, batch_size):
         rows = [blocks[i] for i in range(start, min(start + batch_size, indices.stop))]
@@ -192,9 +199,7 @@ def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kin
             top = TopKTarget.from_log_probs(target.log_probs, min(top_k, vocab))
             ids.append(top.ids.cpu())
             log_probs.append(top.log_probs.cpu())
-    offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
-    offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
-    return {"ids": torch.cat(ids), "log_probs": torch.cat(log_probs), "offsets": offsets}
+    return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
 
 
 class TeacherCache:

@@ -160,7 +160,7 @@ def test_failed_compilation_falls_back_to_the_same_result(monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("no compiler")
 
-    kernel = divergences._CompiledKernel()
+    kernel = divergences.CompiledKernel(divergences._forward_kl_kernel)
     monkeypatch.setattr(divergences, "_COMPILED_KERNEL", kernel)
     monkeypatch.setattr(torch, "compile", broken)
     student, teachers, labels = make(8)

@@ -31,10 +31,10 @@ def reference(student, teacher, labels, k, alpha, tau):
     return (1 - alpha) * ce + alpha * tau**2 * kl.sum(), p_tail
 
 
-def ours(student, teacher, labels, k, alpha, tau):
+def ours(student, teacher, labels, k, alpha, tau, compiled=False):
     target = TopKTarget.from_log_probs(torch.log_softmax(teacher / tau, -1), k)
     logits = student.detach().clone().requires_grad_()
-    output, grad, loss, stats = loss_chunk(logits, target, labels, alpha, tau, "forward_kl", 0.5)
+    output, grad, loss, stats = loss_chunk(logits, target, labels, alpha, tau, "forward_kl", 0.5, compiled=compiled)
     return loss, grad, stats, target
 
 
@@ -47,12 +47,13 @@ def make(seed, rows=11):
 @pytest.mark.parametrize("k", [1, 4, 16, V])
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-def test_value_and_gradient_match_float64_reference(k, tau, alpha):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_value_and_gradient_match_float64_reference(k, tau, alpha, compiled):
     student, teacher, labels = make(k * 7 + int(tau * 10))
     leaf = student.double().requires_grad_()
     expected, p_tail = reference(leaf, teacher, labels, k, alpha, tau)
     expected.backward()
-    loss, grad, _stats, target = ours(student, teacher, labels, k, alpha, tau)
+    loss, grad, _stats, target = ours(student, teacher, labels, k, alpha, tau, compiled)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
     torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
     if k < V:

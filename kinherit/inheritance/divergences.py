@@ -12,7 +12,6 @@ chunk by chunk inside the forward pass (`chunked_loss`), so no float32 tensor of
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.rowwise import cross_entropy_terms, softmax_lse_argmax
+from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms, softmax_lse_argmax
 from kinherit.inheritance.topk import TopKTarget, topk_forward_kl_terms
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
@@ -165,31 +164,7 @@ def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labe
     return ce, kl * temperature**2, agree, grad
 
 
-class _CompiledKernel:
-    """`torch.compile` of the forward-KL kernel (one fused pass per reduction), built on first use.
-
-    Dynamic shapes, so chunks of any length share one graph; alpha is a tensor so that its decay
-    does not recompile. If compilation fails (no C++ compiler, unsupported device), the eager kernel
-    is used from then on, with a warning.
-    """
-
-    def __init__(self) -> None:
-        self.function = None
-        self.failed = False
-
-    def __call__(self, *args):
-        if not self.failed:
-            try:
-                if self.function is None:
-                    self.function = torch.compile(_forward_kl_kernel, dynamic=True)
-                return self.function(*args)
-            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the same math
-                warnings.warn(f"torch.compile of the KI loss failed, using the eager kernel: {error}", stacklevel=2)
-                self.failed = True
-        return _forward_kl_kernel(*args)
-
-
-_COMPILED_KERNEL = _CompiledKernel()
+_COMPILED_KERNEL = CompiledKernel(_forward_kl_kernel)
 
 
 @torch.no_grad()
@@ -233,7 +208,7 @@ def loss_chunk(logits: torch.Tensor, target: Target | TopKTarget | None, labels:
         if divergence != "forward_kl":
             raise KinheritError(f"a teacher cache (top-K targets) supports only --divergence forward_kl, "
                                 f"not {divergence}; run the teacher live for other divergences")
-        ce, ki, agree, grad = topk_forward_kl_terms(logits.detach(), target, labels, alpha, temperature)
+        ce, ki, agree, grad = topk_forward_kl_terms(logits.detach(), target, labels, alpha, temperature, compiled)
         return logits, grad.to(logits.dtype), (1.0 - alpha) * ce + alpha * ki, torch.stack([ce, ki, agree])
     if fused and divergence == "forward_kl":
         ce, ki, agree, grad = fused_forward_kl_terms(logits.detach(), target, labels, alpha, temperature,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.rowwise import cross_entropy_terms
+from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms
 
 
 @dataclass
@@ -45,35 +45,45 @@ class TopKTarget:
         return (1.0 - self.log_probs.exp().sum(-1)).clamp_min(0.0)
 
 
-@torch.no_grad()
-def topk_forward_kl_terms(logits: torch.Tensor, target: TopKTarget, labels: torch.Tensor, alpha: float,
-                          temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits) for total = (1 - alpha) CE + alpha tau^2 KL_K.
-
-    The same contract as `fused_forward_kl_terms`, for a top-K target (see the module docstring).
-    """
-    z = logits.float()
+def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
+                 temperature: float) -> tuple[torch.Tensor, ...]:
+    """CE sum, tau^2 * KL_K sum, agreements and d total / d z for float32 logits `z` (see the module docstring)."""
     rows, probs, _lse, top, ce = cross_entropy_terms(z, labels)
     grad = probs.mul_(1.0 - alpha)
     grad[rows, labels] -= 1.0 - alpha
     u = z / temperature
     lse = torch.logsumexp(u, dim=-1, keepdim=True)
-    ids = target.ids.long()
-    p_k = target.log_probs.float().exp()
+    p_k = log_p.exp()
     in_top = torch.zeros_like(u, dtype=torch.bool).scatter_(1, ids, True)
     tail_lse = torch.logsumexp(u.masked_fill(in_top, float("-inf")), dim=-1, keepdim=True)
     empty_tail = torch.isinf(tail_lse)  # K = V: no tail outcome
     p_tail = torch.where(empty_tail, 0.0, (1.0 - p_k.sum(-1, keepdim=True)).clamp_min(0.0))
     log_q_k = u.gather(1, ids) - lse
     log_q_tail = torch.where(empty_tail, 0.0, tail_lse - lse)
-    kl_top = (p_k * (target.log_probs.float() - log_q_k)).sum(-1)
+    kl_top = (p_k * (log_p - log_q_k)).sum(-1)
     kl_tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0).squeeze(-1)
     kl = (kl_top + kl_tail).sum()
     # d(tau^2 KL_K)/dz = tau * (q - p~): p~ is p_k on the top-K, p_tail * q_j / q_tail on the tail
     step = alpha * temperature
-    q = (u - lse).exp_()
+    q = (u - lse).exp()
     spread = torch.where(in_top, 0.0, (u - tail_lse).exp() * p_tail)
-    grad.add_(q.sub_(spread).mul_(step))
-    grad.scatter_add_(1, ids, -step * p_k)
+    grad = grad + (q - spread) * step
+    grad = grad.scatter_add(1, ids, -step * p_k)
     agree = (top == ids[:, 0]).sum().float()
     return ce, kl * temperature**2, agree, grad
+
+
+_COMPILED_TOPK = CompiledKernel(_topk_kernel)
+
+
+@torch.no_grad()
+def topk_forward_kl_terms(logits: torch.Tensor, target: TopKTarget, labels: torch.Tensor, alpha: float,
+                          temperature: float, compiled: bool = False) -> tuple[torch.Tensor, ...]:
+    """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits) for total = (1 - alpha) CE + alpha tau^2 KL_K.
+
+    The same contract as `fused_forward_kl_terms`, for a top-K target; `compiled` runs the kernel through
+    `torch.compile` (eager fallback with a warning).
+    """
+    args = (logits.float(), target.ids.long(), target.log_probs.float(), labels,
+            torch.tensor(alpha, device=logits.device), temperature)
+    return _COMPILED_TOPK(*args) if compiled else _topk_kernel(*args)
