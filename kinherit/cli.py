@@ -15,6 +15,7 @@ COMMANDS = {
     "experiment": "run an experiment YAML (tokenizer, teachers, students, report); re-running skips what is done",
     "report": "regenerate report.md, report.json and the plots of an experiment folder from its logs",
     "cache-teacher": "run teachers once over a corpus and store their top-K predictions for students to read",
+    "grow": "initialise a larger model of the same family from a smaller one, preserving its function",
     "tokenizer": "train a byte-level BPE tokenizer on a corpus and save it as an HF tokenizer",
     "presets": "list the named model presets",
     "corpora": "list the built-in offline corpora and whether each is available",
@@ -150,6 +151,30 @@ def run_tokenizer(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_grow(argv: Sequence[str]) -> int:
+    """Grow a checkpoint into a larger preset or config."""
+    from kinherit.grow import grow_checkpoint
+
+    parser = argparse.ArgumentParser(prog="kinherit grow", description=COMMANDS["grow"])
+    parser.add_argument("source", help="the smaller model's checkpoint folder (with its tokenizer)")
+    parser.add_argument("output", help="folder for the grown checkpoint (must not exist)")
+    parser.add_argument("--to", required=True, help="target preset (e.g. llama-4x256) or config.json")
+    parser.add_argument("--noise", type=float, default=0.01,
+                        help="symmetry-breaking noise, relative to each split weight's spread (sums to zero)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trust_remote_code", action="store_true")
+    options = parser.parse_args(argv)
+    report = grow_checkpoint(options.source, options.to, options.output, options.noise, options.seed,
+                             options.trust_remote_code)
+    print(f"grew {report.family} {report.source['layers']}x{report.source['width']} -> "
+          f"{report.target['layers']}x{report.target['width']} (width x{report.width_factor}, depth: "
+          f"{report.depth_method}); largest logit difference from the source "
+          f"{report.max_abs_logit_difference:.2e}; saved to {options.output}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    return 0
+
+
 def run_presets(argv: Sequence[str]) -> int:
     """Print the presets."""
     from kinherit.models import GPT_PAPER, ROBERTA_PAPER, preset_names
@@ -180,7 +205,7 @@ def run_corpora(argv: Sequence[str]) -> int:
 
 
 HANDLERS = {"pretrain": run_pretrain, "experiment": run_experiment, "report": run_report,
-            "cache-teacher": run_cache_teacher,
+            "cache-teacher": run_cache_teacher, "grow": run_grow,
             "tokenizer": run_tokenizer, "presets": run_presets, "corpora": run_corpora}
 
 

@@ -40,7 +40,7 @@ TRAIN_TYPES = {"model": STR, "corpus": STRS, "max_steps": POSITIVE, "learning_ra
                "training_args": MAP, "inherit": MAP, "seed": INT}
 TRAIN_KEYS = set(TRAIN_TYPES)
 RUN_TYPES = {**TRAIN_TYPES, "name": STR, "teachers": STRS, "teacher_weights": NUMBERS, "routing": MAP,
-             "baseline": STR, "description": STR}
+             "baseline": STR, "grow": STR, "description": STR}
 RUN_KEYS = set(RUN_TYPES) | {"seeds"}
 CORPUS_TYPES = {"source": STR, "domain": STR, "text_field": STR, "validation_fraction": FRACTION,
                 "max_documents": POSITIVE, "hf_config": STR, "hf_split": STR}
@@ -126,10 +126,16 @@ class RunSpec:
     baseline: str | None = None
     group: str | None = None
     seed: int = 0
+    grow: str | None = None
+
+    def teacher_runs(self) -> list[str]:
+        """The runs this one inherits from."""
+        return list(self.routing.values()) or list(self.teachers)
 
     def dependencies(self) -> list[str]:
-        """Runs that must finish before this one (its teachers)."""
-        return list(self.routing.values()) or list(self.teachers)
+        """Runs that must finish before this one (its teachers, and the run it is grown from)."""
+        grown = [self.grow] if self.grow and self.grow not in self.teacher_runs() else []
+        return self.teacher_runs() + grown
 
 
 @dataclass
@@ -200,6 +206,8 @@ def _expand_seeds(raw_runs: list[dict[str, Any]], default_seed: int) -> list[dic
                 copy_["routing"] = {d: rename(t) for d, t in run["routing"].items()}
             if "baseline" in run:
                 copy_["baseline"] = rename(run["baseline"])
+            if "grow" in run:
+                copy_["grow"] = rename(run["grow"])
             expanded.append(copy_)
     return expanded
 
@@ -280,7 +288,7 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
             raise KinheritError(f"run {run['name']!r} has both teachers and routing; use one")
         runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(teachers),
                                     routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
-                                    seed=run["seed"])
+                                    seed=run["seed"], grow=run.get("grow"))
     for spec in runs.values():
         for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
             if ref not in runs:
@@ -352,7 +360,7 @@ def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, c
                          validation_fraction=float(_first_corpus_setting(experiment, corpus_names,
                                                                          "validation_fraction", 0.05)),
                          max_documents=_first_corpus_setting(experiment, corpus_names, "max_documents", None))
-    teacher_dirs = {name: str(experiment.output_dir / "runs" / name) for name in spec.dependencies()}
+    teacher_dirs = {name: str(experiment.output_dir / "runs" / name) for name in spec.teacher_runs()}
     if spec.routing:
         teacher_args = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
     else:
@@ -384,8 +392,10 @@ def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, c
 
 
 def _fingerprint(spec: RunSpec) -> str:
-    blob = json.dumps({"settings": spec.settings, "teachers": spec.teachers, "routing": spec.routing,
-                       "seed": spec.seed}, sort_keys=True, default=str)
+    identity = {"settings": spec.settings, "teachers": spec.teachers, "routing": spec.routing, "seed": spec.seed}
+    if spec.grow:
+        identity["grow"] = spec.grow
+    blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -398,7 +408,7 @@ def prepare_output(experiment: Experiment) -> None:
         if previous.get("name") != experiment.name:
             raise KinheritError(f"{experiment.output_dir} holds experiment {previous.get('name')!r}, not "
                                 f"{experiment.name!r}; choose another output_dir or delete that folder")
-    runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.dependencies(),
+    runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.teacher_runs(), "grow": spec.grow,
                    "baseline": spec.baseline, "model": spec.settings["model"], "fingerprint": _fingerprint(spec),
                    "max_steps": spec.settings["max_steps"], "inherit": spec.settings.get("inherit")}
             for name, spec in experiment.runs.items()}
@@ -421,6 +431,19 @@ def ensure_tokenizer(experiment: Experiment) -> Path:
     logger.info("training the experiment's tokenizer (%s tokens) on %s", settings.get("vocab_size", 8192), corpus_name)
     train_tokenizer(corpus.train, int(settings.get("vocab_size", 8192)), target)
     return target
+
+
+def grown_start(experiment: Experiment, spec: RunSpec, run_dir: Path) -> Path:
+    """The run's initial model grown from its `grow:` run (built once, in `run_dir/grown`)."""
+    from kinherit.grow import grow_checkpoint
+
+    grown = run_dir / "grown"
+    if not grown.exists():
+        report = grow_checkpoint(str(experiment.output_dir / "runs" / spec.grow), spec.settings["model"], str(grown),
+                                 seed=spec.seed)
+        print(f"    grown from {spec.grow}: width x{report.width_factor}, depth {report.depth_method}; largest "
+              f"logit difference {report.max_abs_logit_difference:.1e}", flush=True)
+    return grown
 
 
 def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
@@ -449,6 +472,8 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
         last = last_good_checkpoint(run_dir)
         training.resume_from_checkpoint = last
+        if spec.grow:
+            model.model = str(grown_start(experiment, spec, run_dir))
         teachers = f" from {', '.join(spec.dependencies())}" if spec.dependencies() else ""
         resumed = f", resuming {Path(last).name}" if last else ""
         print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {spec.settings['max_steps']} steps"

@@ -75,7 +75,9 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     top = max(finals) + 0.9 * (max(starts[0] if starts else max(finals), max(finals)) - max(finals)) * 0.5 + 0.5
     for ax, (attr, label, scale) in zip(axes, axes_spec, strict=True):
         for i, (name, curve) in enumerate(students.items()):
-            kind = "KI" if runs.get(name, {}).get("teachers") else "self-learning"
+            run = runs.get(name, {})
+            kind = " + ".join([*(["grown"] if run.get("grow") else []), *(["KI"] if run.get("teachers") else [])])
+            kind = kind or "self-learning"
             ax.plot([getattr(p, attr) * scale for p in curve], [p.loss for p in curve], marker="o", markersize=2.5,
                     color=colours[i % len(colours)], label=f"{name} ({kind})")
         for j, (name, loss) in enumerate(teacher_losses.items()):
@@ -122,13 +124,13 @@ def write_report(folder: str | Path) -> dict[str, Any]:
     for name in runs:
         marker = folder / "runs" / name / "run.json"
         summaries[name] = json.loads(marker.read_text()) if marker.exists() else None
-    teacher_names = {t for r in runs.values() for t in r["teachers"]}
-    teacher_losses = {t: curves[t][-1].loss for t in sorted(teacher_names) if curves.get(t)}
+    sources = {name: [*r["teachers"], *([r["grow"]] if r.get("grow") else [])] for name, r in runs.items()}
+    teacher_losses = {t: curves[t][-1].loss for t in sorted({t for s in sources.values() for t in s}) if curves.get(t)}
     compute: dict[str, Any] = {}
     for name, run in runs.items():
         baseline = run.get("baseline")
         if baseline and curves.get(name) and curves.get(baseline) and summaries.get(name) and summaries.get(baseline):
-            teacher_loss = min((teacher_losses[t] for t in run["teachers"] if t in teacher_losses), default=None)
+            teacher_loss = min((teacher_losses[t] for t in sources[name] if t in teacher_losses), default=None)
             compute[name] = compute_saved(curves[name], curves[baseline], teacher_loss)
             compute[name]["baseline"] = baseline
     groups: dict[str, Any] = {}
