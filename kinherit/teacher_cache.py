@@ -22,6 +22,8 @@ sealed folder is renamed to `OUTPUT`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -84,8 +86,21 @@ def _weights_digest(path: str) -> str:
     return ",".join(f"{p.name}:{file_digest(p)}" for p in files)
 
 
+def _fixed_mmap_threshold() -> None:
+    """Keep glibc from moving freed vocabulary-sized buffers into a fragmented heap.
+
+    glibc raises its mmap threshold to the size of each freed mmapped block (up to 32 MiB), after which
+    the [chunk, vocabulary] temporaries of every batch come from the heap, interleaved with the small
+    results that are kept, and the heap can never shrink: building the demo's cache grew to 5.8 GB of
+    resident memory, 0.7 GB with the threshold fixed at 128 KiB. No effect off glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
 def build_cache(data, inherit, cache: CacheArguments, trust_remote_code: bool = False) -> dict[str, Any]:
     """Run the teachers of `inherit` over the training blocks of `data` and write the cache; returns its manifest."""
+    _fixed_mmap_threshold()
     from kinherit.pretrain import build_teachers, parse_corpus_specs
 
     if not inherit.teacher:
