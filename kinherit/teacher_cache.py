@@ -47,7 +47,7 @@ from kinherit.inheritance.divergences import IGNORE_INDEX
 from kinherit.inheritance.teachers import parse_teacher_specs
 from kinherit.inheritance.topk import TopKTarget
 from kinherit.models import model_kind
-from kinherit.sealed import file_digest, is_sealed, seal, verify
+from kinherit.sealed import file_digest, seal, verify
 from kinherit.trainer import target_labels, validation_loss
 
 logger = logging.getLogger(__name__)
@@ -222,11 +222,11 @@ class TeacherCache:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        if not self.path.is_dir() and Path(f"{self.path}.partial").is_dir():
+            raise KinheritError(f"teacher cache {self.path} is incomplete (its build was interrupted); re-run the same "
+                                "`kinherit cache-teacher` command to finish it")
         if not self.path.is_dir():
             raise KinheritError(f"teacher cache {self.path} does not exist; build it with `kinherit cache-teacher`")
-        if not is_sealed(self.path) and Path(f"{self.path}.partial").exists():
-            raise KinheritError(f"teacher cache {self.path} is incomplete; re-run the same `kinherit cache-teacher` "
-                                "command to finish it")
         verify(self.path, "teacher cache")
         self.manifest = json.loads((self.path / MANIFEST_NAME).read_text())
         if self.manifest.get("format") != CACHE_FORMAT:
