@@ -474,7 +474,8 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         training.resume_from_checkpoint = last
         if spec.grow:
             model.model = str(grown_start(experiment, spec, run_dir))
-        teachers = f" from {', '.join(spec.dependencies())}" if spec.dependencies() else ""
+        teachers = f" inheriting from {', '.join(spec.teacher_runs())}" if spec.teacher_runs() else ""
+        teachers += f", grown from {spec.grow}" if spec.grow else ""
         resumed = f", resuming {Path(last).name}" if last else ""
         print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {spec.settings['max_steps']} steps"
               f"{teachers}{resumed}", flush=True)
