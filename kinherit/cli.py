@@ -163,9 +163,11 @@ def run_grow(argv: Sequence[str]) -> int:
                         help="symmetry-breaking noise, relative to each split weight's spread (sums to zero)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--allow_inexact", action="store_true",
+                        help="grow a residual width that is not a whole multiple anyway (function not preserved)")
     options = parser.parse_args(argv)
     report = grow_checkpoint(options.source, options.to, options.output, options.noise, options.seed,
-                             options.trust_remote_code)
+                             options.trust_remote_code, options.allow_inexact)
     print(f"grew {report.family} {report.source['layers']}x{report.source['width']} -> "
           f"{report.target['layers']}x{report.target['width']} (width x{report.width_factor}, depth: "
           f"{report.depth_method}); largest logit difference from the source "

@@ -19,8 +19,10 @@ stream; so the last LayerNorm before an inserted run of layers is set to the pla
 LayerNorm takes over the original weight and bias: standardising an already standardised vector
 changes it only by the norm's epsilon, so the function is preserved to float tolerance.
 
-Refused, with the reason: another family, a smaller target, a residual width that is not a whole
-multiple (a norm's statistics would change), another head size, another vocabulary.
+Refused, with the reason: another family, a smaller target, another head size, another vocabulary,
+and a residual width that is not a whole multiple (a norm's statistics would change) unless
+`allow_inexact` is given: then the whole multiple that fits is cloned, the remaining coordinates
+start fresh, and the report marks the function as not preserved (the explicit fallback).
 """
 
 from __future__ import annotations
@@ -228,7 +230,8 @@ def _rules(family: str) -> tuple[str, dict, dict, tuple[str, ...]]:
     return f"{base}.encoder.layer.", ENCODER_LAYER, {**embeddings, **head[0]}, head[1]
 
 
-def _check(old_config: PretrainedConfig, new_config: PretrainedConfig, old: Dims, new: Dims) -> int:
+def _check(old_config: PretrainedConfig, new_config: PretrainedConfig, old: Dims, new: Dims,
+           allow_inexact: bool = False) -> int:
     family = old_config.model_type
     if new_config.model_type != family:
         raise KinheritError(f"cannot grow a {family} model into a {new_config.model_type} one; growth keeps the family")
@@ -241,10 +244,11 @@ def _check(old_config: PretrainedConfig, new_config: PretrainedConfig, old: Dims
                if getattr(new, name) < getattr(old, name)]
     if smaller:
         raise KinheritError(f"the target is smaller than the source in {smaller}; growth only grows")
-    if new.width % old.width:
+    if new.width % old.width and not allow_inexact:
         raise KinheritError(f"residual width {old.width} -> {new.width} is not a whole multiple: cloning keeps a "
                             f"norm's statistics only when every coordinate has the same number of copies; choose a "
-                            f"width of {old.width * 2} or {old.width * 3}, or train the target from scratch")
+                            f"width of {old.width * 2} or {old.width * 3}, or pass --allow_inexact to clone what "
+                            "fits and start the remaining coordinates fresh (the function is then not preserved)")
     if new.head_size != old.head_size:
         raise KinheritError(f"head size {old.head_size} -> {new.head_size}: growth keeps the head size (and so "
                             f"rotary embeddings and the attention scale); use {new.width // old.head_size} heads")
@@ -270,12 +274,18 @@ def _plain_norm(plan: list[tuple[int, bool]], index: int, is_new: bool, suffix: 
 
 
 @torch.no_grad()
-def grow_model(source: PreTrainedModel, target_config: PretrainedConfig, noise: float = 0.01,
-               seed: int = 0) -> tuple[PreTrainedModel, GrowthReport]:
-    """A model of `target_config` initialised from `source` (see the module docstring), and what was done."""
+def grow_model(source: PreTrainedModel, target_config: PretrainedConfig, noise: float = 0.01, seed: int = 0,
+               allow_inexact: bool = False) -> tuple[PreTrainedModel, GrowthReport]:
+    """A model of `target_config` initialised from `source` (see the module docstring), and what was done.
+
+    `allow_inexact`: a residual width that is not a whole multiple is grown anyway, by cloning the
+    whole multiple that fits and starting the remaining coordinates fresh (zero weights into the
+    source's computation, their usual random initialisation elsewhere); the norms then see other
+    statistics, so the function is only approximately preserved, and the report says so.
+    """
     old_config, family = source.config, source.config.model_type
     old, new = Dims.of(old_config), Dims.of(target_config)
-    factor = _check(old_config, target_config, old, new)
+    factor = _check(old_config, target_config, old, new, allow_inexact)
     torch.manual_seed(seed)
     grown = _auto_class(model_kind(target_config)).from_config(target_config)
     generator = torch.Generator().manual_seed(seed)
@@ -312,8 +322,12 @@ def grow_model(source: PreTrainedModel, target_config: PretrainedConfig, noise: 
         depth_method = "inserted copies of the preceding layer with zeroed output projections"
         if not pre_norm:
             depth_method += " (post-norm: LayerNorms around each inserted run made plain standardisations)"
+    exact = new.width % old.width == 0
+    if not exact:
+        notes.append(f"residual width {old.width} -> {new.width} is not a whole multiple: {factor} copies of each "
+                     f"coordinate and {new.width % old.width} fresh ones; the function is NOT preserved")
     report = GrowthReport(family=family, source=asdict(old), target=asdict(new), width_factor=factor,
-                          depth_method=depth_method, function_preserving=True, noise=noise, notes=notes)
+                          depth_method=depth_method, function_preserving=exact, noise=noise, notes=notes)
     return grown, report
 
 
@@ -341,7 +355,7 @@ def target_config_for(target: str, source_config: PretrainedConfig, tokenizer) -
 
 
 def grow_checkpoint(source: str, target: str, output: str, noise: float = 0.01, seed: int = 0,
-                    trust_remote_code: bool = False) -> GrowthReport:
+                    trust_remote_code: bool = False, allow_inexact: bool = False) -> GrowthReport:
     """`kinherit grow`: grow the checkpoint `source` into `target` and save it (with its tokenizer) in `output`."""
     from kinherit.data import load_tokenizer
     from kinherit.sealed import staged_folder
@@ -351,7 +365,7 @@ def grow_checkpoint(source: str, target: str, output: str, noise: float = 0.01, 
     model = load_model(source, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code)
     config = target_config_for(target, model.config, tokenizer)
-    grown, report = grow_model(model, config, noise=noise, seed=seed)
+    grown, report = grow_model(model, config, noise=noise, seed=seed, allow_inexact=allow_inexact)
     report.max_abs_logit_difference = max_logit_difference(model, grown, len(tokenizer))
     if not report.function_preserving:
         logger.warning("grown model does not preserve the source's function: %s", "; ".join(report.notes))

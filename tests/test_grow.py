@@ -21,10 +21,10 @@ FAMILIES = ["llama", "gpt2", "roberta", "bert"]
 SHAPES = {"width": "2x128", "depth": "5x64", "both": "4x192"}
 
 
-def source_model(family, tokenizer):
-    """A 2x64 model with weights large enough that its logits vary by several units."""
+def source_model(family, tokenizer, shape="2x64"):
+    """A small model with weights large enough that its logits vary by several units."""
     torch.manual_seed(0)
-    model = load_model(f"{family}-2x64", tokenizer, 32)
+    model = load_model(f"{family}-{shape}", tokenizer, 32)
     with torch.no_grad():
         for name, param in model.named_parameters():
             is_norm = param.dim() == 1 and ("norm" in name.lower() or "ln_" in name)
@@ -85,6 +85,17 @@ def test_refused_growth_says_why(tokenizer, target, message):
     source = source_model("llama", tokenizer)
     with pytest.raises(KinheritError, match=message):
         grow_model(source, target_config_for(target, source.config, tokenizer))
+
+
+def test_inexact_width_is_an_explicit_fallback(tokenizer):
+    source = source_model("llama", tokenizer, "2x128")  # 2 heads of 64
+    config = target_config_for("llama-2x192", source.config, tokenizer)  # 1.5x the width, 3 heads of 64
+    with pytest.raises(KinheritError, match="not a whole multiple.*pass --allow_inexact"):
+        grow_model(source, config)
+    grown, report = grow_model(source, config, allow_inexact=True)
+    assert not report.function_preserving and "NOT preserved" in report.notes[-1]
+    difference = max_logit_difference(source, grown, len(tokenizer))
+    assert 0 < difference < float("inf")  # a model is produced; it only approximates the source
 
 
 def test_head_size_must_stay(tokenizer):
