@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -282,9 +281,7 @@ def main() -> None:
         results["configs"][config] = entry
         report(config, entry)
     if options.json:
-        with open(options.json + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
-        os.replace(options.json + ".tmp", options.json)
+        write_json_atomic(Path(options.json), results)
 
 
 def report(config: str, entry: dict) -> None:

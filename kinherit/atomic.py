@@ -8,20 +8,21 @@ from pathlib import Path
 from typing import Any
 
 
-def _staging(path: Path) -> Path:
+def staging_path(path: Path) -> Path:
+    """The temporary sibling a file is written to before it is renamed to `path` (hidden, per process)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path` and rename it into place."""
-    staging = _staging(path)
+    staging = staging_path(path)
     staging.write_text(text, encoding="utf-8")
     os.replace(staging, path)
 
 
 def save_figure_atomic(figure: Any, path: Path, **options: Any) -> None:
     """`figure.savefig` to a temporary file beside `path` (same format), then rename it into place."""
-    staging = _staging(path)
+    staging = staging_path(path)
     figure.savefig(staging, format=path.suffix.lstrip("."), **options)
     os.replace(staging, path)
 

@@ -273,8 +273,6 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
     resume = _resume_checkpoint(training_args)
     if resume is None and (output_dir / LOG_FILE).exists() and trainer.is_world_process_zero():
         (output_dir / LOG_FILE).unlink()  # a fresh start: the old log belongs to another run
-    if cache is not None:
-        trainer.teacher_val_losses = [cache.teacher_val_loss]
     result = trainer.train(resume_from_checkpoint=resume)
     final_eval = None
     if eval_blocks is not None:

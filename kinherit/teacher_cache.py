@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from kinherit.atomic import write_json_atomic
+from kinherit.atomic import staging_path, write_json_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
 from kinherit.data.tokenizer import tokenizer_fingerprint
 from kinherit.errors import KinheritError
@@ -174,7 +174,7 @@ def write_shard(path: Path, target: TopKTarget, counts: list[int], vocab: int, l
     tensors = {"ids": target.ids.cpu().to(torch.uint16 if vocab <= 65536 else torch.int32).contiguous(),
                "log_probs": target.log_probs.cpu().to(LOG_PROB_DTYPES[log_prob_dtype]).contiguous(),
                "offsets": offsets}
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging = staging_path(path)
     save_file(tensors, str(staging))
     os.replace(staging, path)
 

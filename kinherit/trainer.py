@@ -193,7 +193,9 @@ class InheritanceTrainer(Trainer):
         self.train_seconds_offset = 0.0
         self.clock_start: float | None = None
         self.eval_seconds = 0.0
-        self.teacher_val_losses: list[float] | None = None
+        # a cache measured its teachers' validation loss when it was built
+        self.teacher_val_losses: list[float] | None = (
+            [teacher_cache.teacher_val_loss] if teacher_cache is not None else None)
         # ce sum, ki sum, agreements, positions, positions taught by a teacher
         self._stats = torch.zeros(5, dtype=torch.float64)
         self.add_callback(_Clock(self))
@@ -365,9 +367,7 @@ class InheritanceTrainer(Trainer):
 
     def teacher_losses(self, dataset) -> list[float]:
         """Each teacher's validation loss on `dataset` (computed once)."""
-        if self.teacher_val_losses is None and self.teacher_cache is not None:
-            self.teacher_val_losses = [self.teacher_cache.teacher_val_loss]
-        elif self.teacher_val_losses is None:
+        if self.teacher_val_losses is None:
             self.teacher_val_losses = [self.validation_loss(m, dataset)[0] for m in self.teachers.models]
         return self.teacher_val_losses
 
