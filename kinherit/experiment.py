@@ -186,8 +186,6 @@ def _expand_seeds(raw_runs: list[dict[str, Any]], default_seed: int) -> list[dic
         if seeds is None:
             expanded.append({**run, "_group": run["name"], "seed": run.get("seed", default_seed)})
             continue
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-            raise KinheritError(f"run {run['name']!r}: seeds must be a non-empty list of integers")
         for seed in seeds:
             copy_ = {k: v for k, v in run.items() if k != "seeds"}
             copy_["name"], copy_["seed"], copy_["_group"] = f"{run['name']}-s{seed}", seed, run["name"]
@@ -223,6 +221,9 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
         raise KinheritError(f"run #{index + 1} has no name (a non-empty string)")
     where = f"run {run['name']!r}"
     run = _check_values(where, run, RUN_TYPES)
+    seeds = run.get("seeds", [0])  # checked here, so that a run's seeds are valid before others refer to them
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise KinheritError(f"{where}: seeds must be a non-empty list of integers")
     if "inherit" in run:
         run["inherit"] = _check_inherit(f"{where} inherit", run["inherit"])
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in run.get("routing", {}).items()):

@@ -46,6 +46,9 @@ def test_valid_experiment_orders_teachers_first():
     (with_runs([{"name": "a", "model": "m", "inherit": {"temperature": "hot"}}]), "temperature must be a number > 0"),
     (with_runs([{"name": "a", "model": "m", "inherit": {"compile_loss": "yes"}}]), "compile_loss must be true or"),
     (with_runs([{"name": "a", "model": 7}]), "model must be a string, got 7"),
+    (with_runs([{"name": "a", "model": "m", "seeds": None},
+                {"name": "b", "model": "m", "seeds": [0], "baseline": "a"}]),
+     "run 'a': seeds must be a non-empty list of integers"),
     ({**BASE, "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 1.5}}},
      r"validation_fraction must be a number in \[0, 1\)"),
 ])
