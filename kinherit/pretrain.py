@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ logger = logging.getLogger(__name__)
 MIN_VOCAB = 256 + len(set(SPECIAL_TOKENS.values()))  # byte-level BPE: every byte, then the special tokens
 RUN_MARKER = "run.json"
 LOG_FILE = "log.jsonl"
+STAGING = ".final.staging"
 
 
 @dataclass
@@ -103,6 +103,9 @@ class KinheritTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=1, metadata={"help": "Checkpoints kept."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, none..."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep domain ids for routing."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "DDP: every parameter gets a gradient in every step (the head through the chunked loss), so the "
+                "graph search for unused ones is off."})
 
 
 class JsonlLogger(TrainerCallback):
@@ -211,24 +214,35 @@ def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
     return resume
 
 
-def save_final(trainer: InheritanceTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> None:
-    """Save the final model and tokenizer into `output_dir`, sealed: staged, moved in file by file, then sealed.
+def save_final(trainer: InheritanceTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
+               summary: dict[str, Any]) -> None:
+    """Save the final model, tokenizer and `run.json` into `output_dir`: staged, moved in file by file, sealed.
 
     Until the manifest is written the folder reads as unfinished (`check_finished`), so a run killed
-    while saving never leaves a model that loads as if it were complete.
+    while saving never leaves a model that loads as if it were complete. Every process takes part
+    (a sharded model is gathered), the main process alone writes.
     """
-    unseal(output_dir)
-    (output_dir / RUN_MARKER).unlink(missing_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=output_dir))
+    staging = output_dir / STAGING
+    main = trainer.args.should_save
+    if main:
+        unseal(output_dir)
+        (output_dir / RUN_MARKER).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     try:
         trainer.save_model(str(staging))
-        tokenizer.save_pretrained(str(staging))
-        names = [p.name for p in staging.iterdir() if p.is_file()]
-        for name in names:
-            os.replace(staging / name, output_dir / name)
+        if main:
+            tokenizer.save_pretrained(str(staging))
+            names = [p.name for p in staging.iterdir() if p.is_file()]
+            for name in names:
+                os.replace(staging / name, output_dir / name)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    seal(output_dir, names)
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+    if main:
+        seal(output_dir, names)
+        write_json_atomic(output_dir / RUN_MARKER, summary)
+    trainer.accelerator.wait_for_everyone()  # no process returns before the run reads as finished
 
 
 def pretrain(model_args: ModelArguments, data: DataArguments, inherit: InheritanceArguments,
@@ -239,17 +253,19 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
     """
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus(parse_corpus_specs(data))
-    tokenizer = resolve_tokenizer(model_args, data, corpus, str(output_dir))
+    # Each machine's first process trains the tokenizer and packs the blocks; the others then read them.
+    with training_args.main_process_first(local=True, desc="preparing the tokenizer and data blocks"):
+        corpus = load_corpus(parse_corpus_specs(data))
+        tokenizer = resolve_tokenizer(model_args, data, corpus, str(output_dir))
+        train_blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
+                                    "train", data.cache_dir)
+        eval_blocks = None
+        if len(corpus.validation):
+            eval_blocks = build_blocks(corpus.validation, tokenizer, data.block_size, corpus.domains,
+                                       corpus.fingerprint, "validation", data.cache_dir)
     tokenizer_path = data.tokenizer or (model_args.model if is_checkpoint(model_args.model)
                                         else str(output_dir / "tokenizer"))
-    train_blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
-                                "train", data.cache_dir)
-    eval_blocks = None
-    if len(corpus.validation):
-        eval_blocks = build_blocks(corpus.validation, tokenizer, data.block_size, corpus.domains,
-                                   corpus.fingerprint, "validation", data.cache_dir)
-    elif training_args.eval_strategy != "no":
+    if eval_blocks is None and training_args.eval_strategy != "no":
         raise KinheritError("evaluation needs validation documents; set --validation_fraction above 0 or "
                             "--eval_strategy no")
 
@@ -291,7 +307,5 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         "inherit": asdict(inherit) if inherit.teacher or inherit.teacher_cache else None,
         "corpus_fingerprint": corpus.fingerprint,
     }
-    if trainer.is_world_process_zero():
-        save_final(trainer, tokenizer, output_dir)
-        write_json_atomic(output_dir / RUN_MARKER, summary)
+    save_final(trainer, tokenizer, output_dir, summary)
     return summary

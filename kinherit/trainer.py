@@ -129,6 +129,30 @@ def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, 
     return (total / count if count else math.nan), count
 
 
+@contextlib.contextmanager
+def forward_as_body(student: PreTrainedModel, body: torch.nn.Module):
+    """Make `student`'s forward return its body's final hidden states [B, T, H] for the duration.
+
+    The student is then called through whatever wraps it (DDP's gradient-sync bookkeeping and
+    `no_sync`, FSDP's parameter gathering) while no full [B, T, V] logits are made: the head runs
+    afterwards, chunked, only at the positions that carry a loss. A forward set on the instance
+    before (accelerate's mixed-precision wrapper) is put back afterwards.
+    """
+    previous = student.__dict__.get("forward")
+
+    def hidden_states(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return body(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    student.forward = hidden_states
+    try:
+        yield
+    finally:
+        if previous is None:
+            del student.forward
+        else:
+            student.forward = previous
+
+
 class _MaskEpoch(TrainerCallback):
     """Tell the training collator which epoch begins, so masks depend on (seed, epoch, block) only."""
 
@@ -206,6 +230,20 @@ class InheritanceTrainer(Trainer):
         """alpha at the current optimizer step (0 without teachers)."""
         return float(self.schedule(self.state.global_step)) if self.schedule is not None else 0.0
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """Positions that carry a loss in the whole accumulated batch, summed over every process.
+
+        Counted exactly as `compute_loss` selects them, so that N processes x B blocks train exactly
+        as 1 process x N*B blocks (the Trainer's own count guesses the label shift from the model).
+        """
+        if not batch_samples:
+            return None
+        count = sum(int((target_labels(b["labels"], self.kind) != IGNORE_INDEX).sum()) for b in batch_samples)
+        count = torch.tensor(count, device=device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        return count
+
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
         """Self loss and KI loss at the valid positions, fused with the LM head in chunks."""
@@ -217,7 +255,11 @@ class InheritanceTrainer(Trainer):
         alpha = self.inheritance_rate() if model.training else 0.0
         use_teacher = self.schedule is not None and alpha > 0.0
 
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]
+        if model is student:
+            hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]
+        else:  # through the DDP/FSDP wrapper, so its forward-time bookkeeping runs
+            with forward_as_body(student, body):
+                hidden = model(input_ids=input_ids, attention_mask=attention_mask)
         hidden = hidden.reshape(-1, hidden.shape[-1])
         teacher_hidden, row_teacher, cached, cache_row = None, None, None, None
         if use_teacher and self.teacher_cache is not None:
@@ -249,23 +291,43 @@ class InheritanceTrainer(Trainer):
         count = positions.numel()
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         loss = total / denominator
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        if num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # the denominator is global; DDP averages over processes
         if model.training:
             ce, ki, agree = stats.tolist()
             if not self._check_finite(ce, ki):
-                self.skipped_batches += 1  # a leaf with no graph: backward leaves every gradient untouched
-                zero = torch.zeros((), device=loss.device, requires_grad=True)
+                self.skipped_batches += 1
+                zero = self._zero_loss(student)
                 return (zero, {"loss": zero}) if return_outputs else zero
             self._stats += torch.tensor([ce, ki, agree, count, count if use_teacher else 0], dtype=torch.float64)
             self._count_flops(input_ids, count, use_teacher, inputs.get("domain_id"))
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def _zero_loss(self, student: torch.nn.Module) -> torch.Tensor:
+        """The loss of a skipped batch: zero, adding nothing to any gradient.
+
+        On one process it has no graph (gradients untouched: AdamW leaves parameters without one
+        alone). With several, backward must still reach every parameter so that DDP synchronises
+        as for any other batch: a sum over empty slices of the parameters, exactly zero even if a
+        parameter is not finite, whose gradients are zeros.
+        """
+        if self.accelerator.num_processes == 1:
+            return torch.zeros((), device=self.args.device, requires_grad=True)
+        return sum(p.reshape(-1)[:0].sum() for p in student.parameters() if p.requires_grad)
+
     def _check_finite(self, self_sum: float, ki_sum: float) -> bool:
-        """True if both loss terms are finite; else stop with an error naming the step and the term
-        (or, with `--nonfinite skip`, return False so the batch is skipped)."""
+        """True if both loss terms are finite on every process; else stop with an error naming the step and
+        the term (or, with `--nonfinite skip`, return False so the batch is skipped on every process)."""
         bad = [name for name, value in (("self-learning (cross-entropy)", self_sum), ("KI (divergence)", ki_sum))
                if not math.isfinite(value)]
+        if self.accelerator.num_processes > 1:  # every process takes the same decision, or DDP would hang
+            flags = torch.tensor([float(not math.isfinite(self_sum)), float(not math.isfinite(ki_sum))],
+                                 device=self.args.device)
+            flags = self.accelerator.reduce(flags, reduction="sum").tolist()
+            bad = [name for name, flag in zip(("self-learning (cross-entropy)", "KI (divergence)"), flags,
+                                              strict=True) if flag > 0]
+            if bad:
+                bad[-1] += " (on at least one process)"
         if not bad:
             return True
         if self.inherit_args.nonfinite == "skip":
@@ -312,6 +374,7 @@ class InheritanceTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
         if self.args.should_save:
             seal(folder)
             rotate_checkpoints(run_dir, limit, self.state.global_step, protect=self.state.best_model_checkpoint)
@@ -325,8 +388,11 @@ class InheritanceTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the inheritance statistics, cumulative FLOPs and training time to every log record."""
-        if "loss" in logs and self._stats[3] > 0:
-            ce, ki, agree, count, taught = self._stats.tolist()
+        stats = self._stats
+        if "loss" in logs and self.accelerator.num_processes > 1:  # every process logs together
+            stats = self.accelerator.reduce(stats.to(self.args.device), reduction="sum").cpu()
+        if "loss" in logs and stats[3] > 0:
+            ce, ki, agree, count, taught = stats.tolist()
             logs["inherit/self_loss"] = ce / count
             if self.schedule is not None:
                 logs["inherit/alpha"] = self.inheritance_rate()
@@ -342,10 +408,22 @@ class InheritanceTrainer(Trainer):
 
     # ---------------------------------------------------------------- evaluation
     def validation_loss(self, model: PreTrainedModel, dataset) -> tuple[float, int]:
-        """Mean self-supervised loss per valid position over `dataset` (fixed masking), and the count."""
-        return validation_loss(model, dataset, self.eval_collator, self.args.per_device_eval_batch_size,
-                               self.inherit_args.chunk_size, self.vocab_size, self.kind,
-                               self.autocast_smart_context_manager)
+        """Mean self-supervised loss per valid position over `dataset` (fixed masking), and the count.
+
+        With several processes each evaluates its contiguous shard and the sums are added up.
+        """
+        processes = self.accelerator.num_processes
+        if processes > 1:
+            dataset = dataset.shard(num_shards=processes, index=self.accelerator.process_index, contiguous=True)
+        loss, count = validation_loss(model, dataset, self.eval_collator, self.args.per_device_eval_batch_size,
+                                      self.inherit_args.chunk_size, self.vocab_size, self.kind,
+                                      self.autocast_smart_context_manager)
+        if processes == 1:
+            return loss, count
+        sums = torch.tensor([loss * count if count else 0.0, float(count)], dtype=torch.float64,
+                            device=self.args.device)
+        total, count = self.accelerator.reduce(sums, reduction="sum").tolist()
+        return (total / count if count else math.nan), int(count)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Token-weighted validation loss and perplexity of the student (self-supervised loss only)."""
