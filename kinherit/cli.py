@@ -71,13 +71,33 @@ def parse_dataclasses(argv: Sequence[str], classes: tuple, command: str) -> tupl
     return tuple(parsed)
 
 
+def parse_json_arguments(path: str, classes: tuple, command: str) -> tuple:
+    """Instances of the dataclasses `classes` from one JSON object mapping field names to values."""
+    from transformers import HfArgumentParser
+
+    try:
+        return tuple(HfArgumentParser(classes).parse_json_file(path, allow_extra_keys=False))
+    except KinheritError as error:
+        raise KinheritError(f"{path}: {error}") from error
+    except OSError as error:
+        raise KinheritError(f"cannot read the arguments file {path} ({error})") from error
+    except (ValueError, TypeError) as error:  # unknown keys, bad JSON, the dataclasses' own checks
+        raise KinheritError(f"{path}: invalid arguments ({str(error).strip()}); its keys are the options of "
+                            f"`kinherit {command} --help` without the dashes") from error
+
+
 def parse_pretrain_args(argv: Sequence[str]) -> tuple:
-    """`kinherit pretrain` options as (ModelArguments, DataArguments, InheritanceArguments, TrainingArguments)."""
+    """`kinherit pretrain` options as (ModelArguments, DataArguments, InheritanceArguments, TrainingArguments).
+
+    A single `FILE.json` argument gives them all as one JSON object (what experiments under a launcher use).
+    """
     from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
     from kinherit.trainer import InheritanceArguments
 
-    return parse_dataclasses(argv, (ModelArguments, DataArguments, InheritanceArguments, KinheritTrainingArguments),
-                             "pretrain")
+    classes = (ModelArguments, DataArguments, InheritanceArguments, KinheritTrainingArguments)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parse_json_arguments(argv[0], classes, "pretrain")
+    return parse_dataclasses(argv, classes, "pretrain")
 
 
 def run_cache_teacher(argv: Sequence[str]) -> int:

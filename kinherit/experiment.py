@@ -14,6 +14,10 @@ import hashlib
 import json
 import logging
 import math
+import os
+import shlex
+import subprocess
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,9 @@ from kinherit.errors import KinheritError
 from kinherit.sealed import last_good_checkpoint
 
 logger = logging.getLogger(__name__)
+LAUNCH_FILE = "launch.json"  # a run's `kinherit pretrain` arguments when it runs under a launcher
 
-TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description"}
+TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description", "launcher"}
 TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
 CORPUS_KEYS = {"source", "domain", "text_field", "validation_fraction", "max_documents", "hf_config", "hf_split"}
 # The value each key takes (see `_coerce`); every key of a run, of `defaults`, of a corpus and of `inherit:`.
@@ -148,6 +153,23 @@ class Experiment:
     corpora: dict[str, dict[str, Any]]
     runs: dict[str, RunSpec]
     description: str = ""
+    launcher: str | dict[str, Any] | None = None
+
+    def launch_command(self, arguments_file: Path) -> list[str] | None:
+        """The command that runs one run's `kinherit pretrain ARGS.json` under the launcher (None: in-process).
+
+        A string launcher is a command prefix (`torchrun --nproc_per_node 4`, `accelerate launch
+        --num_processes 4`, `srun torchrun ... --rdzv_endpoint $HEAD:29500`; environment variables are
+        expanded); a mapping gives torchrun's options.
+        """
+        if self.launcher is None:
+            return None
+        if isinstance(self.launcher, str):
+            prefix = shlex.split(os.path.expandvars(self.launcher))
+        else:
+            prefix = [sys.executable, "-m", "torch.distributed.run",
+                      *[f"--{key}" if value is True else f"--{key}={value}" for key, value in self.launcher.items()]]
+        return [*prefix, "-m", "kinherit", "pretrain", str(arguments_file)]
 
     def order(self, only: list[str] | None = None) -> list[str]:
         """Run names in dependency order (restricted to `only` and what they depend on)."""
@@ -233,6 +255,18 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
     return run
 
 
+def _check_launcher(launcher: Any) -> str | dict[str, Any] | None:
+    """`launcher:` is a command prefix string or a mapping of torchrun options to values (true: a bare flag)."""
+    if launcher is None or (isinstance(launcher, str) and launcher.strip()):
+        return launcher
+    if isinstance(launcher, dict) and launcher and all(
+            isinstance(k, str) and (v is True or (isinstance(v, str | int | float) and not isinstance(v, bool)))
+            for k, v in launcher.items()):
+        return launcher
+    raise KinheritError(f"launcher must be a command prefix such as 'torchrun --nproc_per_node 2' or a mapping of "
+                        f"torchrun options such as {{nproc_per_node: 2, standalone: true}}, got {launcher!r}")
+
+
 def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Experiment:
     """Validate an experiment mapping (as loaded from YAML) into an `Experiment`."""
     _check_keys("the experiment", data, TOP_KEYS)
@@ -300,7 +334,8 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
                                 f"{len(spec.teachers)} teachers")
     experiment = Experiment(name=top["name"], output_dir=Path(output_dir or top.get("output_dir")
                                                               or f"runs/{top['name']}"),
-                            tokenizer=tokenizer, corpora=corpora, runs=runs, description=top.get("description", ""))
+                            tokenizer=tokenizer, corpora=corpora, runs=runs, description=top.get("description", ""),
+                            launcher=_check_launcher(data.get("launcher")))
     experiment.order()  # raises on cycles
     return experiment
 
@@ -345,22 +380,19 @@ def _construct(where: str, cls: type, **values: Any) -> Any:
         raise KinheritError(f"{where}: invalid {cls.__name__} ({error})") from error
 
 
-def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, cache_dir: Path):
-    """The (model, data, inheritance, training) argument dataclasses of one run."""
-    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
-    from kinherit.trainer import InheritanceArguments
+def run_settings(experiment: Experiment, spec: RunSpec, tokenizer_path: Path,
+                 cache_dir: Path) -> dict[str, dict[str, Any]]:
+    """The keyword arguments of one run's model, data, inheritance and training argument dataclasses."""
+    from kinherit.pretrain import KinheritTrainingArguments
 
     s = spec.settings
     run_dir = experiment.output_dir / "runs" / spec.name
     corpus_names = s["corpus"] if isinstance(s["corpus"], list) else [s["corpus"]]
-    data = _construct(f"run {spec.name!r}", DataArguments,
-                      corpus=_corpus_args(experiment, corpus_names), tokenizer=str(tokenizer_path),
-                         block_size=int(s["block_size"]), cache_dir=str(cache_dir),
-                         mlm_probability=float(s["mlm_probability"]),
-                         text_field=_first_corpus_setting(experiment, corpus_names, "text_field", "text"),
-                         validation_fraction=float(_first_corpus_setting(experiment, corpus_names,
-                                                                         "validation_fraction", 0.05)),
-                         max_documents=_first_corpus_setting(experiment, corpus_names, "max_documents", None))
+    data = dict(corpus=_corpus_args(experiment, corpus_names), tokenizer=str(tokenizer_path),
+                block_size=int(s["block_size"]), cache_dir=str(cache_dir), mlm_probability=float(s["mlm_probability"]),
+                text_field=_first_corpus_setting(experiment, corpus_names, "text_field", "text"),
+                validation_fraction=float(_first_corpus_setting(experiment, corpus_names, "validation_fraction", 0.05)),
+                max_documents=_first_corpus_setting(experiment, corpus_names, "max_documents", None))
     teacher_dirs = {name: str(experiment.output_dir / "runs" / name) for name in spec.teacher_runs()}
     if spec.routing:
         teacher_args = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
@@ -368,8 +400,8 @@ def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, c
         teacher_args = [teacher_dirs[name] for name in spec.teachers]
     inherit_fields = {INHERIT_FIELDS[key][0]: value for key, value in (s.get("inherit") or {}).items()}
     where = f"run {spec.name!r}"
-    inherit = _construct(where, InheritanceArguments, teacher=teacher_args,
-                         teacher_weights=[float(w) for w in s.get("teacher_weights") or []], **inherit_fields)
+    inherit = dict(teacher=teacher_args, teacher_weights=[float(w) for w in s.get("teacher_weights") or []],
+                   **inherit_fields)
     extra = dict(s.get("training_args") or {})
     valid = {f.name for f in fields(KinheritTrainingArguments) if f.init}
     unknown = sorted(set(extra) - valid)
@@ -387,13 +419,29 @@ def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, c
     if clashes:
         raise KinheritError(f"{where}: training_args {clashes} are set by the run's own keys (max_steps, "
                             "learning_rate, batch_size, ...); set them there")
-    training = _construct(where, KinheritTrainingArguments, **{**own, **extra})
-    model = ModelArguments(model=s["model"])
-    return model, data, inherit, training
+    return {"model": {"model": s["model"]}, "data": data, "inherit": inherit, "training": {**own, **extra}}
 
 
-def _fingerprint(spec: RunSpec) -> str:
+def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, cache_dir: Path) -> tuple:
+    """The (model, data, inheritance, training) argument dataclasses of one run."""
+    return construct_arguments(spec, run_settings(experiment, spec, tokenizer_path, cache_dir))
+
+
+def construct_arguments(spec: RunSpec, settings: dict[str, dict[str, Any]]) -> tuple:
+    """The argument dataclasses made from `run_settings`' keyword arguments, each value checked."""
+    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
+    from kinherit.trainer import InheritanceArguments
+
+    where = f"run {spec.name!r}"
+    return tuple(_construct(where, cls, **settings[key]) for cls, key in (
+        (ModelArguments, "model"), (DataArguments, "data"), (InheritanceArguments, "inherit"),
+        (KinheritTrainingArguments, "training")))
+
+
+def _fingerprint(spec: RunSpec, launcher: str | dict[str, Any] | None = None) -> str:
     identity = {"settings": spec.settings, "teachers": spec.teachers, "routing": spec.routing, "seed": spec.seed}
+    if launcher is not None:  # the number of processes changes the global batch
+        identity["launcher"] = launcher
     if spec.grow:
         identity["grow"] = spec.grow
     blob = json.dumps(identity, sort_keys=True, default=str)
@@ -410,7 +458,8 @@ def prepare_output(experiment: Experiment) -> None:
             raise KinheritError(f"{experiment.output_dir} holds experiment {previous.get('name')!r}, not "
                                 f"{experiment.name!r}; choose another output_dir or delete that folder")
     runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.teacher_runs(), "grow": spec.grow,
-                   "baseline": spec.baseline, "model": spec.settings["model"], "fingerprint": _fingerprint(spec),
+                   "baseline": spec.baseline, "model": spec.settings["model"],
+                   "fingerprint": _fingerprint(spec, experiment.launcher),
                    "max_steps": spec.settings["max_steps"], "inherit": spec.settings.get("inherit")}
             for name, spec in experiment.runs.items()}
     write_json_atomic(manifest, {"name": experiment.name, "description": experiment.description, "runs": runs})
@@ -461,26 +510,37 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         spec = experiment.runs[name]
         run_dir = experiment.output_dir / "runs" / name
         fingerprint_file = run_dir / "spec.json"
-        fingerprint = _fingerprint(spec)
+        fingerprint = _fingerprint(spec, experiment.launcher)
         if fingerprint_file.exists() and json.loads(fingerprint_file.read_text())["fingerprint"] != fingerprint:
             raise KinheritError(f"run {name!r} in {run_dir} was made with other settings than the YAML now gives; "
                                 "delete that folder to redo it, or give the changed run a new name")
         if (run_dir / RUN_MARKER).exists():
             print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
             continue
-        model, data, inherit, training = run_arguments(experiment, spec, tokenizer_path, cache_dir)
+        settings = run_settings(experiment, spec, tokenizer_path, cache_dir)
+        construct_arguments(spec, settings)  # every value is checked before anything is written
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
         last = last_good_checkpoint(run_dir)
-        training.resume_from_checkpoint = last
+        settings["training"]["resume_from_checkpoint"] = last
         if spec.grow:
-            model.model = str(grown_start(experiment, spec, run_dir))
+            settings["model"]["model"] = str(grown_start(experiment, spec, run_dir))
         teachers = f" inheriting from {', '.join(spec.teacher_runs())}" if spec.teacher_runs() else ""
         teachers += f", grown from {spec.grow}" if spec.grow else ""
         resumed = f", resuming {Path(last).name}" if last else ""
         print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {spec.settings['max_steps']} steps"
               f"{teachers}{resumed}", flush=True)
-        summary = pretrain(model, data, inherit, training)
+        arguments_file = run_dir / LAUNCH_FILE
+        command = experiment.launch_command(arguments_file)
+        if command is None:
+            summary = pretrain(*construct_arguments(spec, settings))
+        else:
+            write_json_atomic(arguments_file, {k: v for part in settings.values() for k, v in part.items()})
+            print(f"    {shlex.join(command)}", flush=True)
+            if subprocess.run(command).returncode != 0:
+                raise KinheritError(f"run {name!r} failed under the launcher (see its output above); re-run the "
+                                    "experiment to resume it from its last checkpoint")
+            summary = json.loads((run_dir / RUN_MARKER).read_text())
         loss = summary["final_val_loss"]
         print(f"[{position}/{len(order)}] {name}: validation loss {loss:.4f} (ppl {math.exp(loss):.1f}) in "
               f"{summary['train_seconds']:.0f} s", flush=True)

@@ -28,10 +28,11 @@ from kinherit.inheritance.divergences import IGNORE_INDEX, chunked_loss, loss_ch
 from kinherit.inheritance.schedules import SCHEDULES, AdaptiveSchedule, make_schedule
 from kinherit.inheritance.teachers import TeacherSet
 from kinherit.inheritance.topk import TopKTarget
-from kinherit.models import backbone_and_head, model_kind
+from kinherit.models import backbone_and_head, forward_as_body, model_kind
 from kinherit.sealed import last_good_checkpoint, rotate_checkpoints, seal, unseal
 
 NONFINITE = ("stop", "skip")
+PLACEMENTS = ("replicate", "shard")
 
 
 @dataclass
@@ -65,12 +66,17 @@ class InheritanceArguments:
     teacher_cache: str | None = field(default=None, metadata={
         "help": "A folder written by `kinherit cache-teacher`: read the teachers' top-K targets from it instead of "
                 "running teachers (forward KL only; replaces --teacher)."})
+    teacher_placement: str = field(default="replicate", metadata={
+        "help": "replicate: each process holds whole teachers (small teachers, the KI case); shard: teachers are "
+                "sharded over the processes with FSDP2 and gathered layer by layer (teachers too large to copy)."})
     nonfinite: str = field(default="stop", metadata={
         "help": "On a NaN or infinite loss: stop (error naming the step, the term and the last good checkpoint) "
                 "or skip (that batch adds no gradient; counted as inherit/skipped_batches in the log)."})
 
     def __post_init__(self) -> None:
         validate_options(self.temperature, self.divergence, self.jsd_beta)
+        if self.teacher_placement not in PLACEMENTS:
+            raise KinheritError(f"--teacher_placement {self.teacher_placement!r} is not one of {', '.join(PLACEMENTS)}")
         if self.nonfinite not in NONFINITE:
             raise KinheritError(f"--nonfinite {self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
         if self.chunk_size < 1:
@@ -129,30 +135,6 @@ def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, 
     return (total / count if count else math.nan), count
 
 
-@contextlib.contextmanager
-def forward_as_body(student: PreTrainedModel, body: torch.nn.Module):
-    """Make `student`'s forward return its body's final hidden states [B, T, H] for the duration.
-
-    The student is then called through whatever wraps it (DDP's gradient-sync bookkeeping and
-    `no_sync`, FSDP's parameter gathering) while no full [B, T, V] logits are made: the head runs
-    afterwards, chunked, only at the positions that carry a loss. A forward set on the instance
-    before (accelerate's mixed-precision wrapper) is put back afterwards.
-    """
-    previous = student.__dict__.get("forward")
-
-    def hidden_states(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return body(input_ids=input_ids, attention_mask=attention_mask)[0]
-
-    student.forward = hidden_states
-    try:
-        yield
-    finally:
-        if previous is None:
-            del student.forward
-        else:
-            student.forward = previous
-
-
 class _MaskEpoch(TrainerCallback):
     """Tell the training collator which epoch begins, so masks depend on (seed, epoch, block) only."""
 
@@ -203,6 +185,9 @@ class InheritanceTrainer(Trainer):
         self.inherit_args = inherit_args or InheritanceArguments()
         self.teachers = teachers.to(self.args.device) if teachers is not None else None
         self.teacher_cache = teacher_cache
+        self._check_parallelism()
+        if self.teachers is not None and self.inherit_args.teacher_placement == "shard":
+            self.teachers.shard()
         if teachers is not None and teacher_cache is not None:
             raise KinheritError("give teachers or a teacher cache, not both")
         inherits = teachers is not None or teacher_cache is not None
@@ -224,6 +209,27 @@ class InheritanceTrainer(Trainer):
         self._stats = torch.zeros(5, dtype=torch.float64)
         self.add_callback(_Clock(self))
         self.add_callback(_MaskEpoch(self))
+
+    def _check_parallelism(self) -> None:
+        """Refuse, before training, the parallel set-ups the chunked loss cannot run under."""
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            raise KinheritError(
+                f"--fsdp was given but this run is not sharded: accelerate applies FSDP only on GPU-class devices "
+                f"(this run uses {self.args.device.type}). Leave out --fsdp to train with DDP, or run on GPUs")
+        if self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+            raise KinheritError("FSDP version 1 is not supported: its flat parameters hide the output layer that the "
+                                "chunked loss reads; set \"version\": 2 in --fsdp_config (the default)")
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise KinheritError("DeepSpeed ZeRO stage 3 partitions the output layer that the chunked loss reads "
+                                "directly; use ZeRO stage 1 or 2, or FSDP (--fsdp with fsdp_config version 2)")
+        placement = self.inherit_args.teacher_placement
+        if placement == "shard" and self.teachers is not None:
+            if self.accelerator.num_processes == 1:
+                raise KinheritError("--teacher_placement shard needs several processes (torchrun or accelerate "
+                                    "launch); one process holds whole teachers")
+            if self.teachers.routes is not None:
+                raise KinheritError("--teacher_placement shard does not combine with domain-routed teachers (every "
+                                    "process would have to run every teacher); use replicate")
 
     # ---------------------------------------------------------------- the loss
     def inheritance_rate(self) -> float:
@@ -255,11 +261,8 @@ class InheritanceTrainer(Trainer):
         alpha = self.inheritance_rate() if model.training else 0.0
         use_teacher = self.schedule is not None and alpha > 0.0
 
-        if model is student:
-            hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]
-        else:  # through the DDP/FSDP wrapper, so its forward-time bookkeeping runs
-            with forward_as_body(student, body):
-                hidden = model(input_ids=input_ids, attention_mask=attention_mask)
+        with forward_as_body(student, body):  # called as a module: DDP's / FSDP's forward hooks run
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask)
         hidden = hidden.reshape(-1, hidden.shape[-1])
         teacher_hidden, row_teacher, cached, cache_row = None, None, None, None
         if use_teacher and self.teacher_cache is not None:
@@ -288,6 +291,8 @@ class InheritanceTrainer(Trainer):
                               args.jsd_beta, args.fused_loss, args.compile_loss)
 
         total, stats = chunked_loss(compute, positions, args.chunk_size, [hidden], list(params), n_stats=3)
+        if teacher_hidden is not None:
+            self.teachers.release()
         count = positions.numel()
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         loss = total / denominator

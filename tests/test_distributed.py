@@ -13,11 +13,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from transformers import TrainingArguments
 
+from kinherit.errors import KinheritError
+from kinherit.experiment import run_experiment
+from kinherit.inheritance.teachers import TeacherSet, freeze
+from kinherit.models import load_model
 from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments, pretrain
 from kinherit.sealed import is_sealed
-from kinherit.trainer import InheritanceArguments
+from kinherit.trainer import InheritanceArguments, InheritanceTrainer
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+WORKER = Path(__file__).with_name("fsdp_worker.py")
 STEPS = 8
 BLOCKS = 4  # per process and step
 
@@ -41,9 +50,15 @@ def teacher(workdir, tokenizer_dir) -> Path:
 def launch(workdir: Path, tokenizer_dir: Path, name: str, processes: int, batch: int, *extra: str,
            model: str = "llama-2x64") -> Path:
     """Run `kinherit pretrain` under torchrun (or plainly for 1 process); return the run folder."""
+    done = start(workdir, tokenizer_dir, name, processes, batch, *extra, model=model)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return workdir / name
+
+
+def start(workdir: Path, tokenizer_dir: Path, name: str, processes: int, batch: int, *extra: str,
+          model: str = "llama-2x64") -> subprocess.CompletedProcess:
     out = workdir / name
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] \
-        if processes > 1 else [sys.executable]
+    prefix = [*TORCHRUN, f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
     command = [*prefix, "-m", "kinherit", "pretrain", "--model", model, "--tokenizer", str(tokenizer_dir),
                "--block_size", "32", "--max_documents", "30", "--validation_fraction", "0.1",
                "--cache_dir", str(workdir / "cache"), "--output_dir", str(out), "--max_steps", str(STEPS),
@@ -52,9 +67,7 @@ def launch(workdir: Path, tokenizer_dir: Path, name: str, processes: int, batch:
                "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--compile_loss", "false",
                "--seed", "3", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    return out
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -85,6 +98,17 @@ def test_two_processes_train_as_one_with_the_same_global_batch(workdir, tokenize
             assert max(abs(other[s] - single[s]) for s in single if s > 0) > 100 * max(gaps) + 1e-3
     # the FLOPs of both processes are counted, and the teacher ran on both
     assert curve(two_processes, "train_flops")[STEPS] == pytest.approx(curve(one, "train_flops")[STEPS], rel=1e-6)
+    # the same with gradient accumulation (2 processes x 2 micro-batches of half the blocks), and with the
+    # teacher sharded over the two processes (FSDP2) instead of copied
+    accumulated = launch(workdir, tokenizer_dir, "accumulated", 2, BLOCKS // 2, "--teacher", str(teacher),
+                         "--inherit_steps", "6", "--temperature", "2", "--gradient_accumulation_steps", "2",
+                         "--save_strategy", "no")
+    sharded = launch(workdir, tokenizer_dir, "sharded-teacher", 2, BLOCKS, "--teacher", str(teacher),
+                     "--inherit_steps", "6", "--temperature", "2", "--teacher_placement", "shard",
+                     "--save_strategy", "no")
+    for run in (accumulated, sharded):
+        assert curve(run, "eval_loss").keys() == curve(one, "eval_loss").keys()
+        assert all(abs(curve(run, "eval_loss")[s] - loss) < 2e-4 for s, loss in curve(one, "eval_loss").items())
 
 
 def test_only_the_main_process_writes_and_a_second_launch_resumes(workdir, tokenizer_dir, teacher, two_processes):
@@ -109,3 +133,64 @@ def test_only_the_main_process_writes_and_a_second_launch_resumes(workdir, token
     assert after.keys() == before.keys()
     assert all(after[s] == pytest.approx(before[s], abs=1e-5) for s in before), (before, after)
     assert [r["step"] for r in records(resumed) if "loss" in r] == list(range(1, STEPS + 1))
+
+
+def test_fsdp2_sharded_student_and_teachers_match_one_unsharded_process(workdir, tokenizer_dir):
+    """FSDP2 (torch's fully_shard) on CPU with gloo: the loss and every gradient, causal and masked.
+
+    The Trainer's `--fsdp` goes through accelerate, which applies FSDP only on GPU-class devices, so on
+    CPU the same sharding is applied here directly and the trainer's loss runs on the sharded model.
+    """
+    done = subprocess.run([*TORCHRUN, "--nproc_per_node=2", str(WORKER), str(tokenizer_dir), str(workdir / "fsdp")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-6000:]
+    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert [(r["preset"], r["placement"]) for r in results] == [
+        ("llama-2x64", "replicate"), ("llama-2x64", "shard"), ("roberta-2x64", "shard")]
+    for result in results:
+        assert result["sharded_parameters"] == result["parameters"], result
+        assert result["teacher_sharded"] == (result["placement"] == "shard"), result
+        assert result["loss"] == pytest.approx(result["whole_loss"], rel=1e-5), result
+        assert result["max_relative_grad_gap"] < 1e-5, result
+
+
+def test_parallel_setups_that_cannot_work_are_refused(tmp_path, tokenizer, workdir, tokenizer_dir, teacher):
+    # on CPU accelerate would silently run DDP instead of FSDP
+    done = start(workdir, tokenizer_dir, "fsdp-on-cpu", 2, BLOCKS, "--teacher", str(teacher), "--inherit_steps", "6",
+                 "--fsdp", "full_shard")
+    assert done.returncode != 0 and "--fsdp was given but this run is not sharded" in done.stderr
+    assert "Leave out --fsdp to train with DDP" in done.stderr and not (workdir / "fsdp-on-cpu" / "run.json").exists()
+    student = load_model("llama-1x64", tokenizer, 32)
+    teachers = TeacherSet([freeze(load_model("llama-1x64", tokenizer, 32))])
+    with pytest.raises(KinheritError, match="shard needs several processes"):
+        InheritanceTrainer(model=student, args=TrainingArguments(str(tmp_path), report_to="none", use_cpu=True),
+                           teachers=teachers, inherit_args=InheritanceArguments(inherit_steps=10,
+                                                                                teacher_placement="shard"),
+                           vocab_size=len(tokenizer))
+    with pytest.raises(KinheritError, match="--teacher_placement 'all' is not one of replicate, shard"):
+        InheritanceArguments(teacher_placement="all")
+
+
+def test_experiment_runs_each_run_under_its_launcher(tmp_path, capsys):
+    config = {
+        "name": "mini-ddp", "output_dir": str(tmp_path / "out"), "launcher": {"nproc_per_node": 2, "standalone": True},
+        "tokenizer": {"corpus": "wiki", "vocab_size": 400},
+        "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1, "max_documents": 20}},
+        "defaults": {"block_size": 32, "batch_size": 4, "eval_steps": 5, "logging_steps": 5, "save_steps": 5,
+                     "training_args": {"report_to": "none", "disable_tqdm": True, "use_cpu": True}},
+        "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 10},
+                 {"name": "scratch", "model": "llama-2x64", "max_steps": 10},
+                 {"name": "ki", "model": "llama-2x64", "max_steps": 10, "teachers": ["teacher"],
+                  "baseline": "scratch", "inherit": {"steps": 5, "compile_loss": False}}]}
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(config))
+    report = run_experiment(path)
+    out = tmp_path / "out"
+    assert "torch.distributed.run --nproc_per_node=2 --standalone -m kinherit pretrain" in capsys.readouterr().out
+    arguments = json.loads((out / "runs" / "ki" / "launch.json").read_text())
+    assert arguments["teacher"] == [str(out / "runs" / "teacher")] and arguments["per_device_train_batch_size"] == 4
+    assert report["compute_saved"]["ki"]["ki_final_val_loss"] == json.loads(
+        (out / "runs" / "ki" / "run.json").read_text())["final_val_loss"]
+    assert torch.isfinite(torch.tensor(report["compute_saved"]["ki"]["ki_final_val_loss"]))
+    run_experiment(path)
+    assert capsys.readouterr().out.count("done, skipped") == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM
@@ -80,3 +82,23 @@ def test_command_line_errors_name_the_option(argv, message):
 
     with pytest.raises(KinheritError, match=message):
         parse_pretrain_args(argv)
+
+
+def test_pretrain_arguments_from_one_json_file(tmp_path):
+    from kinherit.cli import parse_pretrain_args
+
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"model": "llama-2x64", "corpus": ["wikipedia"], "temperature": 0.5,
+                                "teacher": ["runs/t"], "inherit_steps": 40, "max_steps": 80,
+                                "output_dir": str(tmp_path / "run")}))
+    model, data, inherit, training = parse_pretrain_args([str(path)])
+    assert (model.model, data.corpus, inherit.temperature, inherit.teacher, training.max_steps) == (
+        "llama-2x64", ["wikipedia"], 0.5, ["runs/t"], 80)
+    path.write_text(json.dumps({"model": "llama-2x64", "temprature": 0.5}))
+    with pytest.raises(KinheritError, match=r"args.json: invalid arguments.*temprature.*without the dashes"):
+        parse_pretrain_args([str(path)])
+    path.write_text(json.dumps({"teacher": ["runs/t"], "temperature": -1}))
+    with pytest.raises(KinheritError, match="args.json: .*temperature"):
+        parse_pretrain_args([str(path)])
+    with pytest.raises(KinheritError, match="cannot read the arguments file"):
+        parse_pretrain_args([str(tmp_path / "missing.json")])

@@ -15,7 +15,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from kinherit.data.tokenizer import first_vocab_difference, load_tokenizer
 from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import Target, normalise_weights
-from kinherit.models import backbone_and_head, is_checkpoint, load_model, model_kind
+from kinherit.models import (
+    backbone_and_head,
+    forward_as_body,
+    is_checkpoint,
+    load_model,
+    model_kind,
+    reshard_model,
+    shard_layers,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -112,7 +120,8 @@ class TeacherSet:
                         hidden.append(None)
                         continue
                 mask = attention_mask[selected] if attention_mask is not None else None
-                states = body(input_ids=input_ids[selected], attention_mask=mask)[0]
+                with forward_as_body(self.models[index], body):  # as a module: a sharded teacher gathers
+                    states = self.models[index](input_ids=input_ids[selected], attention_mask=mask)
                 if self.routes is not None:
                     full = states.new_zeros(batch, length, states.shape[-1])
                     full[selected] = states
@@ -139,6 +148,18 @@ class TeacherSet:
         """Move every teacher to `device`."""
         self.models = [m.to(device) for m in self.models]
         return self
+
+    def shard(self) -> TeacherSet:
+        """Shard every teacher over the processes (FSDP2) instead of holding a whole copy on each."""
+        for model in self.models:
+            shard_layers(model)
+        self.parts = [backbone_and_head(m) for m in self.models]
+        return self
+
+    def release(self) -> None:
+        """Free the weights a sharded teacher gathered for this step (nothing for replicated teachers)."""
+        for model in self.models:
+            reshard_model(model)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -1,0 +1,97 @@
+"""Run under torchrun: the KI loss and its gradients with an FSDP2-sharded student (and, by option, sharded
+teachers), against one unsharded copy that sees the whole global batch. Prints one JSON line per case on rank 0.
+
+Usage: torchrun --nproc_per_node 2 fsdp_worker.py TOKENIZER_DIR OUTPUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from transformers import TrainingArguments
+
+from kinherit.data import load_tokenizer
+from kinherit.inheritance.teachers import TeacherSet, freeze
+from kinherit.models import load_model, shard_layers
+from kinherit.trainer import InheritanceArguments, InheritanceTrainer
+
+
+def batch_for(kind: str, tokenizer, processes: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, len(tokenizer), (2 * processes, 32), generator=generator)
+    labels = ids.clone()
+    if kind == "masked":
+        chosen = torch.rand(ids.shape, generator=generator) < 0.15
+        labels[~chosen] = -100
+        ids = ids.masked_fill(chosen, tokenizer.mask_token_id)
+    return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+
+
+def run_case(preset: str, teacher_preset: str, placement: str, tokenizer, args) -> dict:
+    rank, processes = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    student = load_model(preset, tokenizer, 32)
+    teacher = load_model(teacher_preset, tokenizer, 32)
+    reference, reference_teacher = load_model(preset, tokenizer, 32), load_model(teacher_preset, tokenizer, 32)
+    reference.load_state_dict(student.state_dict())
+    for model in (student, reference):  # dropout would draw different masks in the two computations
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    reference_teacher.load_state_dict(teacher.state_dict())
+    inherit = InheritanceArguments(inherit_steps=10, temperature=2.0, compile_loss=False, teacher_placement=placement)
+    kind = "masked" if preset.startswith("roberta") else "causal"
+    batch = batch_for(kind, tokenizer, processes)
+
+    whole = InheritanceTrainer(model=reference, args=args, teachers=TeacherSet([freeze(reference_teacher)]),
+                               inherit_args=InheritanceArguments(inherit_steps=10, temperature=2.0,
+                                                                 compile_loss=False), vocab_size=len(tokenizer))
+    whole.state.global_step = 3  # alpha = 0.7: both terms count
+    reference.train()
+    # every process holds the whole batch here, so the global count is processes x the batch's own
+    whole_loss = whole.compute_loss(reference, batch, num_items_in_batch=whole._get_num_items_in_batch([batch], "cpu"))
+    whole_loss.backward()
+
+    shard_layers(student)
+    sharded = InheritanceTrainer(model=student, args=args, teachers=TeacherSet([freeze(teacher)]),
+                                 inherit_args=inherit, vocab_size=len(tokenizer))
+    sharded.state.global_step = 3
+    student.train()
+    mine = {k: v[2 * rank:2 * rank + 2] for k, v in batch.items()}
+    loss = sharded.compute_loss(student, mine, num_items_in_batch=sharded._get_num_items_in_batch([mine], "cpu"))
+    loss.backward()
+    losses = [torch.zeros(()) for _ in range(processes)]
+    dist.all_gather(losses, loss.detach())
+    gaps, scale, sharded_params = {}, 0.0, 0
+    reference_params = dict(reference.named_parameters())
+    for name, parameter in student.named_parameters():
+        grad = parameter.grad
+        if hasattr(grad, "full_tensor"):
+            sharded_params += 1
+            grad = grad.full_tensor()
+        expected = reference_params[name].grad
+        gaps[name] = (grad - expected).abs().max().item()
+        scale = max(scale, expected.abs().max().item())
+    # gaps relative to the largest gradient entry: some gradients are zero in exact arithmetic (key biases)
+    return {"preset": preset, "placement": placement, "loss": float(sum(losses) / processes),
+            "whole_loss": whole_loss.item(), "max_relative_grad_gap": max(gaps.values()) / scale,
+            "sharded_parameters": sharded_params, "parameters": len(gaps),
+            "teacher_sharded": all(hasattr(p, "full_tensor") for p in teacher.parameters())}
+
+
+def main() -> None:
+    tokenizer = load_tokenizer(sys.argv[1])
+    args = TrainingArguments(sys.argv[2], report_to="none", use_cpu=True)
+    for preset, teacher_preset, placement in [("llama-2x64", "llama-1x64", "replicate"),
+                                              ("llama-2x64", "llama-1x64", "shard"),
+                                              ("roberta-2x64", "roberta-1x64", "shard")]:
+        result = run_case(preset, teacher_preset, placement, tokenizer, args)
+        if dist.get_rank() == 0:
+            print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
