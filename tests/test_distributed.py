@@ -48,17 +48,18 @@ def teacher(workdir, tokenizer_dir) -> Path:
 
 
 def launch(workdir: Path, tokenizer_dir: Path, name: str, processes: int, batch: int, *extra: str,
-           model: str = "llama-2x64") -> Path:
-    """Run `kinherit pretrain` under torchrun (or plainly for 1 process); return the run folder."""
-    done = start(workdir, tokenizer_dir, name, processes, batch, *extra, model=model)
+           model: str = "llama-2x64", prefix: list[str] | None = None) -> Path:
+    """Run `kinherit pretrain` under torchrun (or plainly for 1 process, or under `prefix`); return the run folder."""
+    done = start(workdir, tokenizer_dir, name, processes, batch, *extra, model=model, prefix=prefix)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return workdir / name
 
 
 def start(workdir: Path, tokenizer_dir: Path, name: str, processes: int, batch: int, *extra: str,
-          model: str = "llama-2x64") -> subprocess.CompletedProcess:
+          model: str = "llama-2x64", prefix: list[str] | None = None) -> subprocess.CompletedProcess:
     out = workdir / name
-    prefix = [*TORCHRUN, f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    if prefix is None:
+        prefix = [*TORCHRUN, f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
     command = [*prefix, "-m", "kinherit", "pretrain", "--model", model, "--tokenizer", str(tokenizer_dir),
                "--block_size", "32", "--max_documents", "30", "--validation_fraction", "0.1",
                "--cache_dir", str(workdir / "cache"), "--output_dir", str(out), "--max_steps", str(STEPS),
@@ -98,15 +99,19 @@ def test_two_processes_train_as_one_with_the_same_global_batch(workdir, tokenize
             assert max(abs(other[s] - single[s]) for s in single if s > 0) > 100 * max(gaps) + 1e-3
     # the FLOPs of both processes are counted, and the teacher ran on both
     assert curve(two_processes, "train_flops")[STEPS] == pytest.approx(curve(one, "train_flops")[STEPS], rel=1e-6)
-    # the same with gradient accumulation (2 processes x 2 micro-batches of half the blocks), and with the
-    # teacher sharded over the two processes (FSDP2) instead of copied
+    # the same with gradient accumulation (2 processes x 2 micro-batches of half the blocks), with the
+    # teacher sharded over the two processes (FSDP2) instead of copied, and under `accelerate launch`
     accumulated = launch(workdir, tokenizer_dir, "accumulated", 2, BLOCKS // 2, "--teacher", str(teacher),
                          "--inherit_steps", "6", "--temperature", "2", "--gradient_accumulation_steps", "2",
                          "--save_strategy", "no")
     sharded = launch(workdir, tokenizer_dir, "sharded-teacher", 2, BLOCKS, "--teacher", str(teacher),
                      "--inherit_steps", "6", "--temperature", "2", "--teacher_placement", "shard",
                      "--save_strategy", "no")
-    for run in (accumulated, sharded):
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+                  "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
+    accelerated = launch(workdir, tokenizer_dir, "accelerate", 2, BLOCKS, "--teacher", str(teacher),
+                         "--inherit_steps", "6", "--temperature", "2", "--save_strategy", "no", prefix=accelerate)
+    for run in (accumulated, sharded, accelerated):
         assert curve(run, "eval_loss").keys() == curve(one, "eval_loss").keys()
         assert all(abs(curve(run, "eval_loss")[s] - loss) < 2e-4 for s, loss in curve(one, "eval_loss").items())
 
