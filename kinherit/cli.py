@@ -120,10 +120,14 @@ def run_cache_teacher(argv: Sequence[str]) -> int:
 
 def run_pretrain(argv: Sequence[str]) -> int:
     """Parse `TrainingArguments` plus our dataclasses and train."""
+    import torch.distributed as dist
+
     from kinherit.pretrain import pretrain
 
     model_args, data, inherit, training = parse_pretrain_args(argv)
     summary = pretrain(model_args, data, inherit, training)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # an orderly exit under torchrun / accelerate launch
     print(f"final validation loss {summary['final_val_loss']:.4f} after {summary['steps']} steps; "
           f"model saved to {training.output_dir}")
     return 0

@@ -26,7 +26,7 @@ from kinherit.sealed import is_sealed
 from kinherit.trainer import InheritanceArguments, InheritanceTrainer
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-WORKER = Path(__file__).with_name("fsdp_worker.py")
+WORKER = Path(__file__).with_name("parallel_worker.py")
 STEPS = 8
 BLOCKS = 4  # per process and step
 
@@ -140,16 +140,25 @@ def test_only_the_main_process_writes_and_a_second_launch_resumes(workdir, token
     assert [r["step"] for r in records(resumed) if "loss" in r] == list(range(1, STEPS + 1))
 
 
-def test_fsdp2_sharded_student_and_teachers_match_one_unsharded_process(workdir, tokenizer_dir):
+@pytest.fixture(scope="module")
+def worker_output(workdir, tokenizer_dir) -> str:
+    done = subprocess.run([*TORCHRUN, "--nproc_per_node=2", str(WORKER), str(tokenizer_dir), str(workdir / "worker")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-6000:]
+    return done.stdout
+
+
+def lines(output: str, tag: str) -> list:
+    return [json.loads(line[len(tag) + 1:]) for line in output.splitlines() if line.startswith(tag + " ")]
+
+
+def test_fsdp2_sharded_student_and_teachers_match_one_unsharded_process(worker_output):
     """FSDP2 (torch's fully_shard) on CPU with gloo: the loss and every gradient, causal and masked.
 
     The Trainer's `--fsdp` goes through accelerate, which applies FSDP only on GPU-class devices, so on
     CPU the same sharding is applied here directly and the trainer's loss runs on the sharded model.
     """
-    done = subprocess.run([*TORCHRUN, "--nproc_per_node=2", str(WORKER), str(tokenizer_dir), str(workdir / "fsdp")],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert done.returncode == 0, done.stderr[-6000:]
-    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    results = lines(worker_output, "RESULT")
     assert [(r["preset"], r["placement"]) for r in results] == [
         ("llama-2x64", "replicate"), ("llama-2x64", "shard"), ("roberta-2x64", "shard")]
     for result in results:
@@ -157,6 +166,14 @@ def test_fsdp2_sharded_student_and_teachers_match_one_unsharded_process(workdir,
         assert result["teacher_sharded"] == (result["placement"] == "shard"), result
         assert result["loss"] == pytest.approx(result["whole_loss"], rel=1e-5), result
         assert result["max_relative_grad_gap"] < 1e-5, result
+
+
+def test_a_nonfinite_loss_on_one_process_is_decided_on_by_all(worker_output):
+    skip, stop = lines(worker_output, "NONFINITE")
+    # skip: both processes skip the batch with zero gradients, and the next step synchronises as usual
+    assert all(r["skipped"] == 1 and r["zero_grads"] and r["synchronised"] for r in skip), skip
+    # stop: both stop with the error (neither waits for the other forever)
+    assert all("non-finite KI (divergence) (on at least one process) loss at step 1" in r["error"] for r in stop)
 
 
 def test_parallel_setups_that_cannot_work_are_refused(tmp_path, tokenizer, workdir, tokenizer_dir, teacher):

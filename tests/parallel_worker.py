@@ -1,7 +1,10 @@
-"""Run under torchrun: the KI loss and its gradients with an FSDP2-sharded student (and, by option, sharded
-teachers), against one unsharded copy that sees the whole global batch. Prints one JSON line per case on rank 0.
+"""Run under torchrun with 2 processes; prints one JSON line per case on rank 0.
 
-Usage: torchrun --nproc_per_node 2 fsdp_worker.py TOKENIZER_DIR OUTPUT_DIR
+- FSDP2: the KI loss and its gradients with a sharded student (and, by option, sharded teachers) against
+  one unsharded copy that sees the whole global batch.
+- DDP with a non-finite loss on one process only: both processes take the same decision.
+
+Usage: torchrun --nproc_per_node 2 parallel_worker.py TOKENIZER_DIR OUTPUT_DIR
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch.distributed as dist
 from transformers import TrainingArguments
 
 from kinherit.data import load_tokenizer
+from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models import load_model, shard_layers
 from kinherit.trainer import InheritanceArguments, InheritanceTrainer
@@ -82,6 +86,44 @@ def run_case(preset: str, teacher_preset: str, placement: str, tokenizer, args) 
             "teacher_sharded": all(hasattr(p, "full_tensor") for p in teacher.parameters())}
 
 
+def nonfinite_case(policy: str, tokenizer, args) -> dict:
+    """DDP; the teacher gives NaN on process 1 only. `skip`: both skip, then a healthy step syncs as usual."""
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    student = load_model("llama-1x64", tokenizer, 32)
+    teacher = freeze(load_model("llama-1x64", tokenizer, 32))
+    head = teacher.get_output_embeddings().weight
+    healthy = head.detach().clone()
+    if rank == 1:
+        with torch.no_grad():
+            head[:, 0] = float("nan")
+    wrapped = torch.nn.parallel.DistributedDataParallel(student)
+    trainer = InheritanceTrainer(model=student, args=args, teachers=TeacherSet([teacher]),
+                                 inherit_args=InheritanceArguments(inherit_steps=10, nonfinite=policy,
+                                                                   compile_loss=False), vocab_size=len(tokenizer))
+    student.train()
+    ids = torch.randint(5, len(tokenizer), (2, 32), generator=torch.Generator().manual_seed(rank))
+    batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+    count = trainer._get_num_items_in_batch([batch], "cpu")
+    try:
+        loss = trainer.compute_loss(wrapped, batch, num_items_in_batch=count)
+    except KinheritError as error:
+        return {"policy": policy, "rank": rank, "error": str(error)}
+    loss.backward()
+    zero_grads = all(p.grad is not None and not p.grad.any() for p in student.parameters())
+    with torch.no_grad():
+        head.copy_(healthy)
+    student.zero_grad()
+    loss = trainer.compute_loss(wrapped, batch, num_items_in_batch=count)
+    loss.backward()  # DDP would raise here if the skipped step had left its reduction unfinished
+    grad = student.get_input_embeddings().weight.grad.clone()
+    other = [torch.zeros_like(grad) for _ in range(2)]
+    dist.all_gather(other, grad)
+    return {"policy": policy, "rank": rank, "skipped": trainer.skipped_batches, "zero_grads": zero_grads,
+            "synchronised": bool(torch.equal(other[0], other[1]) and grad.abs().sum() > 0),
+            "loss": loss.item()}
+
+
 def main() -> None:
     tokenizer = load_tokenizer(sys.argv[1])
     args = TrainingArguments(sys.argv[2], report_to="none", use_cpu=True)
@@ -91,6 +133,13 @@ def main() -> None:
         result = run_case(preset, teacher_preset, placement, tokenizer, args)
         if dist.get_rank() == 0:
             print("RESULT " + json.dumps(result), flush=True)
+    for policy in ("skip", "stop"):
+        results = [None, None]
+        dist.all_gather_object(results, nonfinite_case(policy, tokenizer, args))
+        if dist.get_rank() == 0:
+            print("NONFINITE " + json.dumps(results), flush=True)
+    dist.barrier()
+    dist.destroy_process_group()  # an orderly exit: no process leaves while another still talks to it
 
 
 if __name__ == "__main__":
