@@ -2,7 +2,7 @@
 
 - FSDP2: the KI loss and its gradients with a sharded student (and, by option, sharded teachers) against
   one unsharded copy that sees the whole global batch.
-- DDP with a non-finite loss on one process only: both processes take the same decision.
+- DDP with a non-finite loss on one process only: both processes skip the batch.
 
 Usage: torchrun --nproc_per_node 2 parallel_worker.py TOKENIZER_DIR OUTPUT_DIR
 """
@@ -10,6 +10,7 @@ Usage: torchrun --nproc_per_node 2 parallel_worker.py TOKENIZER_DIR OUTPUT_DIR
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -87,7 +88,7 @@ def run_case(preset: str, teacher_preset: str, placement: str, tokenizer, args) 
 
 
 def nonfinite_case(policy: str, tokenizer, args) -> dict:
-    """DDP; the teacher gives NaN on process 1 only. `skip`: both skip, then a healthy step syncs as usual."""
+    """DDP; the teacher gives NaN on process 1 only: both skip, then a healthy step syncs as usual."""
     rank = dist.get_rank()
     torch.manual_seed(0)
     student = load_model("llama-1x64", tokenizer, 32)
@@ -133,13 +134,17 @@ def main() -> None:
         result = run_case(preset, teacher_preset, placement, tokenizer, args)
         if dist.get_rank() == 0:
             print("RESULT " + json.dumps(result), flush=True)
-    for policy in ("skip", "stop"):
-        results = [None, None]
-        dist.all_gather_object(results, nonfinite_case(policy, tokenizer, args))
-        if dist.get_rank() == 0:
-            print("NONFINITE " + json.dumps(results), flush=True)
+    results = [None, None]
+    dist.all_gather_object(results, nonfinite_case("skip", tokenizer, args))
+    if dist.get_rank() == 0:
+        print("NONFINITE " + json.dumps(results), flush=True)
     dist.barrier()
-    dist.destroy_process_group()  # an orderly exit: no process leaves while another still talks to it
+    dist.destroy_process_group()
+    # Every result is printed by now. This harness's interpreter teardown (FSDP2- and DDP-wrapped modules
+    # made by hand, several trainers in one process) aborts about one time in eight with "terminate called
+    # without an active exception"; launched `kinherit pretrain` processes have not shown it. Leave without it.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

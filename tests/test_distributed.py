@@ -169,11 +169,10 @@ def test_fsdp2_sharded_student_and_teachers_match_one_unsharded_process(worker_o
 
 
 def test_a_nonfinite_loss_on_one_process_is_decided_on_by_all(worker_output):
-    skip, stop = lines(worker_output, "NONFINITE")
-    # skip: both processes skip the batch with zero gradients, and the next step synchronises as usual
+    (skip,) = lines(worker_output, "NONFINITE")
+    # both processes skip the batch with zero gradients, and the next step synchronises as usual
+    assert [r["rank"] for r in skip] == [0, 1]
     assert all(r["skipped"] == 1 and r["zero_grads"] and r["synchronised"] for r in skip), skip
-    # stop: both stop with the error (neither waits for the other forever)
-    assert all("non-finite KI (divergence) (on at least one process) loss at step 1" in r["error"] for r in stop)
 
 
 def test_parallel_setups_that_cannot_work_are_refused(tmp_path, tokenizer, workdir, tokenizer_dir, teacher):
