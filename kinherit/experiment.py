@@ -29,6 +29,7 @@ from kinherit.errors import KinheritError
 from kinherit.sealed import last_good_checkpoint
 
 logger = logging.getLogger(__name__)
+GROWN = "grown"  # the folder of a run's grown initial model
 LAUNCH_FILE = "launch.json"  # a run's `kinherit pretrain` arguments when it runs under a launcher
 
 TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description", "launcher"}
@@ -483,17 +484,16 @@ def ensure_tokenizer(experiment: Experiment) -> Path:
     return target
 
 
-def grown_start(experiment: Experiment, spec: RunSpec, run_dir: Path) -> Path:
-    """The run's initial model grown from its `grow:` run (built once, in `run_dir/grown`)."""
+def grow_start(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
+    """Grow the run's initial model from its `grow:` run into `run_dir/grown` (once)."""
     from kinherit.grow import grow_checkpoint
 
-    grown = run_dir / "grown"
+    grown = run_dir / GROWN
     if not grown.exists():
         report = grow_checkpoint(str(experiment.output_dir / "runs" / spec.grow), spec.settings["model"], str(grown),
                                  seed=spec.seed)
         print(f"    grown from {spec.grow}: width x{report.width_factor}, depth {report.depth_method}; largest "
               f"logit difference {report.max_abs_logit_difference:.1e}", flush=True)
-    return grown
 
 
 def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
@@ -518,13 +518,15 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
             print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
             continue
         settings = run_settings(experiment, spec, tokenizer_path, cache_dir)
-        construct_arguments(spec, settings)  # every value is checked before anything is written
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
         last = last_good_checkpoint(run_dir)
         settings["training"]["resume_from_checkpoint"] = last
         if spec.grow:
-            settings["model"]["model"] = str(grown_start(experiment, spec, run_dir))
+            settings["model"]["model"] = str(run_dir / GROWN)
+        arguments = construct_arguments(spec, settings)  # every value is checked before anything is written
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
+        if spec.grow:
+            grow_start(experiment, spec, run_dir)
         teachers = f" inheriting from {', '.join(spec.teacher_runs())}" if spec.teacher_runs() else ""
         teachers += f", grown from {spec.grow}" if spec.grow else ""
         resumed = f", resuming {Path(last).name}" if last else ""
@@ -533,7 +535,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         arguments_file = run_dir / LAUNCH_FILE
         command = experiment.launch_command(arguments_file)
         if command is None:
-            summary = pretrain(*construct_arguments(spec, settings))
+            summary = pretrain(*arguments)
         else:
             write_json_atomic(arguments_file, {k: v for part in settings.values() for k, v in part.items()})
             print(f"    {shlex.join(command)}", flush=True)

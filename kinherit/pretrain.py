@@ -236,12 +236,11 @@ def save_final(trainer: InheritanceTrainer, tokenizer: PreTrainedTokenizerBase, 
             names = [p.name for p in staging.iterdir() if p.is_file()]
             for name in names:
                 os.replace(staging / name, output_dir / name)
+            seal(output_dir, names)
+            write_json_atomic(output_dir / RUN_MARKER, summary)
     finally:
         if main:
             shutil.rmtree(staging, ignore_errors=True)
-    if main:
-        seal(output_dir, names)
-        write_json_atomic(output_dir / RUN_MARKER, summary)
     trainer.accelerator.wait_for_everyone()  # no process returns before the run reads as finished
 
 

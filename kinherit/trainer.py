@@ -323,18 +323,16 @@ class InheritanceTrainer(Trainer):
     def _check_finite(self, self_sum: float, ki_sum: float) -> bool:
         """True if both loss terms are finite on every process; else stop with an error naming the step and
         the term (or, with `--nonfinite skip`, return False so the batch is skipped on every process)."""
-        bad = [name for name, value in (("self-learning (cross-entropy)", self_sum), ("KI (divergence)", ki_sum))
-               if not math.isfinite(value)]
-        if self.accelerator.num_processes > 1:  # every process takes the same decision, or DDP would hang
-            flags = torch.tensor([float(not math.isfinite(self_sum)), float(not math.isfinite(ki_sum))],
-                                 device=self.args.device)
-            flags = self.accelerator.reduce(flags, reduction="sum").tolist()
-            bad = [name for name, flag in zip(("self-learning (cross-entropy)", "KI (divergence)"), flags,
-                                              strict=True) if flag > 0]
-            if bad:
-                bad[-1] += " (on at least one process)"
+        flags = [float(not math.isfinite(self_sum)), float(not math.isfinite(ki_sum))]
+        several = self.accelerator.num_processes > 1
+        if several:  # every process takes the same decision, or DDP would hang
+            flags = self.accelerator.reduce(torch.tensor(flags, device=self.args.device), reduction="sum").tolist()
+        bad = [name for name, flag in zip(("self-learning (cross-entropy)", "KI (divergence)"), flags, strict=True)
+               if flag > 0]
         if not bad:
             return True
+        if several:
+            bad[-1] += " (on at least one process)"
         if self.inherit_args.nonfinite == "skip":
             return False
         try:

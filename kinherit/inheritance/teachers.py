@@ -152,8 +152,7 @@ class TeacherSet:
     def shard(self) -> TeacherSet:
         """Shard every teacher over the processes (FSDP2) instead of holding a whole copy on each."""
         for model in self.models:
-            shard_layers(model)
-        self.parts = [backbone_and_head(m) for m in self.models]
+            shard_layers(model)  # in place: the bodies and heads in self.parts are the same modules
         return self
 
     def release(self) -> None:
