@@ -36,10 +36,12 @@ from kinherit.atomic import write_json_atomic
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.inheritance.topk import TopKTarget
+from kinherit.lm import target_labels
 from kinherit.models import load_model
+from kinherit.options import InheritanceArguments
 from kinherit.sealed import seal
 from kinherit.teacher_cache import CACHE_FORMAT, MANIFEST_NAME, TeacherCache, write_shard
-from kinherit.trainer import InheritanceArguments, InheritanceTrainer, target_labels
+from kinherit.trainer import InheritanceTrainer
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,12 @@ __all__ = ["InheritanceArguments", "InheritanceTrainer", "KinheritError", "__ver
 
 def __getattr__(name: str):
     # The trainer pulls in transformers' Trainer stack; import it only when asked for.
-    if name in ("InheritanceTrainer", "InheritanceArguments"):
-        from kinherit import trainer
+    if name == "InheritanceTrainer":
+        from kinherit.trainer import InheritanceTrainer
 
-        return getattr(trainer, name)
+        return InheritanceTrainer
+    if name == "InheritanceArguments":
+        from kinherit.options import InheritanceArguments
+
+        return InheritanceArguments
     raise AttributeError(name)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 
 from kinherit.errors import KinheritError
 
-REPEATABLE = ("--teacher", "--corpus", "--teacher_weights")
 COMMANDS = {
     "pretrain": "pre-train a model by self-learning, or with Knowledge Inheritance from --teacher checkpoints",
     "experiment": "run an experiment YAML (tokenizer, teachers, students, report); re-running skips what is done",
     "report": "regenerate report.md, report.json and the plots of an experiment folder from its logs",
+    "evaluate": "validation loss and perplexity of a checkpoint on one or more corpora, as a run's eval_loss",
     "cache-teacher": "run teachers once over a corpus and store their top-K predictions for students to read",
     "grow": "initialise a larger model of the same family from a smaller one, preserving its function",
     "tokenizer": "train a byte-level BPE tokenizer on a corpus and save it as an HF tokenizer",
@@ -22,94 +21,22 @@ COMMANDS = {
 }
 
 
-def merge_repeated(argv: Sequence[str], flags: Sequence[str] = REPEATABLE) -> list[str]:
-    """Turn `--teacher A --teacher B` into `--teacher A B` (the parser takes lists as one flag)."""
-    merged: dict[str, list[str]] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        item = argv[i]
-        flag, eq, value = item.partition("=")
-        if flag in flags:
-            values = merged.setdefault(flag, [])
-            if eq:
-                values.append(value)
-                i += 1
-            else:
-                i += 1
-                while i < len(argv) and not argv[i].startswith("--"):
-                    values.append(argv[i])
-                    i += 1
-            continue
-        rest.append(item)
-        i += 1
-    for flag, values in merged.items():
-        rest += [flag, *values]
-    return rest
+def parse(argv: Sequence[str], classes: tuple, command: str, positional: Sequence[str] = ()) -> tuple:
+    """The options of `kinherit COMMAND` (see `kinherit.options.parse_arguments`)."""
+    from kinherit.options import parse_arguments
 
-
-def parse_dataclasses(argv: Sequence[str], classes: tuple, command: str) -> tuple:
-    """Parse `argv` into instances of the dataclasses `classes` (HF argument parser).
-
-    Every problem (unknown flag, bad value, a dataclass's own checks) is a `KinheritError` naming it.
-    """
-    from transformers import HfArgumentParser
-
-    class Parser(HfArgumentParser):
-        def error(self, message: str):
-            raise KinheritError(f"{message}; see `kinherit {command} --help`")
-
-    parser = Parser(classes, prog=f"kinherit {command}", description=COMMANDS[command])
-    try:
-        *parsed, rest = parser.parse_args_into_dataclasses(args=merge_repeated(argv), return_remaining_strings=True)
-    except KinheritError:
-        raise
-    except (ValueError, TypeError) as error:  # the dataclasses' own checks, TrainingArguments' among them
-        raise KinheritError(f"invalid option: {str(error).strip()}") from error
-    if rest:
-        raise KinheritError(f"unknown option(s) {rest}; see `kinherit {command} --help` for the valid ones")
-    return tuple(parsed)
-
-
-def parse_json_arguments(path: str, classes: tuple, command: str) -> tuple:
-    """Instances of the dataclasses `classes` from one JSON object mapping field names to values."""
-    from transformers import HfArgumentParser
-
-    try:
-        return tuple(HfArgumentParser(classes).parse_json_file(path, allow_extra_keys=False))
-    except KinheritError as error:
-        raise KinheritError(f"{path}: {error}") from error
-    except OSError as error:
-        raise KinheritError(f"cannot read the arguments file {path} ({error})") from error
-    except (ValueError, TypeError) as error:  # unknown keys, bad JSON, the dataclasses' own checks
-        raise KinheritError(f"{path}: invalid arguments ({str(error).strip()}); its keys are the options of "
-                            f"`kinherit {command} --help` without the dashes") from error
-
-
-def parse_pretrain_args(argv: Sequence[str]) -> tuple:
-    """`kinherit pretrain` options as (ModelArguments, DataArguments, InheritanceArguments, TrainingArguments).
-
-    A single `FILE.json` argument gives them all as one JSON object (what experiments under a launcher use).
-    """
-    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
-    from kinherit.trainer import InheritanceArguments
-
-    classes = (ModelArguments, DataArguments, InheritanceArguments, KinheritTrainingArguments)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parse_json_arguments(argv[0], classes, "pretrain")
-    return parse_dataclasses(argv, classes, "pretrain")
+    return parse_arguments(argv, classes, f"kinherit {command}", COMMANDS[command], positional)
 
 
 def run_cache_teacher(argv: Sequence[str]) -> int:
     """Build a teacher cache."""
-    from kinherit.pretrain import DataArguments, ModelArguments
-    from kinherit.teacher_cache import CacheArguments, build_cache
-    from kinherit.trainer import InheritanceArguments
+    from kinherit.options import CacheArguments, DataArguments, InheritanceArguments, ModelArguments
+    from kinherit.teacher_cache import build_cache
 
     argv = list(argv)
     if not any(a.startswith("--inherit_schedule") for a in argv):
         argv += ["--inherit_schedule", "constant"]  # the schedule belongs to the students, not to the cache
-    model, data, inherit, cache = parse_dataclasses(
+    model, data, inherit, cache = parse(
         argv, (ModelArguments, DataArguments, InheritanceArguments, CacheArguments), "cache-teacher")
     manifest = build_cache(data, inherit, cache, model.trust_remote_code)
     print(f"cached {manifest['positions']} positions at top-{cache.top_k} in {cache.output}: "
@@ -122,55 +49,57 @@ def run_pretrain(argv: Sequence[str]) -> int:
     """Parse `TrainingArguments` plus our dataclasses and train."""
     import torch.distributed as dist
 
+    from kinherit.options import parse_pretrain_args
     from kinherit.pretrain import pretrain
 
     model_args, data, inherit, training = parse_pretrain_args(argv)
     summary = pretrain(model_args, data, inherit, training)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()  # an orderly exit under torchrun / accelerate launch
-    print(f"final validation loss {summary['final_val_loss']:.4f} after {summary['steps']} steps; "
-          f"model saved to {training.output_dir}")
+    loss = summary["final_val_loss"]
+    evaluated = f"final validation loss {loss:.4f}" if loss is not None else "no validation split"
+    print(f"{evaluated} after {summary['steps']} steps; model saved to {training.output_dir}")
     return 0
 
 
 def run_experiment(argv: Sequence[str]) -> int:
     """Run (or resume) every run of an experiment YAML, then write its report."""
     from kinherit.experiment import run_experiment as execute
+    from kinherit.options import ExperimentArguments
 
-    parser = argparse.ArgumentParser(prog="kinherit experiment", description=COMMANDS["experiment"])
-    parser.add_argument("config", help="experiment YAML file")
-    parser.add_argument("--output_dir", help="override the YAML's output_dir")
-    parser.add_argument("--only", nargs="+", help="run only these runs (and what they depend on)")
-    options = parser.parse_args(argv)
-    execute(options.config, output_dir=options.output_dir, only=options.only)
+    (options,) = parse(argv, (ExperimentArguments,), "experiment", positional=("config",))
+    execute(options.config, output_dir=options.output_dir, only=options.only or None)
+    return 0
+
+
+def run_evaluate(argv: Sequence[str]) -> int:
+    """Evaluate a checkpoint on corpora and print the table."""
+    from kinherit.evaluate import evaluate, table
+    from kinherit.options import EvaluateArguments
+
+    (options,) = parse(argv, (EvaluateArguments,), "evaluate", positional=("checkpoint",))
+    print(table(evaluate(options)))
     return 0
 
 
 def run_report(argv: Sequence[str]) -> int:
     """Rebuild an experiment's report from its run logs."""
     from kinherit.evaluation.report import write_report
+    from kinherit.options import ReportArguments
 
-    parser = argparse.ArgumentParser(prog="kinherit report", description=COMMANDS["report"])
-    parser.add_argument("folder", help="an experiment output folder")
-    options = parser.parse_args(argv)
+    (options,) = parse(argv, (ReportArguments,), "report", positional=("folder",))
     report = write_report(options.folder)
     print(report["headline"])
     return 0
 
 
 def run_tokenizer(argv: Sequence[str]) -> int:
-    """Train and save a tokenizer."""
-    from kinherit.data import CorpusSpec, load_corpus, train_tokenizer
+    """Train and save a tokenizer on the training split of the corpus the data options describe."""
+    from kinherit.data import load_corpus, train_tokenizer
+    from kinherit.options import DataArguments, TokenizerArguments
 
-    parser = argparse.ArgumentParser(prog="kinherit tokenizer", description=COMMANDS["tokenizer"])
-    parser.add_argument("output", help="folder to save the tokenizer in")
-    parser.add_argument("--corpus", nargs="+", default=["wikipedia"], help="corpus sources (see pretrain)")
-    parser.add_argument("--vocab_size", type=int, default=8192)
-    parser.add_argument("--validation_fraction", type=float, default=0.05,
-                        help="held-out documents (the tokenizer is trained on the train split only)")
-    options = parser.parse_args(merge_repeated(argv))
-    corpus = load_corpus([CorpusSpec(s, validation_fraction=options.validation_fraction) for s in options.corpus])
-    tokenizer = train_tokenizer(corpus.train, options.vocab_size, options.output)
+    options, data = parse(argv, (TokenizerArguments, DataArguments), "tokenizer", positional=("output",))
+    tokenizer = train_tokenizer(load_corpus(data.corpus_specs()).train, data.vocab_size, options.output)
     print(f"tokenizer of {len(tokenizer)} tokens saved to {options.output}")
     return 0
 
@@ -178,18 +107,9 @@ def run_tokenizer(argv: Sequence[str]) -> int:
 def run_grow(argv: Sequence[str]) -> int:
     """Grow a checkpoint into a larger preset or config."""
     from kinherit.grow import grow_checkpoint
+    from kinherit.options import GrowArguments
 
-    parser = argparse.ArgumentParser(prog="kinherit grow", description=COMMANDS["grow"])
-    parser.add_argument("source", help="the smaller model's checkpoint folder (with its tokenizer)")
-    parser.add_argument("output", help="folder for the grown checkpoint (must not exist)")
-    parser.add_argument("--to", required=True, help="target preset (e.g. llama-4x256) or config.json")
-    parser.add_argument("--noise", type=float, default=0.01,
-                        help="symmetry-breaking noise, relative to each split weight's spread (sums to zero)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trust_remote_code", action="store_true")
-    parser.add_argument("--allow_inexact", action="store_true",
-                        help="grow a residual width that is not a whole multiple anyway (function not preserved)")
-    options = parser.parse_args(argv)
+    (options,) = parse(argv, (GrowArguments,), "grow", positional=("source", "output"))
     report = grow_checkpoint(options.source, options.to, options.output, options.noise, options.seed,
                              options.trust_remote_code, options.allow_inexact)
     print(f"grew {report.family} {report.source['layers']}x{report.source['width']} -> "
@@ -204,8 +124,9 @@ def run_grow(argv: Sequence[str]) -> int:
 def run_presets(argv: Sequence[str]) -> int:
     """Print the presets."""
     from kinherit.models import GPT_PAPER, ROBERTA_PAPER, preset_names
+    from kinherit.options import NoArguments
 
-    argparse.ArgumentParser(prog="kinherit presets", description=COMMANDS["presets"]).parse_args(argv)
+    parse(argv, (NoArguments,), "presets")
     shapes = {**ROBERTA_PAPER, **GPT_PAPER}
     for name in preset_names():
         shape = shapes.get(name)
@@ -218,8 +139,9 @@ def run_presets(argv: Sequence[str]) -> int:
 def run_corpora(argv: Sequence[str]) -> int:
     """Print the built-in corpora and whether their files are present."""
     from kinherit.data import BUILTIN_CORPORA
+    from kinherit.options import NoArguments
 
-    argparse.ArgumentParser(prog="kinherit corpora", description=COMMANDS["corpora"]).parse_args(argv)
+    parse(argv, (NoArguments,), "corpora")
     for name, reader in BUILTIN_CORPORA.items():
         try:
             first = next(reader())
@@ -230,7 +152,7 @@ def run_corpora(argv: Sequence[str]) -> int:
     return 0
 
 
-HANDLERS = {"pretrain": run_pretrain, "experiment": run_experiment, "report": run_report,
+HANDLERS = {"pretrain": run_pretrain, "experiment": run_experiment, "report": run_report, "evaluate": run_evaluate,
             "cache-teacher": run_cache_teacher, "grow": run_grow,
             "tokenizer": run_tokenizer, "presets": run_presets, "corpora": run_corpora}
 

@@ -26,6 +26,13 @@ import yaml
 
 from kinherit.atomic import write_json_atomic
 from kinherit.errors import KinheritError
+from kinherit.options import (
+    PRETRAIN_CLASSES,
+    InheritanceArguments,
+    KinheritTrainingArguments,
+    command_line,
+    parse_arguments,
+)
 from kinherit.sealed import last_good_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -35,90 +42,62 @@ LAUNCH_FILE = "launch.json"  # a run's `kinherit pretrain` arguments when it run
 TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description", "launcher"}
 TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
 CORPUS_KEYS = {"source", "domain", "text_field", "validation_fraction", "max_documents", "hf_config", "hf_split"}
-# The value each key takes (see `_coerce`); every key of a run, of `defaults`, of a corpus and of `inherit:`.
-INT, POSITIVE, FLOAT, POSITIVE_FLOAT, FRACTION, STR, BOOL, MAP, STRS, NUMBERS = (
-    "an integer >= 0", "an integer > 0", "a number >= 0", "a number > 0", "a number in [0, 1)", "a string",
-    "true or false", "a mapping", "a string or a list of strings", "a list of numbers")
-TRAIN_TYPES = {"model": STR, "corpus": STRS, "max_steps": POSITIVE, "learning_rate": POSITIVE_FLOAT,
-               "batch_size": POSITIVE, "grad_accum": POSITIVE, "block_size": POSITIVE, "warmup": FLOAT,
-               "weight_decay": FLOAT, "lr_scheduler": STR, "max_grad_norm": FLOAT, "eval_steps": POSITIVE,
-               "logging_steps": POSITIVE, "save_steps": POSITIVE, "mlm_probability": FRACTION,
-               "training_args": MAP, "inherit": MAP, "seed": INT}
-TRAIN_KEYS = set(TRAIN_TYPES)
-RUN_TYPES = {**TRAIN_TYPES, "name": STR, "teachers": STRS, "teacher_weights": NUMBERS, "routing": MAP,
-             "baseline": STR, "grow": STR, "description": STR}
-RUN_KEYS = set(RUN_TYPES) | {"seeds"}
-CORPUS_TYPES = {"source": STR, "domain": STR, "text_field": STR, "validation_fraction": FRACTION,
-                "max_documents": POSITIVE, "hf_config": STR, "hf_split": STR}
-CORPUS_KEYS = set(CORPUS_TYPES)
-# An `inherit:` key of the YAML -> the `InheritanceArguments` field it sets and the value it takes.
-# Keys left out keep the field's own default; range checks beyond these are the dataclass's own.
-INHERIT_FIELDS = {"schedule": ("inherit_schedule", STR), "steps": ("inherit_steps", POSITIVE),
-                  "start": ("inherit_start", FLOAT), "value": ("inherit_value", FLOAT),
-                  "time_constant": ("inherit_time_constant", POSITIVE_FLOAT), "margin": ("inherit_margin", FLOAT),
-                  "temperature": ("temperature", POSITIVE_FLOAT), "divergence": ("divergence", STR),
-                  "jsd_beta": ("jsd_beta", FLOAT), "chunk_size": ("chunk_size", POSITIVE),
-                  "teacher_dtype": ("teacher_dtype", STR), "compile_loss": ("compile_loss", BOOL),
-                  "fused_loss": ("fused_loss", BOOL), "nonfinite": ("nonfinite", STR)}
-INHERIT_KEYS = set(INHERIT_FIELDS)
-DEFAULTS = {"block_size": 128, "batch_size": 16, "grad_accum": 1, "learning_rate": 1e-3, "warmup": 0.05,
-            "weight_decay": 0.01, "lr_scheduler": "linear", "max_grad_norm": 1.0, "eval_steps": 50,
-            "logging_steps": 10, "save_steps": 200, "mlm_probability": 0.15, "max_steps": 1000}
+# A run's own keys: what the runner resolves (teachers are run names, corpus names the experiment's corpora).
+RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", "corpus", "description"}
+# Optional groups of `kinherit pretrain` options, for readability; their keys are the options' own names.
+GROUPS = {"inherit": (InheritanceArguments,), "training_args": (KinheritTrainingArguments,)}
+# Options the runner sets for every run itself.
+RESERVED = {"output_dir", "teacher", "tokenizer", "cache_dir", "seed", "data_seed", "resume_from_checkpoint",
+            "validation_fraction", "text_field", "max_documents"}
+# Keys of earlier versions of the YAML, and the option each became.
+RENAMED = {"batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
+           "warmup": "warmup_steps", "lr_scheduler": "lr_scheduler_type", "schedule": "inherit_schedule",
+           "steps": "inherit_steps", "start": "inherit_start", "value": "inherit_value",
+           "time_constant": "inherit_time_constant", "margin": "inherit_margin"}
+# Where the runner's own choices differ from `kinherit pretrain`'s: a learning curve starts at step 0.
+RUNNER_DEFAULTS = {"eval_on_start": True}
 
 
-def _number(value: Any) -> float | None:
-    """`value` as a finite number (YAML reads `1e-3`, without a dot, as a string), or None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
+def _option_names(classes: tuple) -> set[str]:
+    return {f.name for cls in classes for f in fields(cls) if f.init}
 
 
-def _coerce(where: str, key: str, value: Any, kind: str) -> Any:
-    """Check that `value` is of `kind` (one of the type names above); numbers given as strings are converted."""
-    if kind in (INT, POSITIVE):
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= (1 if kind == POSITIVE else 0)
-    elif kind in (FLOAT, POSITIVE_FLOAT, FRACTION):
-        number = _number(value)
-        ok = number is not None and (number > 0 if kind == POSITIVE_FLOAT else number >= 0)
-        ok = ok and (kind != FRACTION or number < 1)
-        if ok and isinstance(value, str):
-            value = number
-    elif kind == STR:
-        ok = isinstance(value, str) and bool(value)
-    elif kind == BOOL:
-        ok = isinstance(value, bool)
-    elif kind == MAP:
-        ok = isinstance(value, dict)
-    elif kind == STRS:
-        ok = (isinstance(value, str) and bool(value)) or (
-            isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value))
-    else:  # NUMBERS
-        ok = isinstance(value, list) and all(_number(v) is not None and not isinstance(v, str) for v in value)
-    if not ok:
-        raise KinheritError(f"{where}: {key} must be {kind}, got {value!r}")
-    return value
+OPTIONS = _option_names(PRETRAIN_CLASSES) - RESERVED
 
 
-def _check_values(where: str, data: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
-    """`data` with every value of a known key checked (and numbers given as strings converted)."""
-    return {k: _coerce(where, k, v, types[k]) if k in types else v for k, v in data.items()}
-
-
-def _check_keys(where: str, data: Any, valid: set[str]) -> None:
+def _check_keys(where: str, data: Any, valid: set[str], described: str | None = None) -> None:
+    """Refuse keys outside `valid`, naming the new name of a renamed key; `described` stands for long lists."""
     if not isinstance(data, dict):
         raise KinheritError(f"{where} must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - valid)
+    unknown = sorted(set(data) - valid, key=str)
     if unknown:
-        raise KinheritError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(valid)}")
+        renamed = [f"{key!r} is now {RENAMED[key]!r}" for key in unknown if key in RENAMED]
+        reserved = [f"{key!r} is set by the experiment itself" for key in unknown if key in RESERVED]
+        hint = "; ".join(renamed + reserved) or f"valid keys: {described or sorted(valid)}"
+        raise KinheritError(f"unknown key(s) {unknown} in {where}; {hint}")
+
+
+def _check_string(where: str, key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise KinheritError(f"{where}: {key} must be a non-empty string, got {value!r}")
+
+
+def flatten_options(where: str, data: dict[str, Any], own: set[str]) -> dict[str, Any]:
+    """A run's (or the defaults') `kinherit pretrain` options, with the `inherit:` and `training_args:` groups
+    merged in; `own` are the keys the mapping may hold besides options."""
+    _check_keys(where, data, own | OPTIONS | set(GROUPS),
+                f"{', '.join(sorted(own | set(GROUPS)))} and the options of `kinherit pretrain --help`")
+    flat = {key: value for key, value in data.items() if key not in GROUPS}
+    for group, classes in GROUPS.items():
+        if group not in data:
+            continue
+        _check_keys(f"{where} {group}", data[group], _option_names(classes) - RESERVED,
+                    f"the {classes[0].__name__} options of `kinherit pretrain --help`")
+        twice = sorted(set(data[group]) & set(flat))
+        if twice:
+            raise KinheritError(f"{where}: {twice} given both in {group}: and outside it; give each once")
+        flat.update(data[group])
+    return flat
 
 
 @dataclass
@@ -233,26 +212,35 @@ def _expand_seeds(raw_runs: list[dict[str, Any]], default_seed: int) -> list[dic
     return expanded
 
 
-def _check_inherit(where: str, inherit: Any) -> dict[str, Any]:
-    _check_keys(where, inherit, INHERIT_KEYS)
-    return {k: _coerce(where, k, v, INHERIT_FIELDS[k][1]) for k, v in inherit.items()}
-
-
 def _check_run(index: int, run: Any) -> dict[str, Any]:
-    _check_keys(f"run #{index + 1}", run, RUN_KEYS)
+    if not isinstance(run, dict):
+        raise KinheritError(f"run #{index + 1} must be a mapping, got {type(run).__name__}")
     if not isinstance(run.get("name"), str) or not run["name"]:
         raise KinheritError(f"run #{index + 1} has no name (a non-empty string)")
     where = f"run {run['name']!r}"
-    run = _check_values(where, run, RUN_TYPES)
+    run = flatten_options(where, run, RUN_KEYS)
     seeds = run.get("seeds", [0])  # checked here, so that a run's seeds are valid before others refer to them
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
         raise KinheritError(f"{where}: seeds must be a non-empty list of integers")
-    if "inherit" in run:
-        run["inherit"] = _check_inherit(f"{where} inherit", run["inherit"])
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in run.get("routing", {}).items()):
+    if "seed" in run and (not isinstance(run["seed"], int) or isinstance(run["seed"], bool)):
+        raise KinheritError(f"{where}: seed must be an integer, got {run['seed']!r}")
+    for key in ("baseline", "grow"):
+        if key in run:
+            _check_string(where, key, run[key])
+    teachers = run.get("teachers", [])
+    if isinstance(teachers, str):
+        teachers = [teachers]
+    if not isinstance(teachers, list) or not all(isinstance(t, str) and t for t in teachers):
+        raise KinheritError(f"{where}: teachers must be a run name or a list of run names, got {teachers!r}")
+    run["teachers"] = teachers
+    routing = run.get("routing", {})
+    if not isinstance(routing, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in routing.items()):
         raise KinheritError(f"{where}: routing must map domain names to run names")
-    if not all(isinstance(k, str) for k in run.get("training_args", {})):
-        raise KinheritError(f"{where}: training_args must map TrainingArguments field names to values")
+    corpus = run.get("corpus")
+    if corpus is not None and not (isinstance(corpus, str) or (
+            isinstance(corpus, list) and corpus and all(isinstance(c, str) for c in corpus))):
+        raise KinheritError(f"{where}: corpus must be a corpus name or a list of them, got {corpus!r}")
     return run
 
 
@@ -269,12 +257,17 @@ def _check_launcher(launcher: Any) -> str | dict[str, Any] | None:
 
 
 def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Experiment:
-    """Validate an experiment mapping (as loaded from YAML) into an `Experiment`."""
+    """Validate an experiment mapping (as loaded from YAML) into an `Experiment`; every run's options are
+    parsed as `kinherit pretrain` parses them, so every value is checked before anything runs."""
     _check_keys("the experiment", data, TOP_KEYS)
     for key in ("name", "runs", "corpora"):
         if key not in data:
             raise KinheritError(f"the experiment has no {key!r}; it needs name, corpora and runs")
-    top = _check_values("the experiment", data, {"name": STR, "output_dir": STR, "seed": INT, "description": STR})
+    for key in ("name", "output_dir", "description"):
+        if key in data:
+            _check_string("the experiment", key, data[key])
+    if "seed" in data and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+        raise KinheritError(f"the experiment's seed must be an integer, got {data['seed']!r}")
     corpora = data["corpora"]
     if not isinstance(corpora, dict) or not corpora or not all(isinstance(k, str) for k in corpora):
         raise KinheritError("corpora must map corpus names to settings, e.g. {wiki: {source: wikipedia}}")
@@ -282,17 +275,20 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
         _check_keys(f"corpus {name!r}", spec, CORPUS_KEYS)
         if "source" not in spec:
             raise KinheritError(f"corpus {name!r} has no 'source'")
-        corpora[name] = _check_values(f"corpus {name!r}", spec, CORPUS_TYPES)
+        for key, value in spec.items():
+            if key in ("source", "domain", "text_field", "hf_config", "hf_split"):
+                _check_string(f"corpus {name!r}", key, value)
     tokenizer = data.get("tokenizer", {"corpus": next(iter(corpora)), "vocab_size": 8192})
     _check_keys("tokenizer", tokenizer, TOKENIZER_KEYS)
-    tokenizer = _check_values("tokenizer", tokenizer, {"corpus": STR, "vocab_size": POSITIVE, "path": STR})
+    for key in ("corpus", "path"):
+        if key in tokenizer:
+            _check_string("tokenizer", key, tokenizer[key])
     if "path" not in tokenizer and tokenizer.get("corpus", next(iter(corpora))) not in corpora:
         raise KinheritError(f"tokenizer corpus {tokenizer.get('corpus')!r} is not one of the corpora {sorted(corpora)}")
-    defaults = data.get("defaults", {})
-    _check_keys("defaults", defaults, TRAIN_KEYS)
-    defaults = _check_values("defaults", defaults, TRAIN_TYPES)
-    if "inherit" in defaults:
-        defaults["inherit"] = _check_inherit("defaults inherit", defaults["inherit"])
+    vocab = tokenizer.get("vocab_size", 8192)
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise KinheritError(f"tokenizer vocab_size must be a positive integer, got {vocab!r}")
+    defaults = flatten_options("defaults", data.get("defaults", {}), {"corpus"})
     raw_runs = data["runs"]
     if not isinstance(raw_runs, list) or not raw_runs:
         raise KinheritError("runs must be a non-empty list")
@@ -302,42 +298,34 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     if duplicates:
         raise KinheritError(f"run names must be unique; repeated: {duplicates}")
     runs: dict[str, RunSpec] = {}
-    for run in _expand_seeds(raw_runs, top.get("seed", 0)):
-        settings = {**DEFAULTS, **copy.deepcopy(defaults),
-                    **{k: v for k, v in run.items() if k in TRAIN_KEYS}}
+    for run in _expand_seeds(raw_runs, data.get("seed", 0)):
+        settings = {**RUNNER_DEFAULTS, **copy.deepcopy(defaults),
+                    **{k: v for k, v in run.items() if k in OPTIONS or k == "corpus"}}
         settings.setdefault("corpus", next(iter(corpora)))
-        if "inherit" in defaults and "inherit" in run:
-            settings["inherit"] = {**defaults["inherit"], **run["inherit"]}
-        if "teacher_weights" in run:
-            settings["teacher_weights"] = run["teacher_weights"]
         if "model" not in settings:
             raise KinheritError(f"run {run['name']!r} has no model (a preset, config.json or checkpoint)")
         corpus_names = settings["corpus"] if isinstance(settings["corpus"], list) else [settings["corpus"]]
         for corpus in corpus_names:
             if corpus not in corpora:
                 raise KinheritError(f"run {run['name']!r} uses corpus {corpus!r}; defined corpora: {sorted(corpora)}")
-        teachers = run.get("teachers", [])
-        if isinstance(teachers, str):
-            teachers = [teachers]
         routing = run.get("routing", {})
-        if teachers and routing:
+        if run["teachers"] and routing:
             raise KinheritError(f"run {run['name']!r} has both teachers and routing; use one")
-        runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(teachers),
+        runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(run["teachers"]),
                                     routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
                                     seed=run["seed"], grow=run.get("grow"))
     for spec in runs.values():
         for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
             if ref not in runs:
                 raise KinheritError(f"run {spec.name!r} refers to unknown run {ref!r}; runs: {sorted(runs)}")
-        weights = spec.settings.get("teacher_weights")
-        if weights is not None and len(weights) != len(spec.teachers):
-            raise KinheritError(f"run {spec.name!r} has {len(weights)} teacher_weights for "
-                                f"{len(spec.teachers)} teachers")
-    experiment = Experiment(name=top["name"], output_dir=Path(output_dir or top.get("output_dir")
-                                                              or f"runs/{top['name']}"),
-                            tokenizer=tokenizer, corpora=corpora, runs=runs, description=top.get("description", ""),
+    experiment = Experiment(name=data["name"], output_dir=Path(output_dir or data.get("output_dir")
+                                                               or f"runs/{data['name']}"),
+                            tokenizer=tokenizer, corpora=corpora, runs=runs, description=data.get("description", ""),
                             launcher=_check_launcher(data.get("launcher")))
     experiment.order()  # raises on cycles
+    if experiment.launcher is None:  # a launched run checks its options where it runs (bf16 needs its GPUs)
+        for spec in runs.values():
+            run_arguments(experiment, spec)
     return experiment
 
 
@@ -371,72 +359,32 @@ def _first_corpus_setting(experiment: Experiment, names: list[str], key: str, de
     return experiment.corpora[names[0]].get(key, default)
 
 
-def _construct(where: str, cls: type, **values: Any) -> Any:
-    """`cls(**values)`, with the dataclass's own value checks reported as our error naming the run."""
-    try:
-        return cls(**values)
-    except KinheritError as error:
-        raise KinheritError(f"{where}: {error}") from error
-    except (ValueError, TypeError) as error:
-        raise KinheritError(f"{where}: invalid {cls.__name__} ({error})") from error
-
-
-def run_settings(experiment: Experiment, spec: RunSpec, tokenizer_path: Path,
-                 cache_dir: Path) -> dict[str, dict[str, Any]]:
-    """The keyword arguments of one run's model, data, inheritance and training argument dataclasses."""
-    from kinherit.pretrain import KinheritTrainingArguments
-
-    s = spec.settings
+def run_settings(experiment: Experiment, spec: RunSpec) -> dict[str, Any]:
+    """One run's `kinherit pretrain` options by name: its own, and those the runner sets (paths, seed, corpus)."""
+    s = {k: v for k, v in spec.settings.items() if k != "corpus"}
     run_dir = experiment.output_dir / "runs" / spec.name
-    corpus_names = s["corpus"] if isinstance(s["corpus"], list) else [s["corpus"]]
-    data = dict(corpus=_corpus_args(experiment, corpus_names), tokenizer=str(tokenizer_path),
-                block_size=int(s["block_size"]), cache_dir=str(cache_dir), mlm_probability=float(s["mlm_probability"]),
-                text_field=_first_corpus_setting(experiment, corpus_names, "text_field", "text"),
-                validation_fraction=float(_first_corpus_setting(experiment, corpus_names, "validation_fraction", 0.05)),
-                max_documents=_first_corpus_setting(experiment, corpus_names, "max_documents", None))
+    corpus_names = spec.settings["corpus"] if isinstance(spec.settings["corpus"], list) else [spec.settings["corpus"]]
     teacher_dirs = {name: str(experiment.output_dir / "runs" / name) for name in spec.teacher_runs()}
     if spec.routing:
-        teacher_args = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
+        teachers = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
     else:
-        teacher_args = [teacher_dirs[name] for name in spec.teachers]
-    inherit_fields = {INHERIT_FIELDS[key][0]: value for key, value in (s.get("inherit") or {}).items()}
-    where = f"run {spec.name!r}"
-    inherit = dict(teacher=teacher_args, teacher_weights=[float(w) for w in s.get("teacher_weights") or []],
-                   **inherit_fields)
-    extra = dict(s.get("training_args") or {})
-    valid = {f.name for f in fields(KinheritTrainingArguments) if f.init}
-    unknown = sorted(set(extra) - valid)
-    if unknown:
-        raise KinheritError(f"{where}: unknown training_args {unknown}; they must be TrainingArguments fields "
-                            "(see `kinherit pretrain --help`)")
-    own = dict(
-        output_dir=str(run_dir), max_steps=int(s["max_steps"]), learning_rate=float(s["learning_rate"]),
-        per_device_train_batch_size=int(s["batch_size"]), gradient_accumulation_steps=int(s["grad_accum"]),
-        warmup_steps=float(s["warmup"]), weight_decay=float(s["weight_decay"]),
-        lr_scheduler_type=s["lr_scheduler"], max_grad_norm=float(s["max_grad_norm"]),
-        eval_steps=int(s["eval_steps"]), logging_steps=int(s["logging_steps"]), save_steps=int(s["save_steps"]),
-        seed=spec.seed, data_seed=spec.seed, eval_on_start=True, report_to="tensorboard")
-    clashes = sorted(set(extra) & (set(own) - {"report_to"}))
-    if clashes:
-        raise KinheritError(f"{where}: training_args {clashes} are set by the run's own keys (max_steps, "
-                            "learning_rate, batch_size, ...); set them there")
-    return {"model": {"model": s["model"]}, "data": data, "inherit": inherit, "training": {**own, **extra}}
+        teachers = [teacher_dirs[name] for name in spec.teachers]
+    if spec.teacher_runs() and "teacher_cache" in s:
+        raise KinheritError(f"run {spec.name!r} names teachers and a teacher_cache; use one")
+    return {**s, "corpus": _corpus_args(experiment, corpus_names), "tokenizer": str(tokenizer_folder(experiment)),
+            "cache_dir": str(experiment.output_dir / "cache"), "output_dir": str(run_dir), "teacher": teachers,
+            "seed": spec.seed, "data_seed": spec.seed,
+            **{key: _first_corpus_setting(experiment, corpus_names, key, default)
+               for key, default in (("text_field", None), ("validation_fraction", None), ("max_documents", None))}}
 
 
-def run_arguments(experiment: Experiment, spec: RunSpec, tokenizer_path: Path, cache_dir: Path) -> tuple:
-    """The (model, data, inheritance, training) argument dataclasses of one run."""
-    return construct_arguments(spec, run_settings(experiment, spec, tokenizer_path, cache_dir))
-
-
-def construct_arguments(spec: RunSpec, settings: dict[str, dict[str, Any]]) -> tuple:
-    """The argument dataclasses made from `run_settings`' keyword arguments, each value checked."""
-    from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments
-    from kinherit.trainer import InheritanceArguments
-
-    where = f"run {spec.name!r}"
-    return tuple(_construct(where, cls, **settings[key]) for cls, key in (
-        (ModelArguments, "model"), (DataArguments, "data"), (InheritanceArguments, "inherit"),
-        (KinheritTrainingArguments, "training")))
+def run_arguments(experiment: Experiment, spec: RunSpec, settings: dict[str, Any] | None = None) -> tuple:
+    """The (model, data, inheritance, training) argument dataclasses of one run, parsed as the command line is."""
+    try:
+        return parse_arguments(command_line(settings or run_settings(experiment, spec)), PRETRAIN_CLASSES,
+                               "kinherit pretrain")
+    except KinheritError as error:
+        raise KinheritError(f"run {spec.name!r}: {error}") from error
 
 
 def _fingerprint(spec: RunSpec, launcher: str | dict[str, Any] | None = None) -> str:
@@ -460,10 +408,14 @@ def prepare_output(experiment: Experiment) -> None:
                                 f"{experiment.name!r}; choose another output_dir or delete that folder")
     runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.teacher_runs(), "grow": spec.grow,
                    "baseline": spec.baseline, "model": spec.settings["model"],
-                   "fingerprint": _fingerprint(spec, experiment.launcher),
-                   "max_steps": spec.settings["max_steps"], "inherit": spec.settings.get("inherit")}
+                   "fingerprint": _fingerprint(spec, experiment.launcher), "settings": spec.settings}
             for name, spec in experiment.runs.items()}
     write_json_atomic(manifest, {"name": experiment.name, "description": experiment.description, "runs": runs})
+
+
+def tokenizer_folder(experiment: Experiment) -> Path:
+    """Where the experiment's tokenizer is: the path given, or the one the experiment trains."""
+    return Path(experiment.tokenizer.get("path", experiment.output_dir / "tokenizer"))
 
 
 def ensure_tokenizer(experiment: Experiment) -> Path:
@@ -471,10 +423,8 @@ def ensure_tokenizer(experiment: Experiment) -> Path:
     from kinherit.data import CorpusSpec, load_corpus, train_tokenizer
 
     settings = experiment.tokenizer
-    if "path" in settings:
-        return Path(settings["path"])
-    target = experiment.output_dir / "tokenizer"
-    if (target / "tokenizer.json").exists():
+    target = tokenizer_folder(experiment)
+    if "path" in settings or (target / "tokenizer.json").exists():
         return target
     corpus_name = settings.get("corpus", next(iter(experiment.corpora)))
     spec = experiment.corpora[corpus_name]
@@ -503,8 +453,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
 
     experiment = load_experiment(path, output_dir)
     prepare_output(experiment)
-    tokenizer_path = ensure_tokenizer(experiment)
-    cache_dir = experiment.output_dir / "cache"
+    ensure_tokenizer(experiment)
     order = experiment.order(only)
     for position, name in enumerate(order, start=1):
         spec = experiment.runs[name]
@@ -517,12 +466,12 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         if (run_dir / RUN_MARKER).exists():
             print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
             continue
-        settings = run_settings(experiment, spec, tokenizer_path, cache_dir)
+        settings = run_settings(experiment, spec)
         last = last_good_checkpoint(run_dir)
-        settings["training"]["resume_from_checkpoint"] = last
+        settings["resume_from_checkpoint"] = last
         if spec.grow:
-            settings["model"]["model"] = str(run_dir / GROWN)
-        arguments = construct_arguments(spec, settings)  # every value is checked before anything is written
+            settings["model"] = str(run_dir / GROWN)
+        arguments = run_arguments(experiment, spec, settings)  # every value is checked before anything is written
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
         if spec.grow:
@@ -530,22 +479,22 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         teachers = f" inheriting from {', '.join(spec.teacher_runs())}" if spec.teacher_runs() else ""
         teachers += f", grown from {spec.grow}" if spec.grow else ""
         resumed = f", resuming {Path(last).name}" if last else ""
-        print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {spec.settings['max_steps']} steps"
+        print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {arguments[3].max_steps} steps"
               f"{teachers}{resumed}", flush=True)
         arguments_file = run_dir / LAUNCH_FILE
         command = experiment.launch_command(arguments_file)
         if command is None:
             summary = pretrain(*arguments)
         else:
-            write_json_atomic(arguments_file, {k: v for part in settings.values() for k, v in part.items()})
+            write_json_atomic(arguments_file, settings)
             print(f"    {shlex.join(command)}", flush=True)
             if subprocess.run(command).returncode != 0:
                 raise KinheritError(f"run {name!r} failed under the launcher (see its output above); re-run the "
                                     "experiment to resume it from its last checkpoint")
             summary = json.loads((run_dir / RUN_MARKER).read_text())
         loss = summary["final_val_loss"]
-        print(f"[{position}/{len(order)}] {name}: validation loss {loss:.4f} (ppl {math.exp(loss):.1f}) in "
-              f"{summary['train_seconds']:.0f} s", flush=True)
+        evaluated = f"validation loss {loss:.4f} (ppl {math.exp(loss):.1f})" if loss is not None else "trained"
+        print(f"[{position}/{len(order)}] {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
     report = write_report(experiment.output_dir)
     print(report["headline"], flush=True)
     print(f"report: {experiment.output_dir / 'report.md'}", flush=True)

@@ -36,7 +36,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from kinherit.errors import KinheritError
-from kinherit.models import _auto_class, load_model, model_kind, preset_config
+from kinherit.models import auto_class, load_model, model_kind, preset_config
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +286,9 @@ def grow_model(source: PreTrainedModel, target_config: PretrainedConfig, noise: 
     old_config, family = source.config, source.config.model_type
     old, new = Dims.of(old_config), Dims.of(target_config)
     factor = _check(old_config, target_config, old, new, allow_inexact)
-    torch.manual_seed(seed)
-    grown = _auto_class(model_kind(target_config)).from_config(target_config)
+    with torch.random.fork_rng(devices=[]):  # fresh units are seeded; the caller's random state is left alone
+        torch.manual_seed(seed)
+        grown = auto_class(model_kind(target_config)).from_config(target_config)
     generator = torch.Generator().manual_seed(seed)
     expander = _Expander(old, new, noise, generator)
     prefix, layer_rules, other_rules, scaled = _rules(family)

@@ -134,7 +134,7 @@ def model_kind(config: PretrainedConfig) -> str:
                         "use a RoBERTa/BERT or GPT-2/Llama-style checkpoint")
 
 
-def _auto_class(kind: str):
+def auto_class(kind: str):
     return AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
 
 
@@ -165,7 +165,7 @@ def load_model(source: str, tokenizer: PreTrainedTokenizerBase | None = None, bl
         check_finished(source)
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         try:
-            return _auto_class(model_kind(config)).from_pretrained(
+            return auto_class(model_kind(config)).from_pretrained(
                 source, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
         except Exception as error:  # truncated or foreign weight files fail deep inside the loaders
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -181,14 +181,14 @@ def load_model(source: str, tokenizer: PreTrainedTokenizerBase | None = None, bl
         config = AutoConfig.for_model(**data)
         if tokenizer is not None and "vocab_size" not in data:
             config.vocab_size = len(tokenizer)
-        return _auto_class(model_kind(config)).from_config(config, trust_remote_code=trust_remote_code)
+        return auto_class(model_kind(config)).from_config(config, trust_remote_code=trust_remote_code)
     if os.sep in source or source.startswith("."):
         raise KinheritError(f"model path {source} does not exist or has no config.json; give a checkpoint "
                             "folder, a config.json, or a preset name")
     if tokenizer is None:
         raise KinheritError("building a model from a preset needs a tokenizer for its vocabulary size")
     config = preset_config(source, len(tokenizer), block_size, tokenizer)
-    return _auto_class(model_kind(config)).from_config(config)
+    return auto_class(model_kind(config)).from_config(config)
 
 
 def non_embedding_parameters(model: PreTrainedModel) -> int:

@@ -1,8 +1,8 @@
 """`kinherit pretrain`: self-learning or Knowledge Inheritance pre-training on `transformers.Trainer`.
 
 Every `TrainingArguments` flag passes through; `ModelArguments`, `DataArguments` and
-`InheritanceArguments` add ours. The final student and its tokenizer are saved as a standard HF
-checkpoint in `output_dir`, with `log.jsonl` (every log and evaluation record) and `run.json`
+`InheritanceArguments` (all in `kinherit.options`) add ours. The final student and its tokenizer are
+saved as a standard HF checkpoint in `output_dir`, with `log.jsonl` (every log and evaluation record) and `run.json`
 (written last, so its presence means the run finished).
 """
 
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,91 +20,20 @@ import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
 
 from kinherit.atomic import write_json_atomic, write_text_atomic
-from kinherit.data import BlockCollator, CorpusSpec, build_blocks, load_corpus, load_tokenizer, train_tokenizer
+from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer, train_tokenizer
 from kinherit.data.corpora import Corpus
-from kinherit.data.tokenizer import SPECIAL_TOKENS, tokenizer_fingerprint
 from kinherit.errors import KinheritError
-from kinherit.inheritance.teachers import TeacherSet, load_teacher, parse_teacher_specs, resolve_dtype
+from kinherit.load_teachers import build_teachers
 from kinherit.models import is_checkpoint, load_model, model_kind, non_embedding_parameters
-from kinherit.sealed import last_good_checkpoint, seal, unseal, verify
-from kinherit.teacher_cache import TeacherCache
-from kinherit.trainer import InheritanceArguments, InheritanceTrainer
+from kinherit.options import DataArguments, InheritanceArguments, ModelArguments
+from kinherit.sealed import last_good_checkpoint, seal, sealed_checkpoints, unseal, verify
+from kinherit.teacher_cache import open_teacher_cache
+from kinherit.trainer import InheritanceTrainer
 
 logger = logging.getLogger(__name__)
-MIN_VOCAB = 256 + len(set(SPECIAL_TOKENS.values()))  # byte-level BPE: every byte, then the special tokens
 RUN_MARKER = "run.json"
 LOG_FILE = "log.jsonl"
 STAGING = ".final.staging"
-
-
-@dataclass
-class ModelArguments:
-    """Which student to train."""
-
-    model: str = field(default="llama-4x256", metadata={
-        "help": "A preset (see `kinherit presets`), an HF config.json, or a checkpoint folder to continue from."})
-    trust_remote_code: bool = field(default=False, metadata={
-        "help": "Allow custom model/tokenizer code from checkpoints (only for sources you trust)."})
-
-
-@dataclass
-class DataArguments:
-    """Which corpus and tokenizer, and how to cut the text into blocks."""
-
-    corpus: list[str] = field(default_factory=lambda: ["wikipedia"], metadata={
-        "help": "Built-in corpus name, local file/folder/glob, saved dataset folder, or hf:NAME; repeatable. "
-                "DOMAIN=SOURCE sets the domain tag used for routing."})
-    text_field: str = field(default="text", metadata={"help": "Text field of .jsonl/.parquet/datasets sources."})
-    validation_fraction: float = field(default=0.05, metadata={"help": "Fraction of documents held out."})
-    max_documents: int | None = field(default=None, metadata={"help": "Use at most this many documents."})
-    tokenizer: str | None = field(default=None, metadata={
-        "help": "An HF tokenizer folder; default: the model checkpoint's, else a BPE trained on the corpus."})
-    vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size when training a tokenizer."})
-    block_size: int = field(default=128, metadata={"help": "Tokens per training sequence."})
-    cache_dir: str | None = field(default=None, metadata={
-        "help": "Where packed blocks are cached (default $KINHERIT_CACHE or ~/.cache/kinherit)."})
-    mlm_probability: float = field(default=0.15, metadata={"help": "Masking rate of masked LMs."})
-    eval_mask_seed: int = field(default=1234, metadata={
-        "help": "Seed of the fixed validation masking, so every evaluation and every run sees the same masks."})
-
-    def __post_init__(self) -> None:
-        checks = [(self.block_size >= 2, f"--block_size must be at least 2, got {self.block_size}"),
-                  (0.0 <= self.validation_fraction < 1.0,
-                   f"--validation_fraction must be in [0, 1), got {self.validation_fraction}"),
-                  (0.0 < self.mlm_probability < 1.0,
-                   f"--mlm_probability must be in (0, 1), got {self.mlm_probability}"),
-                  (self.vocab_size >= MIN_VOCAB, f"--vocab_size must be at least {MIN_VOCAB} (256 bytes and the "
-                                                 f"special tokens), got {self.vocab_size}"),
-                  (self.max_documents is None or self.max_documents > 0,
-                   f"--max_documents must be positive, got {self.max_documents}"),
-                  (bool(self.corpus), "--corpus needs at least one source")]
-        for ok, message in checks:
-            if not ok:
-                raise KinheritError(message)
-
-
-@dataclass
-class KinheritTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults suited to pre-training small models."""
-
-    output_dir: str = field(default="runs/pretrain", metadata={"help": "Where the run is written."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per batch and device."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Blocks per evaluation batch."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (the paper's 0.01)."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps, or a fraction of all steps."})
-    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
-    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: steps, epoch or no."})
-    eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every this many steps."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every this many steps."})
-    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint: steps, epoch or no."})
-    save_steps: float = field(default=500, metadata={"help": "Checkpoint every this many steps."})
-    save_total_limit: int | None = field(default=1, metadata={"help": "Checkpoints kept."})
-    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, none..."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep domain ids for routing."})
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
-        "help": "DDP: every parameter gets a gradient in every step (the head through the chunked loss), so the "
-                "graph search for unused ones is off."})
 
 
 class JsonlLogger(TrainerCallback):
@@ -133,18 +61,6 @@ class JsonlLogger(TrainerCallback):
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def parse_corpus_specs(data: DataArguments) -> list[CorpusSpec]:
-    """`--corpus` items (`SOURCE` or `DOMAIN=SOURCE`) as corpus specs."""
-    specs = []
-    for item in data.corpus:
-        domain, sep, source = item.partition("=")
-        if not sep or os.path.exists(item) or not domain or domain.startswith("hf:"):
-            domain, source = None, item
-        specs.append(CorpusSpec(source=source, domain=domain, text_field=data.text_field,
-                                validation_fraction=data.validation_fraction, max_documents=data.max_documents))
-    return specs
-
-
 def resolve_tokenizer(model_args: ModelArguments, data: DataArguments, corpus: Corpus,
                       output_dir: str) -> PreTrainedTokenizerBase:
     """The tokenizer named, the checkpoint's own, or a BPE trained on the corpus (saved in the run)."""
@@ -159,48 +75,6 @@ def resolve_tokenizer(model_args: ModelArguments, data: DataArguments, corpus: C
     return train_tokenizer(corpus.train, data.vocab_size, path)
 
 
-def build_teachers(inherit: InheritanceArguments, tokenizer: PreTrainedTokenizerBase, tokenizer_path: str,
-                   kind: str, domains: list[str], device: torch.device,
-                   trust_remote_code: bool) -> TeacherSet | None:
-    """Load the teachers named by `--teacher` and wire their weights or domain routing."""
-    if not inherit.teacher:
-        return None
-    paths, teacher_domains = parse_teacher_specs(inherit.teacher)
-    dtype = resolve_dtype(inherit.teacher_dtype, device)
-    models = [load_teacher(path, tokenizer, kind, tokenizer_path, dtype=dtype, device=device,
-                           trust_remote_code=trust_remote_code) for path in paths]
-    routes = None
-    if teacher_domains[0] is not None:
-        unknown = [d for d in teacher_domains if d not in domains]
-        if unknown:
-            raise KinheritError(f"teacher routed to domain(s) {unknown}, but the corpus domains are {domains}")
-        uncovered = [d for d in domains if d not in teacher_domains]
-        if uncovered:
-            raise KinheritError(f"corpus domain(s) {uncovered} have no routed teacher; add --teacher DOMAIN=PATH "
-                                "for each domain")
-        routes = {domains.index(d): i for i, d in enumerate(teacher_domains)}
-        if inherit.teacher_weights:
-            raise KinheritError("--teacher_weights and domain routing exclude each other; use one")
-    return TeacherSet(models, weights=inherit.teacher_weights or None, routes=routes)
-
-
-def open_teacher_cache(inherit: InheritanceArguments, training_args: TrainingArguments, data: DataArguments,
-                       tokenizer: PreTrainedTokenizerBase, corpus: Corpus, kind: str,
-                       blocks: int) -> TeacherCache | None:
-    """The `--teacher_cache`, checked against this run (tokenizer, data, block layout, kind, temperature, masks)."""
-    if not inherit.teacher_cache:
-        return None
-    cache = TeacherCache(inherit.teacher_cache)
-    steps = inherit.inherit_steps or training_args.max_steps
-    seen = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * \
-        training_args.world_size
-    run = {"tokenizer": tokenizer_fingerprint(tokenizer), "corpus": corpus.fingerprint, "block_size": data.block_size,
-           "blocks": blocks, "kind": kind, "temperature": inherit.temperature, "seed": training_args.seed,
-           "mlm_probability": data.mlm_probability}
-    cache.check_run(run, epochs_needed=math.ceil(seen / max(blocks, 1)) if kind == "masked" else 1)
-    return cache
-
-
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
     """The checkpoint to resume from: the one named (verified), the last good one for 'auto', or None."""
     resume = training_args.resume_from_checkpoint
@@ -212,6 +86,22 @@ def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
         raise KinheritError(f"--resume_from_checkpoint {resume} is not a folder; give a checkpoint-N folder or 'auto'")
     verify(resume, "checkpoint")
     return resume
+
+
+def claim_output_dir(output_dir: Path, overwrite: bool, training_args: TrainingArguments) -> None:
+    """A fresh run refuses a folder holding another run's complete checkpoints, or deletes them if told to."""
+    old = sealed_checkpoints(output_dir)
+    if not old:
+        return
+    if not overwrite:
+        raise KinheritError(f"{output_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in old)}); "
+                            "resume it with --resume_from_checkpoint auto, choose another --output_dir, or pass "
+                            "--overwrite_output_dir true to delete them and start afresh")
+    with training_args.main_process_first(desc="deleting the earlier run's checkpoints"):
+        if training_args.should_save:
+            for path in old:
+                unseal(path)  # a folder cut short while being deleted never reads as complete
+                shutil.rmtree(path)
 
 
 def save_final(trainer: InheritanceTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
@@ -252,9 +142,12 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
     """
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    resume = _resume_checkpoint(training_args)
+    if resume is None:
+        claim_output_dir(output_dir, getattr(training_args, "overwrite_output_dir", False), training_args)
     # Each machine's first process trains the tokenizer and packs the blocks; the others then read them.
     with training_args.main_process_first(local=True, desc="preparing the tokenizer and data blocks"):
-        corpus = load_corpus(parse_corpus_specs(data))
+        corpus = load_corpus(data.corpus_specs())
         tokenizer = resolve_tokenizer(model_args, data, corpus, str(output_dir))
         train_blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
                                     "train", data.cache_dir)
@@ -285,7 +178,6 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         processing_class=tokenizer, teachers=teachers, teacher_cache=cache, inherit_args=inherit,
         vocab_size=len(tokenizer),
         callbacks=[JsonlLogger(output_dir / LOG_FILE), *(callbacks or [])])
-    resume = _resume_checkpoint(training_args)
     if resume is None and (output_dir / LOG_FILE).exists() and trainer.is_world_process_zero():
         (output_dir / LOG_FILE).unlink()  # a fresh start: the old log belongs to another run
     result = trainer.train(resume_from_checkpoint=resume)
@@ -305,6 +197,7 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         "teacher_val_losses": trainer.teacher_val_losses,
         "inherit": asdict(inherit) if inherit.teacher or inherit.teacher_cache else None,
         "corpus_fingerprint": corpus.fingerprint,
+        "data": asdict(data),  # what `kinherit evaluate` needs to score the same positions
     }
     save_final(trainer, tokenizer, output_dir, summary)
     return summary

@@ -113,6 +113,12 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted((step, p) for p in run_dir.iterdir() if p.is_dir() and (step := checkpoint_step(p)) is not None)
 
 
+def sealed_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The complete (sealed) `checkpoint-N` folders under `run_dir`, oldest first."""
+    run_dir = Path(run_dir)
+    return [path for _step, path in _checkpoints(run_dir) if is_sealed(path)] if run_dir.is_dir() else []
+
+
 def rotate_checkpoints(run_dir: str | os.PathLike, keep: int | None, step: int, protect: str | None = None) -> None:
     """Keep the newest `keep` sealed checkpoints up to `step`; delete older ones and unsealed leftovers below it.
 

@@ -30,54 +30,36 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig
+from transformers import AutoConfig, PreTrainedTokenizerBase, TrainingArguments
 
 from kinherit.atomic import staging_path, write_json_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
+from kinherit.data.corpora import Corpus
 from kinherit.data.tokenizer import tokenizer_fingerprint
 from kinherit.errors import KinheritError
-from kinherit.inheritance.divergences import IGNORE_INDEX
-from kinherit.inheritance.teachers import parse_teacher_specs
+from kinherit.inheritance.targets import TargetFn
 from kinherit.inheritance.topk import TopKTarget
+from kinherit.lm import IGNORE_INDEX, target_labels, taught_positions, validation_loss
+from kinherit.load_teachers import build_teachers, parse_teacher_specs
 from kinherit.models import model_kind
+from kinherit.options import CacheArguments, DataArguments, InheritanceArguments
 from kinherit.sealed import file_digest, seal, verify
-from kinherit.trainer import target_labels, validation_loss
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "kinherit-teacher-cache-v1"
 MANIFEST_NAME = "cache.json"
-LOG_PROB_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+LOG_PROB_TYPES = {"float16": torch.float16, "float32": torch.float32}
 # Settings a student run must share with the cache it reads (the manifest's `settings`).
 MATCHED = ("tokenizer", "corpus", "block_size", "blocks", "kind", "temperature")
 MATCHED_MASKED = ("seed", "mlm_probability")
-
-
-@dataclass
-class CacheArguments:
-    """Where the cache goes and what it keeps (the teachers, data and temperature are the usual flags)."""
-
-    output: str = field(default="runs/teacher-cache", metadata={"help": "Folder to write the cache to."})
-    top_k: int = field(default=32, metadata={"help": "Most likely tokens kept per position."})
-    epochs: int = field(default=1, metadata={
-        "help": "Masked LMs: epochs of masks to cache (a student inheriting beyond them is refused). Causal: 1."})
-    seed: int = field(default=0, metadata={"help": "Masked LMs: the masking seed, i.e. the students' --seed."})
-    batch_size: int = field(default=32, metadata={"help": "Blocks per teacher forward pass."})
-    blocks_per_shard: int = field(default=4096, metadata={"help": "Blocks per shard file."})
-    log_prob_dtype: str = field(default="float16", metadata={"help": "float16 or float32."})
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1 or self.epochs < 1 or self.batch_size < 1 or self.blocks_per_shard < 1:
-            raise KinheritError("--top_k, --epochs, --batch_size and --blocks_per_shard must be positive")
-        if self.log_prob_dtype not in LOG_PROB_DTYPES:
-            raise KinheritError(f"--log_prob_dtype must be one of {', '.join(LOG_PROB_DTYPES)}")
 
 
 def _weights_digest(path: str) -> str:
@@ -98,10 +80,10 @@ def _fixed_mmap_threshold() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
-def build_cache(data, inherit, cache: CacheArguments, trust_remote_code: bool = False) -> dict[str, Any]:
+def build_cache(data: DataArguments, inherit: InheritanceArguments, cache: CacheArguments,
+                trust_remote_code: bool = False) -> dict[str, Any]:
     """Run the teachers of `inherit` over the training blocks of `data` and write the cache; returns its manifest."""
     _fixed_mmap_threshold()
-    from kinherit.pretrain import build_teachers, parse_corpus_specs
 
     if not inherit.teacher:
         raise KinheritError("cache-teacher needs at least one --teacher")
@@ -110,7 +92,7 @@ def build_cache(data, inherit, cache: CacheArguments, trust_remote_code: bool = 
         raise KinheritError(f"{output} already exists; a cache is never overwritten: delete it or choose another "
                             "--output")
     started = time.perf_counter()
-    corpus = load_corpus(parse_corpus_specs(data))
+    corpus = load_corpus(data.corpus_specs())
     paths, _domains = parse_teacher_specs(inherit.teacher)
     tokenizer_path = data.tokenizer or paths[0]  # default: the (first) teacher's own tokenizer
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
@@ -172,7 +154,7 @@ def write_shard(path: Path, target: TopKTarget, counts: list[int], vocab: int, l
     offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
     offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
     tensors = {"ids": target.ids.cpu().to(torch.uint16 if vocab <= 65536 else torch.int32).contiguous(),
-               "log_probs": target.log_probs.cpu().to(LOG_PROB_DTYPES[log_prob_dtype]).contiguous(),
+               "log_probs": target.log_probs.cpu().to(LOG_PROB_TYPES[log_prob_dtype]).contiguous(),
                "offsets": offsets}
     staging = staging_path(path)
     save_file(tensors, str(staging))
@@ -201,19 +183,14 @@ def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kin
     ids, log_probs, counts = [], [], []
     for start in range(indices.start, indices.stop, batch_size):
         rows = [blocks[i] for i in range(start, min(start + batch_size, indices.stop))]
-        batch = collator(rows)
-        input_ids = batch["input_ids"].to(device)
-        labels = target_labels(batch["labels"], kind).to(device)
-        valid = labels != IGNORE_INDEX
-        counts += valid.view(len(rows), -1).sum(1).tolist()
-        mask = batch.get("attention_mask")
-        hidden, row_teacher = teachers.hidden_states(input_ids, mask.to(device) if mask is not None else None,
-                                                     batch["domain_id"].to(device))
-        for chunk in valid.nonzero().squeeze(-1).split(chunk_size):
-            target = teachers.target(chunk, hidden, row_teacher, temperature, vocab)
-            top = TopKTarget.from_log_probs(target.log_probs, min(top_k, vocab))
-            ids.append(top.ids.cpu())
-            log_probs.append(top.log_probs.cpu())
+        batch = {key: value.to(device) for key, value in collator(rows).items()}
+        labels = target_labels(batch["labels"], kind)
+        counts += (labels != IGNORE_INDEX).view(len(rows), -1).sum(1).tolist()
+        with teachers.targets(batch, labels, temperature, vocab) as target_of:
+            for chunk in taught_positions(labels).split(chunk_size):
+                top = TopKTarget.from_log_probs(target_of(chunk).log_probs, min(top_k, vocab))
+                ids.append(top.ids.cpu())
+                log_probs.append(top.log_probs.cpu())
     return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
 
 
@@ -253,6 +230,20 @@ class TeacherCache:
                                 f"holds {self.settings['epochs']}; rebuild it with --epochs {epochs_needed} or "
                                 "inherit over fewer steps")
 
+    @contextlib.contextmanager
+    def targets(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, temperature: float,
+                vocab: int) -> Iterator[TargetFn]:
+        """The cached rows of the batch's taught positions; a chunk of flattened positions picks its rows.
+
+        The temperature and vocabulary were checked against the run when the cache was opened.
+        """
+        positions = taught_positions(labels)
+        counts = (labels.view(inputs["input_ids"].shape) != IGNORE_INDEX).sum(1)
+        cached = self.target(inputs["block_index"], int(inputs["mask_epoch"]), counts, labels.device)
+        row = torch.full_like(labels, -1)
+        row[positions] = torch.arange(positions.numel(), device=labels.device)
+        yield lambda chunk: TopKTarget(cached.ids[row[chunk]], cached.log_probs[row[chunk]])
+
     def _shard(self, epoch: int, shard: int):
         key = (epoch, shard)
         if key not in self._handles:
@@ -285,3 +276,20 @@ class TeacherCache:
             log_probs.append(handle.get_slice("log_probs")[lo:hi])
         return TopKTarget(torch.cat(ids).to(device=device, dtype=torch.long),
                           torch.cat(log_probs).to(device=device, dtype=torch.float32))
+
+
+def open_teacher_cache(inherit: InheritanceArguments, training_args: TrainingArguments, data: DataArguments,
+                       tokenizer: PreTrainedTokenizerBase, corpus: Corpus, kind: str,
+                       blocks: int) -> TeacherCache | None:
+    """The `--teacher_cache`, checked against this run (tokenizer, data, block layout, kind, temperature, masks)."""
+    if not inherit.teacher_cache:
+        return None
+    cache = TeacherCache(inherit.teacher_cache)
+    steps = inherit.inherit_steps or training_args.max_steps
+    seen = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * \
+        training_args.world_size
+    run = {"tokenizer": tokenizer_fingerprint(tokenizer), "corpus": corpus.fingerprint, "block_size": data.block_size,
+           "blocks": blocks, "kind": kind, "temperature": inherit.temperature, "seed": training_args.seed,
+           "mlm_probability": data.mlm_probability}
+    cache.check_run(run, epochs_needed=math.ceil(seen / max(blocks, 1)) if kind == "masked" else 1)
+    return cache

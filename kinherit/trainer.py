@@ -14,126 +14,51 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from kinherit.errors import KinheritError
 from kinherit.evaluation.flops import FlopModel
-from kinherit.inheritance.divergences import IGNORE_INDEX, chunked_loss, loss_chunk, validate_options
-from kinherit.inheritance.schedules import SCHEDULES, AdaptiveSchedule, make_schedule
+from kinherit.inheritance.loss import LossSums
+from kinherit.inheritance.schedules import AdaptiveSchedule
+from kinherit.inheritance.targets import TeacherSource
 from kinherit.inheritance.teachers import TeacherSet
-from kinherit.inheritance.topk import TopKTarget
+from kinherit.lm import IGNORE_INDEX, target_labels, validation_loss
 from kinherit.models import backbone_and_head, forward_as_body, model_kind
+from kinherit.options import InheritanceArguments
 from kinherit.sealed import last_good_checkpoint, rotate_checkpoints, seal, unseal
-
-NONFINITE = ("stop", "skip")
-PLACEMENTS = ("replicate", "shard")
 
 
 @dataclass
-class InheritanceArguments:
-    """Knowledge Inheritance options (they sit beside `TrainingArguments` on the command line)."""
+class InheritStats:
+    """Loss sums over the training batches since the last log record (float64, summed over processes)."""
 
-    teacher: list[str] = field(default_factory=list, metadata={
-        "help": "Teacher checkpoint folder; repeat for several. DOMAIN=PATH routes each example to the teacher "
-                "of its corpus's domain."})
-    teacher_weights: list[float] = field(default_factory=list, metadata={
-        "help": "Mixture weight per teacher (normalised to sum to 1); default equal."})
-    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature tau of the KI term."})
-    divergence: str = field(default="forward_kl", metadata={"help": "forward_kl, reverse_kl, jsd or tvd."})
-    jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight beta of the jsd divergence."})
-    inherit_schedule: str = field(default="linear", metadata={"help": f"One of {', '.join(SCHEDULES)}."})
-    inherit_steps: int | None = field(default=None, metadata={
-        "help": "Step at which the inheritance rate reaches 0 (linear, step, cosine; optional elsewhere)."})
-    inherit_start: float = field(default=1.0, metadata={"help": "Inheritance rate at step 0 (alpha_0)."})
-    inherit_value: float = field(default=0.5, metadata={"help": "Rate of the constant schedule."})
-    inherit_time_constant: float | None = field(default=None, metadata={
-        "help": "Time constant (steps) of the exponential schedule."})
-    inherit_margin: float = field(default=0.0, metadata={
-        "help": "Adaptive schedule: stop once the student's validation loss is this much below the teacher's."})
-    chunk_size: int = field(default=1024, metadata={"help": "Positions per chunk of the fused head and loss."})
-    fused_loss: bool = field(default=True, metadata={
-        "help": "Closed-form gradient of CE + forward KL per chunk (False: autograd, slower, same result)."})
-    compile_loss: bool = field(default=True, metadata={
-        "help": "torch.compile the fused forward-KL kernel (falls back to eager, with a warning, if it fails)."})
-    teacher_dtype: str = field(default="auto", metadata={
-        "help": "auto (bfloat16 on a CUDA device that supports it, else float32), float32, bfloat16, float16."})
-    teacher_cache: str | None = field(default=None, metadata={
-        "help": "A folder written by `kinherit cache-teacher`: read the teachers' top-K targets from it instead of "
-                "running teachers (forward KL only; replaces --teacher)."})
-    teacher_placement: str = field(default="replicate", metadata={
-        "help": "replicate: each process holds whole teachers (small teachers, the KI case); shard: teachers are "
-                "sharded over the processes with FSDP2 and gathered layer by layer (teachers too large to copy)."})
-    nonfinite: str = field(default="stop", metadata={
-        "help": "On a NaN or infinite loss: stop (error naming the step, the term and the last good checkpoint) "
-                "or skip (that batch adds no gradient; counted as inherit/skipped_batches in the log)."})
+    self_loss: float = 0.0
+    ki_loss: float = 0.0
+    agreements: float = 0.0
+    positions: float = 0.0
+    taught: float = 0.0  # positions taught by a teacher (the KI terms are computed only there)
 
-    def __post_init__(self) -> None:
-        validate_options(self.temperature, self.divergence, self.jsd_beta)
-        if self.teacher_placement not in PLACEMENTS:
-            raise KinheritError(f"--teacher_placement {self.teacher_placement!r} is not one of {', '.join(PLACEMENTS)}")
-        if self.nonfinite not in NONFINITE:
-            raise KinheritError(f"--nonfinite {self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
-        if self.chunk_size < 1:
-            raise KinheritError(f"--chunk_size must be positive, got {self.chunk_size}")
-        if self.teacher_weights and len(self.teacher_weights) != len(self.teacher):
-            raise KinheritError(f"{len(self.teacher_weights)} --teacher_weights for {len(self.teacher)} --teacher; "
-                                "give one weight per teacher")
-        if self.teacher and self.teacher_cache:
-            raise KinheritError("--teacher and --teacher_cache exclude each other: the cache replaces the teachers")
-        if self.teacher_cache and self.divergence != "forward_kl":
-            raise KinheritError(f"--teacher_cache supports only --divergence forward_kl, not {self.divergence}")
-        if self.teacher or self.teacher_cache:
-            self.schedule()  # its parameters are checked before any data or model is loaded
+    def add(self, sums: LossSums, taught: bool) -> None:
+        """Add one batch's sums."""
+        self.self_loss += sums.self_loss
+        self.ki_loss += sums.ki_loss
+        self.agreements += sums.agreements
+        self.positions += sums.positions
+        self.taught += sums.positions if taught else 0
 
-    def schedule(self):
-        """The configured inheritance-rate schedule."""
-        return make_schedule(self.inherit_schedule, self.inherit_steps, start=self.inherit_start,
-                             value=self.inherit_value, time_constant=self.inherit_time_constant,
-                             margin=self.inherit_margin)
+    def as_tensor(self, device: torch.device) -> torch.Tensor:
+        """The fields as one float64 tensor, for a reduction over processes."""
+        return torch.tensor(astuple(self), dtype=torch.float64, device=device)
 
-
-def target_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """The label each flattened position predicts: itself (masked) or the next token (causal)."""
-    if kind == "masked":
-        return labels.reshape(-1)
-    shifted = torch.full_like(labels, IGNORE_INDEX)
-    shifted[:, :-1] = labels[:, 1:]
-    return shifted.reshape(-1)
-
-
-@torch.inference_mode()
-def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int, vocab: int,
-                    kind: str, autocast=contextlib.nullcontext) -> tuple[float, int]:
-    """Mean cross-entropy per valid position of `model` over `dataset`, and the number of positions.
-
-    Logits are made chunk by chunk at the valid positions only; the model is left in the mode it had.
-    """
-    was_training = model.training
-    model.eval()
-    body, head = backbone_and_head(model)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    for batch in loader:
-        input_ids = batch["input_ids"].to(device)
-        labels = target_labels(batch["labels"].to(device), kind)
-        positions = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
-        with autocast():
-            hidden = body(input_ids=input_ids)[0]
-            hidden = hidden.reshape(-1, hidden.shape[-1])
-        for chunk in positions.split(chunk_size):
-            logits = head(hidden[chunk])[:, :vocab].float()
-            total += torch.nn.functional.cross_entropy(logits, labels[chunk], reduction="sum").item()
-        count += positions.numel()
-    model.train(was_training)
-    return (total / count if count else math.nan), count
-
+    @classmethod
+    def of(cls, values: torch.Tensor) -> InheritStats:
+        """The inverse of `as_tensor`."""
+        return cls(*values.tolist())
 
 class _MaskEpoch(TrainerCallback):
     """Tell the training collator which epoch begins, so masks depend on (seed, epoch, block) only."""
@@ -169,7 +94,7 @@ class InheritanceTrainer(Trainer):
     """A `Trainer` that trains the student on (1 - alpha_t) * L_self + alpha_t * L_KI.
 
     Extra keyword arguments: `teachers` (a `TeacherSet` or None for self-learning), `teacher_cache` (a
-    `TeacherCache` read instead of running teachers), `inherit_args`
+    `TeacherCache` read instead of running teachers; either is the step's teacher source), `inherit_args`
     (an `InheritanceArguments`), `eval_collator` (a collator with fixed masking for validation), and
     `vocab_size` (the tokenizer's size: padded logit rows beyond it are cut).
     """
@@ -190,10 +115,11 @@ class InheritanceTrainer(Trainer):
             self.teachers.shard()
         if teachers is not None and teacher_cache is not None:
             raise KinheritError("give teachers or a teacher cache, not both")
-        inherits = teachers is not None or teacher_cache is not None
-        self.schedule = self.inherit_args.schedule() if inherits else None
+        self.source: TeacherSource | None = self.teachers if self.teachers is not None else teacher_cache
+        self.schedule = self.inherit_args.schedule() if self.source is not None else None
         self.eval_collator = eval_collator or self.data_collator
         self.vocab_size = vocab_size or self.model.config.vocab_size
+        self.loss = self.inherit_args.loss(self.vocab_size)
         self.kind = model_kind(self.model.config)
         self.student_flops = FlopModel.of(self.model)
         self.teacher_flops = [FlopModel.of(m) for m in teachers.models] if teachers is not None else []
@@ -205,8 +131,7 @@ class InheritanceTrainer(Trainer):
         # a cache measured its teachers' validation loss when it was built
         self.teacher_val_losses: list[float] | None = (
             [teacher_cache.teacher_val_loss] if teacher_cache is not None else None)
-        # ce sum, ki sum, agreements, positions, positions taught by a teacher
-        self._stats = torch.zeros(5, dtype=torch.float64)
+        self.stats = InheritStats()
         self.add_callback(_Clock(self))
         self.add_callback(_MaskEpoch(self))
 
@@ -252,60 +177,29 @@ class InheritanceTrainer(Trainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
-        """Self loss and KI loss at the valid positions, fused with the LM head in chunks."""
+        """One step's loss: student body -> alpha -> loss (head, teacher targets, CE + KI per chunk) -> checks."""
         student = self.accelerator.unwrap_model(model)
         body, head = backbone_and_head(student)
-        input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
-        labels = target_labels(inputs["labels"], self.kind)
-        positions = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
-        alpha = self.inheritance_rate() if model.training else 0.0
-        use_teacher = self.schedule is not None and alpha > 0.0
-
         with forward_as_body(student, body):  # called as a module: DDP's / FSDP's forward hooks run
-            hidden = model(input_ids=input_ids, attention_mask=attention_mask)
+            hidden = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
         hidden = hidden.reshape(-1, hidden.shape[-1])
-        teacher_hidden, row_teacher, cached, cache_row = None, None, None, None
-        if use_teacher and self.teacher_cache is not None:
-            counts = (labels.view(input_ids.shape) != IGNORE_INDEX).sum(1)
-            cached = self.teacher_cache.target(inputs["block_index"], int(inputs["mask_epoch"]), counts,
-                                               labels.device)
-            cache_row = torch.full_like(labels, -1)
-            cache_row[positions] = torch.arange(positions.numel(), device=labels.device)
-        elif use_teacher:
-            teacher_hidden, row_teacher = self.teachers.hidden_states(input_ids, attention_mask,
-                                                                      inputs.get("domain_id"))
-        names, params = zip(*head.named_parameters(), strict=True)
-        args = self.inherit_args
-        vocab = self.vocab_size
-
-        def compute(chunk, row_leaves, shared_leaves):
-            logits = torch.func.functional_call(head, dict(zip(names, shared_leaves, strict=True)),
-                                                (row_leaves[0],))[:, :vocab]
-            target = None
-            if cached is not None:
-                rows = cache_row[chunk]
-                target = TopKTarget(cached.ids[rows], cached.log_probs[rows])
-            elif use_teacher:
-                target = self.teachers.target(chunk, teacher_hidden, row_teacher, args.temperature, vocab)
-            return loss_chunk(logits, target, labels[chunk], alpha, args.temperature, args.divergence,
-                              args.jsd_beta, args.fused_loss, args.compile_loss)
-
-        total, stats = chunked_loss(compute, positions, args.chunk_size, [hidden], list(params), n_stats=3)
-        if teacher_hidden is not None:
-            self.teachers.release()
-        count = positions.numel()
-        denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
-        loss = total / denominator
+        labels = target_labels(inputs["labels"], self.kind)
+        alpha = self.inheritance_rate() if model.training else 0.0
+        taught = self.source is not None and alpha > 0.0  # at alpha = 0 no teacher runs
+        with (self.source.targets(inputs, labels, self.inherit_args.temperature, self.vocab_size) if taught
+              else contextlib.nullcontext()) as targets:
+            sums = self.loss.sums(hidden, labels, alpha, targets, head)
+        # the loss is a sum: divide by the positions of the whole accumulated (global) batch
+        loss = sums.total / (num_items_in_batch if num_items_in_batch is not None else max(sums.positions, 1))
         if num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # the denominator is global; DDP averages over processes
         if model.training:
-            ce, ki, agree = stats.tolist()
-            if not self._check_finite(ce, ki):
+            if not self._check_finite(sums.self_loss, sums.ki_loss):
                 self.skipped_batches += 1
-                zero = self._zero_loss(student)
-                return (zero, {"loss": zero}) if return_outputs else zero
-            self._stats += torch.tensor([ce, ki, agree, count, count if use_teacher else 0], dtype=torch.float64)
-            self._count_flops(input_ids, count, use_teacher, inputs.get("domain_id"))
+                loss = self._zero_loss(student)
+            else:
+                self.stats.add(sums, taught)
+                self._count_flops(inputs["input_ids"], sums.positions, taught, inputs.get("domain_id"))
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _zero_loss(self, student: torch.nn.Module) -> torch.Tensor:
@@ -391,18 +285,17 @@ class InheritanceTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the inheritance statistics, cumulative FLOPs and training time to every log record."""
-        stats = self._stats
+        stats = self.stats
         if "loss" in logs and self.accelerator.num_processes > 1:  # every process logs together
-            stats = self.accelerator.reduce(stats.to(self.args.device), reduction="sum").cpu()
-        if "loss" in logs and stats[3] > 0:
-            ce, ki, agree, count, taught = stats.tolist()
-            logs["inherit/self_loss"] = ce / count
+            stats = InheritStats.of(self.accelerator.reduce(stats.as_tensor(self.args.device), reduction="sum"))
+        if "loss" in logs and stats.positions > 0:
+            logs["inherit/self_loss"] = stats.self_loss / stats.positions
             if self.schedule is not None:
                 logs["inherit/alpha"] = self.inheritance_rate()
-            if taught > 0:  # the KI terms are only computed while the teacher runs
-                logs["inherit/ki_loss"] = ki / taught
-                logs["inherit/agreement"] = agree / taught
-            self._stats.zero_()
+            if stats.taught > 0:  # the KI terms are only computed while the teacher runs
+                logs["inherit/ki_loss"] = stats.ki_loss / stats.taught
+                logs["inherit/agreement"] = stats.agreements / stats.taught
+            self.stats = InheritStats()
         if self.skipped_batches:
             logs["inherit/skipped_batches"] = self.skipped_batches
         logs.setdefault("train_flops", self.train_flops)

@@ -21,7 +21,8 @@ from kinherit.data import load_tokenizer
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models import load_model, shard_layers
-from kinherit.trainer import InheritanceArguments, InheritanceTrainer
+from kinherit.options import InheritanceArguments
+from kinherit.trainer import InheritanceTrainer
 
 
 def batch_for(kind: str, tokenizer, processes: int) -> dict[str, torch.Tensor]:

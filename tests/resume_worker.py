@@ -9,8 +9,8 @@ import sys
 
 from transformers import TrainerCallback
 
-from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments, pretrain
-from kinherit.trainer import InheritanceArguments
+from kinherit.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
+from kinherit.pretrain import pretrain
 
 
 def small_data(tokenizer: str, cache: str) -> DataArguments:

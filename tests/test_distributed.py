@@ -21,9 +21,10 @@ from kinherit.errors import KinheritError
 from kinherit.experiment import run_experiment
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models import load_model
-from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments, pretrain
+from kinherit.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
+from kinherit.pretrain import pretrain
 from kinherit.sealed import is_sealed
-from kinherit.trainer import InheritanceArguments, InheritanceTrainer
+from kinherit.trainer import InheritanceTrainer
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 WORKER = Path(__file__).with_name("parallel_worker.py")
@@ -197,12 +198,13 @@ def test_experiment_runs_each_run_under_its_launcher(tmp_path, capsys):
         "name": "mini-ddp", "output_dir": str(tmp_path / "out"), "launcher": {"nproc_per_node": 2, "standalone": True},
         "tokenizer": {"corpus": "wiki", "vocab_size": 400},
         "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1, "max_documents": 20}},
-        "defaults": {"block_size": 32, "batch_size": 4, "eval_steps": 5, "logging_steps": 5, "save_steps": 5,
+        "defaults": {"block_size": 32, "per_device_train_batch_size": 4, "eval_steps": 5, "logging_steps": 5,
+                     "save_steps": 5,
                      "training_args": {"report_to": "none", "disable_tqdm": True, "use_cpu": True}},
         "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 10},
                  {"name": "scratch", "model": "llama-2x64", "max_steps": 10},
                  {"name": "ki", "model": "llama-2x64", "max_steps": 10, "teachers": ["teacher"],
-                  "baseline": "scratch", "inherit": {"steps": 5, "compile_loss": False}}]}
+                  "baseline": "scratch", "inherit": {"inherit_steps": 5, "compile_loss": False}}]}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
     report = run_experiment(path)

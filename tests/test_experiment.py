@@ -15,7 +15,7 @@ BASE = {"name": "x", "corpora": {"wiki": {"source": "wikipedia"}},
         "runs": [{"name": "teacher", "model": "llama-2x64"},
                  {"name": "scratch", "model": "llama-2x128"},
                  {"name": "ki", "model": "llama-2x128", "teachers": ["teacher"], "baseline": "scratch",
-                  "inherit": {"steps": 10}}]}
+                  "inherit": {"inherit_steps": 10}}]}
 
 
 def with_runs(runs, **extra):
@@ -26,13 +26,18 @@ def test_valid_experiment_orders_teachers_first():
     experiment = parse_experiment(dict(BASE), output_dir="/tmp/unused")
     order = experiment.order()
     assert order.index("teacher") < order.index("ki")
-    assert experiment.runs["ki"].settings["learning_rate"] == 1e-3  # defaults applied
+    assert run_arguments(experiment, experiment.runs["ki"])[3].learning_rate == 1e-3  # the option's own default
     assert experiment.order(only=["ki"]) == ["teacher", "ki"]
 
 
 @pytest.mark.parametrize("data, message", [
     ({**BASE, "runz": []}, r"unknown key\(s\) \['runz'\] in the experiment; valid keys"),
-    (with_runs([{"name": "a", "model": "llama-2x64", "lr": 1}]), r"unknown key\(s\) \['lr'\] in run #1; valid keys"),
+    (with_runs([{"name": "a", "model": "llama-2x64", "lr": 1}]), r"unknown key\(s\) \['lr'\] in run 'a'; valid keys"),
+    (with_runs([{"name": "a", "model": "m", "batch_size": 4}]), "'batch_size' is now 'per_device_train_batch_size'"),
+    (with_runs([{"name": "a", "model": "m", "inherit": {"steps": 4}}]), "'steps' is now 'inherit_steps'"),
+    (with_runs([{"name": "a", "model": "m", "output_dir": "x"}]), "'output_dir' is set by the experiment itself"),
+    (with_runs([{"name": "a", "model": "m", "max_steps": 3, "training_args": {"max_steps": 5}}]),
+     r"\['max_steps'\] given both in training_args: and outside it"),
     (with_runs([{"name": "a", "model": "m", "inherit": {"stepz": 1}}]), r"\['stepz'\] in run 'a' inherit"),
     (with_runs([{"name": "a", "model": "m", "teachers": ["b"]}, {"name": "b", "model": "m", "teachers": ["a"]}]),
      "dependency cycle between runs: a -> b -> a"),
@@ -41,16 +46,16 @@ def test_valid_experiment_orders_teachers_first():
     (with_runs([{"name": "a", "model": "m", "corpus": "web"}]), "defined corpora"),
     (with_runs([{"name": "a"}]), "has no model"),
     ({"name": "x", "runs": []}, "needs name, corpora and runs"),
-    (with_runs([{"name": "a", "model": "m", "max_steps": "many"}]), "run 'a': max_steps must be an integer > 0"),
-    (with_runs([{"name": "a", "model": "m", "learning_rate": -1}]), "learning_rate must be a number > 0, got -1"),
-    (with_runs([{"name": "a", "model": "m", "inherit": {"temperature": "hot"}}]), "temperature must be a number > 0"),
-    (with_runs([{"name": "a", "model": "m", "inherit": {"compile_loss": "yes"}}]), "compile_loss must be true or"),
-    (with_runs([{"name": "a", "model": 7}]), "model must be a string, got 7"),
+    (with_runs([{"name": "a", "model": "m", "max_steps": "many"}]), "run 'a': .*--max_steps.*invalid int value"),
+    (with_runs([{"name": "a", "model": "m", "max_steps": 0}]), "run 'a': --max_steps must be positive, got 0"),
+    (with_runs([{"name": "a", "model": "m", "learning_rate": -1}]), "--learning_rate must be positive, got -1"),
+    (with_runs([{"name": "a", "model": "m", "inherit": {"temperature": "hot"}}]), "--temperature.*invalid float"),
+    (with_runs([{"name": "a", "model": "m", "inherit": {"compile_loss": "maybe"}}]), "--compile_loss.*Truthy value"),
     (with_runs([{"name": "a", "model": "m", "seeds": None},
                 {"name": "b", "model": "m", "seeds": [0], "baseline": "a"}]),
      "run 'a': seeds must be a non-empty list of integers"),
     ({**BASE, "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 1.5}}},
-     r"validation_fraction must be a number in \[0, 1\)"),
+     r"validation_fraction must be in \[0, 1\), got 1.5"),
 ])
 def test_invalid_experiments_are_clear_errors(data, message):
     with pytest.raises(KinheritError, match=message):
@@ -58,25 +63,23 @@ def test_invalid_experiments_are_clear_errors(data, message):
 
 
 @pytest.mark.parametrize("run, message", [
-    ({"training_args": {"no_such_field": 1}}, r"unknown training_args \['no_such_field'\]"),
-    ({"training_args": {"max_steps": 5}}, r"training_args \['max_steps'\] are set by the run's own keys"),
-    ({"training_args": {"eval_strategy": "sometimes"}}, "run 'ki': invalid KinheritTrainingArguments"),
-    ({"inherit": {"steps": 10, "schedule": "sigmoid"}}, "run 'ki': unknown inheritance schedule"),
-    ({"inherit": {"steps": 10, "start": 2.0}}, "run 'ki': .*start must be in"),
+    ({"training_args": {"no_such_field": 1}}, r"unknown key\(s\) \['no_such_field'\] in run 'ki' training_args"),
+    ({"training_args": {"eval_strategy": "sometimes"}}, "run 'ki': invalid option: sometimes is not a valid"),
+    ({"inherit": {"inherit_steps": 10, "inherit_schedule": "sigmoid"}}, "run 'ki': .*unknown inheritance schedule"),
+    ({"inherit": {"inherit_steps": 10, "inherit_start": 2.0}}, "run 'ki': .*start must be in"),
 ])
 def test_run_settings_checked_before_anything_runs(tmp_path, run, message):
     ki = {k: v for k, v in {**BASE["runs"][2], **run}.items() if k != "baseline"}
-    experiment = parse_experiment(with_runs([BASE["runs"][0], ki]), output_dir=str(tmp_path))
     with pytest.raises(KinheritError, match=message):
-        run_arguments(experiment, experiment.runs["ki"], tmp_path / "tok", tmp_path)
+        parse_experiment(with_runs([BASE["runs"][0], ki]), output_dir=str(tmp_path))
 
 
 def test_numbers_written_without_a_dot_and_teacher_weights_are_read(tmp_path):
     runs = [{"name": "t1", "model": "llama-1x64"}, {"name": "t2", "model": "llama-1x64"},
             {"name": "ki", "model": "llama-2x64", "teachers": ["t1", "t2"], "teacher_weights": [3, 1],
-             "learning_rate": "5e-4", "inherit": {"steps": 10, "temperature": "1e0"}}]
+             "learning_rate": "5e-4", "inherit": {"inherit_steps": 10, "temperature": "1e0"}}]
     experiment = parse_experiment(yaml.safe_load(yaml.safe_dump(with_runs(runs))), output_dir=str(tmp_path))
-    _model, _data, inherit, training = run_arguments(experiment, experiment.runs["ki"], tmp_path / "tok", tmp_path)
+    _model, _data, inherit, training = run_arguments(experiment, experiment.runs["ki"])
     assert training.learning_rate == 5e-4 and inherit.temperature == 1.0
     assert inherit.teacher_weights == [3.0, 1.0]
 
@@ -84,7 +87,8 @@ def test_numbers_written_without_a_dot_and_teacher_weights_are_read(tmp_path):
 def test_seeds_expand_and_pair_runs():
     runs = [{"name": "teacher", "model": "m"},
             {"name": "scratch", "model": "m", "seeds": [0, 1]},
-            {"name": "ki", "model": "m", "seeds": [0, 1], "teachers": ["teacher"], "baseline": "scratch"}]
+            {"name": "ki", "model": "m", "seeds": [0, 1], "teachers": ["teacher"], "baseline": "scratch",
+             "inherit": {"inherit_steps": 5}}]
     experiment = parse_experiment(with_runs(runs), output_dir="/tmp/unused")
     assert set(experiment.runs) == {"teacher", "scratch-s0", "scratch-s1", "ki-s0", "ki-s1"}
     assert experiment.runs["ki-s1"].baseline == "scratch-s1" and experiment.runs["ki-s1"].teachers == ["teacher"]
@@ -130,12 +134,13 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
         "name": "mini", "output_dir": str(tmp_path / "out"),
         "tokenizer": {"corpus": "wiki", "vocab_size": 400},
         "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1, "max_documents": 20}},
-        "defaults": {"block_size": 32, "batch_size": 8, "eval_steps": 10, "logging_steps": 5, "save_steps": 10,
+        "defaults": {"block_size": 32, "per_device_train_batch_size": 8, "eval_steps": 10, "logging_steps": 5,
+                     "save_steps": 10,
                      "training_args": {"report_to": "none", "disable_tqdm": True}},
         "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 30},
                  {"name": "scratch", "model": "llama-2x64", "max_steps": 20},
                  {"name": "ki", "model": "llama-2x64", "max_steps": 20, "teachers": ["teacher"],
-                  "baseline": "scratch", "inherit": {"steps": 10, "temperature": 1.0}}]}
+                  "baseline": "scratch", "inherit": {"inherit_steps": 10, "temperature": 1.0}}]}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
     report = run_experiment(path)
@@ -177,18 +182,20 @@ def test_shipped_configs_are_valid():
 
 
 def test_inherit_keys_reach_the_inheritance_arguments(tmp_path):
-    inherit = {"schedule": "cosine", "steps": 30, "start": 0.8, "temperature": 1.5, "divergence": "jsd",
+    inherit = {"inherit_schedule": "cosine", "inherit_steps": 30, "inherit_start": 0.8, "temperature": 1.5,
+               "divergence": "jsd",
                "jsd_beta": 0.3, "chunk_size": 64, "teacher_dtype": "float32", "compile_loss": False,
                "fused_loss": False}
     runs = [{"name": "teacher", "model": "llama-2x64"},
             {"name": "ki", "model": "llama-2x128", "teachers": ["teacher"], "inherit": inherit}]
     experiment = parse_experiment(with_runs(runs), output_dir=str(tmp_path))
-    _model, _data, args, _training = run_arguments(experiment, experiment.runs["ki"], tmp_path / "tok", tmp_path)
+    _model, _data, args, _training = run_arguments(experiment, experiment.runs["ki"])
     assert (args.inherit_schedule, args.inherit_steps, args.inherit_start) == ("cosine", 30, 0.8)
     assert (args.temperature, args.divergence, args.jsd_beta, args.chunk_size) == (1.5, "jsd", 0.3, 64)
     assert (args.teacher_dtype, args.compile_loss, args.fused_loss) == ("float32", False, False)
     assert args.teacher == [str(tmp_path / "runs" / "teacher")]
     # keys left out keep the dataclass defaults
-    plain = parse_experiment(with_runs([runs[0], {**runs[1], "inherit": {"steps": 5}}]), output_dir=str(tmp_path))
-    defaults = run_arguments(plain, plain.runs["ki"], tmp_path / "tok", tmp_path)[2]
+    plain = parse_experiment(with_runs([runs[0], {**runs[1], "inherit": {"inherit_steps": 5}}]),
+                             output_dir=str(tmp_path))
+    defaults = run_arguments(plain, plain.runs["ki"])[2]
     assert (defaults.temperature, defaults.compile_loss, defaults.inherit_schedule) == (2.0, True, "linear")

@@ -14,8 +14,8 @@ from kinherit.errors import KinheritError
 from kinherit.experiment import parse_experiment, run_experiment
 from kinherit.grow import grow_checkpoint, grow_model, max_logit_difference, target_config_for
 from kinherit.models import load_model
-from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments, pretrain
-from kinherit.trainer import InheritanceArguments
+from kinherit.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
+from kinherit.pretrain import pretrain
 
 FAMILIES = ["llama", "gpt2", "roberta", "bert"]
 SHAPES = {"width": "2x128", "depth": "5x64", "both": "4x192"}
@@ -60,6 +60,19 @@ def test_noise_breaks_the_symmetry_of_clones_but_sums_to_zero(tokenizer):
         assert torch.equal(*halves) is equal
         torch.testing.assert_close(halves[0] + halves[1], old, rtol=1e-5, atol=1e-6)
         assert torch.count_nonzero(new[:, 336:]) == 0  # fresh neurons add nothing
+
+
+def test_growth_is_seeded_without_touching_the_global_random_state(tokenizer):
+    source = source_model("llama", tokenizer)
+    config = target_config_for("llama-4x192", source.config, tokenizer)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first, _ = grow_model(source, config, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(456)
+    second, _ = grow_model(source, config, seed=3)
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)  # the same seed grows the same model whatever the global state
 
 
 @pytest.mark.parametrize("family, auto", [("llama", AutoModelForCausalLM), ("roberta", AutoModelForMaskedLM)])
@@ -126,13 +139,14 @@ def test_experiment_runs_grow_from_a_teacher(tmp_path, tokenizer_dir, capsys):
     config = {
         "name": "growth", "output_dir": str(tmp_path / "out"), "tokenizer": {"path": str(tokenizer_dir)},
         "corpora": {"wiki": {"source": "wikipedia", "max_documents": 3, "validation_fraction": 0.34}},
-        "defaults": {"block_size": 32, "batch_size": 8, "eval_steps": 5, "logging_steps": 5, "save_steps": 10,
+        "defaults": {"block_size": 32, "per_device_train_batch_size": 8, "eval_steps": 5, "logging_steps": 5,
+                     "save_steps": 10,
                      "training_args": {"report_to": "none", "disable_tqdm": True}},
         "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 20},
                  {"name": "scratch", "model": "llama-2x128", "max_steps": 10},
                  {"name": "grown", "model": "llama-2x128", "max_steps": 10, "grow": "teacher", "baseline": "scratch"},
                  {"name": "grown_ki", "model": "llama-2x128", "max_steps": 10, "grow": "teacher",
-                  "teachers": ["teacher"], "baseline": "scratch", "inherit": {"steps": 5, "temperature": 1.0}}]}
+                  "teachers": ["teacher"], "baseline": "scratch", "inherit": {"inherit_steps": 5, "temperature": 1.0}}]}
     path = tmp_path / "growth.yaml"
     path.write_text(yaml.safe_dump(config))
     experiment = parse_experiment(config)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments, pretrain
-from kinherit.trainer import InheritanceArguments
+from kinherit.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
+from kinherit.pretrain import pretrain
 
 STEPS = 60
 

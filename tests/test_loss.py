@@ -120,6 +120,16 @@ def test_alpha_zero_and_one_limits():
     assert one.total.item() == pytest.approx(one.ki_loss.item())
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_ki_loss_is_the_divergence_whatever_alpha(path):
+    """Handed teacher logits, the loss reports the mean tau^2 KL even at alpha = 0 (where it adds no gradient)."""
+    student, teachers, labels = make(9)
+    _total, _ce, ki = reference(student.detach().double(), teachers, [1.0], labels, 0.0, 2.0, "forward_kl")
+    zero = InheritanceLoss(temperature=2.0, **PATHS[path])(student, teachers[0], labels, alpha=0.0)
+    assert ki.item() > 0.01 and zero.ki_loss.item() == pytest.approx(ki.item(), rel=1e-4)
+    assert zero.agreement.item() > 0
+
+
 def test_bfloat16_logits_are_computed_in_float32():
     student, teachers, labels = make(4)
     exact = InheritanceLoss(temperature=2.0)(student, teachers[0], labels, alpha=0.5).total.item()
@@ -155,13 +165,13 @@ def test_bad_teacher_weights(weights, message):
 
 
 def test_failed_compilation_falls_back_to_the_same_result(monkeypatch):
-    from kinherit.inheritance import divergences
+    from kinherit.inheritance import targets
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("no compiler")
 
-    kernel = divergences.CompiledKernel(divergences._forward_kl_kernel)
-    monkeypatch.setattr(divergences, "_COMPILED_KERNEL", kernel)
+    kernel = targets.CompiledKernel(targets._forward_kl_kernel)
+    monkeypatch.setattr(targets, "_COMPILED_KERNEL", kernel)
     monkeypatch.setattr(torch, "compile", broken)
     student, teachers, labels = make(8)
     eager = InheritanceLoss(temperature=2.0)(student, teachers[0], labels, alpha=0.3).total

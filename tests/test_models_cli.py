@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from kinherit.cli import main, merge_repeated
+from kinherit.cli import main
 from kinherit.errors import KinheritError
 from kinherit.models import load_model, model_kind, preset_config
+from kinherit.options import merge_repeated
 
 
 @pytest.mark.parametrize("name, millions", [("roberta-medium", 73.5), ("roberta-base", 124.7),
@@ -59,6 +60,31 @@ def test_cli_pretrain_writes_a_checkpoint_pipelines_load(tmp_path, tokenizer_dir
     assert torch.equal(model(ids).logits, again(ids).logits)
 
 
+def test_cli_pretrain_without_validation_split_and_a_used_output_dir(tmp_path, tokenizer_dir, capsys):
+    argv = ["pretrain", "--model", "gpt2-2x64", "--output_dir", str(tmp_path / "run"),
+            "--tokenizer", str(tokenizer_dir), "--save_steps", "2",
+            "--block_size", "32", "--max_documents", "10", "--validation_fraction", "0", "--eval_strategy", "no",
+            "--max_steps", "3", "--report_to", "none", "--disable_tqdm", "true", "--cache_dir", str(tmp_path / "cache"),
+            "--use_cpu", "true"]
+    assert main(argv) == 0
+    assert "no validation split after 3 steps" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["final_val_loss"] is None
+    old = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert old
+    # a fresh run into a folder holding another run's checkpoints is refused, or clears them when told to
+    assert main(argv) == 2
+    assert f"holds checkpoints of an earlier run ({', '.join(old)})" in capsys.readouterr().err
+    assert main([*argv[:-2], "--save_strategy", "no", "--overwrite_output_dir", "true", "--use_cpu", "true"]) == 0
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_pinned_memory_only_for_a_gpu(tmp_path):
+    from kinherit.options import KinheritTrainingArguments
+
+    args = KinheritTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert args.dataloader_pin_memory is False
+
+
 def test_cli_errors_are_one_line(capsys, tmp_path):
     assert main(["pretrain", "--corpus", "atlantis", "--output_dir", str(tmp_path)]) == 2
     assert "kinherit: error: unknown corpus 'atlantis'" in capsys.readouterr().err
@@ -75,17 +101,17 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
      "1 --teacher_weights for 2 --teacher"),
     (["--teacher", "a", "--inherit_schedule", "linear"], "needs --inherit_steps"),
     (["--nonfinite", "ignore"], "--nonfinite 'ignore' is not one of stop, skip"),
-    (["--warmup_steps", "-1"], "invalid option: .*warmup_steps"),
+    (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
 ])
 def test_command_line_errors_name_the_option(argv, message):
-    from kinherit.cli import parse_pretrain_args
+    from kinherit.options import parse_pretrain_args
 
     with pytest.raises(KinheritError, match=message):
         parse_pretrain_args(argv)
 
 
 def test_pretrain_arguments_from_one_json_file(tmp_path):
-    from kinherit.cli import parse_pretrain_args
+    from kinherit.options import parse_pretrain_args
 
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"model": "llama-2x64", "corpus": ["wikipedia"], "temperature": 0.5,
@@ -95,7 +121,7 @@ def test_pretrain_arguments_from_one_json_file(tmp_path):
     assert (model.model, data.corpus, inherit.temperature, inherit.teacher, training.max_steps) == (
         "llama-2x64", ["wikipedia"], 0.5, ["runs/t"], 80)
     path.write_text(json.dumps({"model": "llama-2x64", "temprature": 0.5}))
-    with pytest.raises(KinheritError, match=r"args.json: invalid arguments.*temprature.*without the dashes"):
+    with pytest.raises(KinheritError, match=r"args.json: unknown option\(s\) \['--temprature'"):
         parse_pretrain_args([str(path)])
     path.write_text(json.dumps({"teacher": ["runs/t"], "temperature": -1}))
     with pytest.raises(KinheritError, match="args.json: .*temperature"):

@@ -10,24 +10,26 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kinherit.cli import parse_pretrain_args
 from kinherit.errors import KinheritError
 from kinherit.experiment import load_experiment, parse_experiment, run_arguments
+from kinherit.options import parse_pretrain_args
 
 BASE = {
     "name": "prop", "seed": 0, "tokenizer": {"corpus": "wiki", "vocab_size": 512},
     "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1}},
-    "defaults": {"block_size": 32, "batch_size": 4, "learning_rate": 1e-3, "inherit": {"temperature": 1.0}},
+    "defaults": {"block_size": 32, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+                 "inherit": {"temperature": 1.0}},
     "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 10},
              {"name": "scratch", "model": "llama-2x64", "max_steps": 10, "seeds": [0, 1]},
              {"name": "ki", "model": "llama-2x64", "max_steps": 10, "teachers": ["teacher"], "baseline": "scratch",
-              "seeds": [0, 1], "inherit": {"steps": 5, "schedule": "linear"},
+              "seeds": [0, 1], "inherit": {"inherit_steps": 5, "inherit_schedule": "linear"},
               "training_args": {"report_to": "none"}}],
 }
-KEYS = ["name", "seed", "source", "model", "max_steps", "learning_rate", "batch_size", "block_size", "teachers",
-        "baseline", "seeds", "inherit", "steps", "temperature", "schedule", "start", "runs", "corpora", "defaults",
-        "training_args", "report_to", "lr_scheduler_type", "routing", "teacher_weights", "validation_fraction",
-        "vocab_size", "corpus", "divergence", "chunk_size", "warmup", "eval_steps", "mlm_probability", "bogus"]
+KEYS = ["name", "seed", "source", "model", "max_steps", "learning_rate", "per_device_train_batch_size", "block_size",
+        "teachers", "baseline", "seeds", "inherit", "inherit_steps", "temperature", "inherit_schedule",
+        "inherit_start", "runs", "corpora", "defaults", "training_args", "report_to", "lr_scheduler_type", "routing",
+        "teacher_weights", "validation_fraction", "vocab_size", "corpus", "divergence", "chunk_size", "warmup_steps",
+        "eval_steps", "mlm_probability", "batch_size", "steps", "bogus"]
 SCALARS = (st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
            | st.sampled_from(["", "1e-3", "nan", "-1", "teacher", "scratch", "wiki", "linear", "llama-1x64", "x"])
            | st.text(max_size=8))
@@ -71,7 +73,7 @@ def check_experiment(data, tmp: Path) -> None:
     try:
         experiment = parse_experiment(data, output_dir=str(tmp))
         for spec in experiment.runs.values():
-            run_arguments(experiment, spec, tmp / "tokenizer", tmp / "cache")
+            run_arguments(experiment, spec)
     except KinheritError as error:
         assert str(error)
 

@@ -14,9 +14,9 @@ from resume_worker import small_data
 
 from kinherit.errors import KinheritError
 from kinherit.models import load_model
-from kinherit.pretrain import KinheritTrainingArguments, ModelArguments, pretrain
+from kinherit.options import InheritanceArguments, KinheritTrainingArguments, ModelArguments
+from kinherit.pretrain import pretrain
 from kinherit.sealed import MANIFEST, last_good_checkpoint, rotate_checkpoints, seal, verify
-from kinherit.trainer import InheritanceArguments
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 STEPS = 24

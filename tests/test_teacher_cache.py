@@ -11,12 +11,21 @@ from transformers import TrainingArguments
 
 from kinherit.data import BlockCollator, build_blocks, load_corpus
 from kinherit.errors import KinheritError
-from kinherit.inheritance.teachers import TeacherSet, load_teacher
+from kinherit.inheritance.teachers import TeacherSet
 from kinherit.inheritance.topk import TopKTarget
+from kinherit.lm import target_labels
+from kinherit.load_teachers import load_teacher
 from kinherit.models import load_model
-from kinherit.pretrain import DataArguments, KinheritTrainingArguments, ModelArguments, parse_corpus_specs, pretrain
-from kinherit.teacher_cache import CacheArguments, TeacherCache, build_cache
-from kinherit.trainer import InheritanceArguments, InheritanceTrainer, target_labels
+from kinherit.options import (
+    CacheArguments,
+    DataArguments,
+    InheritanceArguments,
+    KinheritTrainingArguments,
+    ModelArguments,
+)
+from kinherit.pretrain import pretrain
+from kinherit.teacher_cache import TeacherCache, build_cache
+from kinherit.trainer import InheritanceTrainer
 
 
 def data_args(tokenizer_dir, tmp, block_size=32) -> DataArguments:
@@ -45,7 +54,7 @@ def build(tmp, tokenizer_dir, teacher, top_k, **options):
 
 def live_blocks(tmp, tokenizer, tokenizer_dir):
     data = data_args(tokenizer_dir, tmp)
-    corpus = load_corpus(parse_corpus_specs(data))
+    corpus = load_corpus(data.corpus_specs())
     return build_blocks(corpus.train, tokenizer, 32, corpus.domains, corpus.fingerprint, "train", data.cache_dir)
 
 
@@ -89,7 +98,7 @@ def test_loss_from_a_full_cache_equals_the_live_loss(tmp_path, tokenizer, tokeni
         torch.manual_seed(2)  # the same dropout masks in both steps
         loss = trainer.compute_loss(student, dict(batch))
         loss.backward()
-        assert trainer._stats[4] > 0  # the KI term was taken
+        assert trainer.stats.taught > 0  # the KI term was taken
         results.append((loss.detach(), [p.grad.clone() for p in student.parameters()]))
     (live_loss, live_grads), (cached_loss, cached_grads) = results
     assert cached_loss.item() == pytest.approx(live_loss.item(), rel=1e-5)

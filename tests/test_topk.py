@@ -7,7 +7,6 @@ import torch
 
 from kinherit.errors import KinheritError
 from kinherit.inheritance import InheritanceLoss
-from kinherit.inheritance.divergences import loss_chunk
 from kinherit.inheritance.topk import TopKTarget
 
 V = 29
@@ -34,7 +33,7 @@ def reference(student, teacher, labels, k, alpha, tau):
 def ours(student, teacher, labels, k, alpha, tau, compiled=False):
     target = TopKTarget.from_log_probs(torch.log_softmax(teacher / tau, -1), k)
     logits = student.detach().clone().requires_grad_()
-    output, grad, loss, stats = loss_chunk(logits, target, labels, alpha, tau, "forward_kl", 0.5, compiled=compiled)
+    output, grad, loss, stats = InheritanceLoss(temperature=tau, compiled=compiled).chunk(logits, target, labels, alpha)
     return loss, grad, stats, target
 
 
@@ -85,6 +84,6 @@ def test_only_forward_kl_and_a_valid_k():
     student, teacher, labels = make(1)
     target = TopKTarget.from_log_probs(torch.log_softmax(teacher, -1), 3)
     with pytest.raises(KinheritError, match="supports only --divergence forward_kl"):
-        loss_chunk(student, target, labels, 0.5, 1.0, "jsd", 0.5)
+        InheritanceLoss(temperature=1.0, divergence="jsd").chunk(student, target, labels, 0.5)
     with pytest.raises(KinheritError, match="top_k must be in"):
         TopKTarget.from_log_probs(torch.log_softmax(teacher, -1), V + 1)

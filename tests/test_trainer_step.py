@@ -10,8 +10,9 @@ from transformers import TrainingArguments
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models import load_model
+from kinherit.options import InheritanceArguments
 from kinherit.sealed import seal
-from kinherit.trainer import InheritanceArguments, InheritanceTrainer
+from kinherit.trainer import InheritanceTrainer
 
 
 def make_trainer(tmp_path, tokenizer, poison: str, nonfinite: str = "stop") -> tuple[InheritanceTrainer, dict]:

@@ -1,13 +1,11 @@
-"""The method itself, usable without our trainer: the loss, its divergences, schedules and teachers."""
+"""The method itself, usable without our trainer: the loss, its divergences, teacher targets, schedules and teachers.
 
-from kinherit.inheritance.divergences import (
-    DIVERGENCES,
-    InheritanceLoss,
-    LossParts,
-    chunked_loss,
-    divergence_per_position,
-    mixture_log_probs,
-)
+Depends on torch and transformers (and the neutral `kinherit.lm`, `kinherit.models`), never on our data or
+trainer modules.
+"""
+
+from kinherit.inheritance.divergences import DIVERGENCES, divergence_per_position, mixture_log_probs
+from kinherit.inheritance.loss import InheritanceLoss, LossParts, LossSums
 from kinherit.inheritance.schedules import (
     SCHEDULES,
     AdaptiveSchedule,
@@ -18,9 +16,10 @@ from kinherit.inheritance.schedules import (
     StepSchedule,
     make_schedule,
 )
-from kinherit.inheritance.teachers import TeacherSet, load_teacher, parse_teacher_specs
+from kinherit.inheritance.targets import Target, TeacherSource
+from kinherit.inheritance.teachers import TeacherSet
+from kinherit.inheritance.topk import TopKTarget
 
 __all__ = ["DIVERGENCES", "SCHEDULES", "AdaptiveSchedule", "Constant", "CosineDecay", "ExponentialDecay",
-           "InheritanceLoss", "LinearDecay", "LossParts", "StepSchedule", "TeacherSet", "chunked_loss",
-           "divergence_per_position", "load_teacher", "make_schedule", "mixture_log_probs",
-           "parse_teacher_specs"]
+           "InheritanceLoss", "LinearDecay", "LossParts", "LossSums", "StepSchedule", "Target", "TeacherSet",
+           "TeacherSource", "TopKTarget", "divergence_per_position", "make_schedule", "mixture_log_probs"]

@@ -1,4 +1,4 @@
-"""Frozen teachers: loading with vocabulary and kind checks, and their tempered target distributions.
+"""Live frozen teachers as a teacher source: their tempered target distributions, chunk by chunk.
 
 Several teachers are either mixed (weighted mixture of tempered probabilities, in log space) or
 routed (each example is taught by the teacher of its domain).
@@ -6,70 +6,16 @@ routed (each example is taught by the teacher of its domain).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from kinherit.data.tokenizer import first_vocab_difference, load_tokenizer
 from kinherit.errors import KinheritError
-from kinherit.inheritance.divergences import Target, normalise_weights
-from kinherit.models import (
-    backbone_and_head,
-    forward_as_body,
-    is_checkpoint,
-    load_model,
-    model_kind,
-    reshard_model,
-    shard_layers,
-)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def parse_teacher_specs(specs: Sequence[str]) -> tuple[list[str], list[str | None]]:
-    """Split `PATH` or `DOMAIN=PATH` items into paths and domains (all routed or none)."""
-    paths, domains = [], []
-    for spec in specs:
-        domain, sep, path = spec.partition("=")
-        if sep and domain and not os.path.exists(spec):
-            paths.append(path)
-            domains.append(domain)
-        else:
-            paths.append(spec)
-            domains.append(None)
-    if any(d is None for d in domains) and any(d is not None for d in domains):
-        raise KinheritError("mix of routed (DOMAIN=PATH) and plain teachers; route every teacher to a domain "
-                            "or none of them")
-    return paths, domains
-
-
-def load_teacher(path: str, student_tokenizer: PreTrainedTokenizerBase, student_kind: str,
-                 student_tokenizer_path: str = "the student's tokenizer", dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load a frozen teacher after checking it shares the student's tokenizer and model kind."""
-    if not is_checkpoint(path):
-        raise KinheritError(f"teacher {path!r} is not a model checkpoint folder (no config.json there); "
-                            "give the folder written by `kinherit pretrain` or `save_pretrained`")
-    try:
-        teacher_tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    except KinheritError as error:
-        raise KinheritError(f"teacher {path} has no tokenizer saved with it, so its vocabulary cannot be "
-                            f"checked against the student's; save the tokenizer into that folder ({error})") from error
-    difference = first_vocab_difference(student_tokenizer, teacher_tokenizer)
-    if difference is not None:
-        raise KinheritError(f"teacher {path} uses another tokenizer than the student ({student_tokenizer_path}): "
-                            f"{difference}. KI needs identical token ids; train the teacher with the same tokenizer")
-    teacher = load_model(path, trust_remote_code=trust_remote_code, dtype=dtype)
-    kind = model_kind(teacher.config)
-    if kind != student_kind:
-        raise KinheritError(f"teacher {path} is a {kind} LM but the student is a {student_kind} LM; a teacher must "
-                            "predict the same thing as its student (masked for masked, causal for causal)")
-    if teacher.config.vocab_size < len(student_tokenizer):
-        raise KinheritError(f"teacher {path} has {teacher.config.vocab_size} output rows, fewer than the "
-                            f"tokenizer's {len(student_tokenizer)} tokens")
-    return freeze(teacher.to(device))
+from kinherit.inheritance.divergences import normalise_weights
+from kinherit.inheritance.targets import Target, TargetFn
+from kinherit.models import backbone_and_head, forward_as_body, reshard_model, shard_layers
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:
@@ -144,6 +90,15 @@ class TeacherSet:
                 parts.append((rows, Target.from_logits([head(h[positions[rows]])[:, :vocab]], [1.0], temperature)))
         return Target.assemble(parts, positions.numel())
 
+    @contextlib.contextmanager
+    def targets(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, temperature: float,
+                vocab: int) -> Iterator[TargetFn]:
+        """The teachers run once on the batch; targets are then made per chunk from their hidden states."""
+        hidden, row_teacher = self.hidden_states(inputs["input_ids"], inputs.get("attention_mask"),
+                                                 inputs.get("domain_id"))
+        yield lambda positions: self.target(positions, hidden, row_teacher, temperature, vocab)
+        self.release()
+
     def to(self, device: torch.device | str) -> TeacherSet:
         """Move every teacher to `device`."""
         self.models = [m.to(device) for m in self.models]
@@ -159,14 +114,3 @@ class TeacherSet:
         """Free the weights a sharded teacher gathered for this step (nothing for replicated teachers)."""
         for model in self.models:
             reshard_model(model)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' is bfloat16 on a CUDA device that supports it, else float32."""
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name not in DTYPES:
-        raise KinheritError(f"unknown teacher dtype {name!r}; choose auto, {', '.join(DTYPES)}")
-    return DTYPES[name]

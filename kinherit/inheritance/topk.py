@@ -40,6 +40,18 @@ class TopKTarget:
         values, ids = log_probs.float().topk(k, dim=-1)
         return cls(ids, values)
 
+    @torch.no_grad()
+    def forward_kl_terms(self, logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
+                         compiled: bool = False) -> tuple[torch.Tensor, ...]:
+        """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits), total = (1 - alpha) CE + alpha tau^2 KL_K.
+
+        The same contract as `Target.forward_kl_terms`, for a top-K target; `compiled` runs the kernel through
+        `torch.compile` (eager fallback with a warning).
+        """
+        args = (logits.float(), self.ids.long(), self.log_probs.float(), labels,
+                torch.tensor(alpha, device=logits.device), temperature)
+        return _COMPILED_TOPK(*args) if compiled else _topk_kernel(*args)
+
     def tail_mass(self) -> torch.Tensor:
         """p_tail per position: the teacher's probability outside its top-K (clamped at 0)."""
         return (1.0 - self.log_probs.exp().sum(-1)).clamp_min(0.0)
@@ -74,16 +86,3 @@ def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels
 
 
 _COMPILED_TOPK = CompiledKernel(_topk_kernel)
-
-
-@torch.no_grad()
-def topk_forward_kl_terms(logits: torch.Tensor, target: TopKTarget, labels: torch.Tensor, alpha: float,
-                          temperature: float, compiled: bool = False) -> tuple[torch.Tensor, ...]:
-    """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits) for total = (1 - alpha) CE + alpha tau^2 KL_K.
-
-    The same contract as `fused_forward_kl_terms`, for a top-K target; `compiled` runs the kernel through
-    `torch.compile` (eager fallback with a warning).
-    """
-    args = (logits.float(), target.ids.long(), target.log_probs.float(), labels,
-            torch.tensor(alpha, device=logits.device), temperature)
-    return _COMPILED_TOPK(*args) if compiled else _topk_kernel(*args)

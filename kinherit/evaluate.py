@@ -1,0 +1,89 @@
+"""`kinherit evaluate CHECKPOINT --corpus SOURCE ...`: validation loss and perplexity of any masked or causal
+LM checkpoint on any corpus kinherit reads, one row per corpus.
+
+The numbers are comparable with `eval_loss` in a run's log: the same document split, block length,
+packing and fixed validation masks (seeded by `eval_mask_seed`), read from the checkpoint's `run.json`
+when it was written by `kinherit pretrain` and not given on the command line. The tokenizer is the
+checkpoint's own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kinherit.atomic import write_json_atomic
+from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
+from kinherit.errors import KinheritError
+from kinherit.lm import validation_loss
+from kinherit.models import is_checkpoint, load_model, model_kind
+from kinherit.options import DataArguments, EvaluateArguments
+
+# The data options a run records in run.json that decide which positions its evaluation scores.
+MATCHED = ("block_size", "validation_fraction", "mlm_probability", "eval_mask_seed", "text_field", "max_documents")
+
+
+def data_options(options: EvaluateArguments) -> DataArguments:
+    """The data options of the evaluation: given on the command line, else the run's own, else the defaults."""
+    recorded: dict[str, Any] = {}
+    marker = Path(options.checkpoint) / "run.json"
+    if marker.exists():
+        recorded = json.loads(marker.read_text(encoding="utf-8")).get("data") or {}
+    values = {key: getattr(options, key) if getattr(options, key) is not None else recorded.get(key)
+              for key in MATCHED}
+    values = {key: value for key, value in values.items() if value is not None}
+    return DataArguments(corpus=list(options.corpus), cache_dir=options.cache_dir, **values)
+
+
+def evaluate(options: EvaluateArguments) -> dict[str, Any]:
+    """Evaluate the checkpoint on each corpus; returns {checkpoint, kind, data, rows} (and writes `--json`)."""
+    if not is_checkpoint(options.checkpoint):
+        raise KinheritError(f"{options.checkpoint} is not a model checkpoint folder (no config.json there)")
+    data = data_options(options)
+    tokenizer = load_tokenizer(options.checkpoint, options.trust_remote_code)
+    model = load_model(options.checkpoint, trust_remote_code=options.trust_remote_code)
+    kind = model_kind(model.config)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    collator = BlockCollator(tokenizer, kind == "masked", data.mlm_probability, seed=data.eval_mask_seed)
+    rows = []
+    for item, spec in zip(data.corpus, data.corpus_specs(), strict=True):
+        corpus = load_corpus([spec])
+        parts = {"validation": [corpus.validation], "train": [corpus.train],
+                 "all": [corpus.train, corpus.validation]}[options.split]
+        total, count, documents = 0.0, 0, 0
+        for split, docs in zip(("train", "validation") if options.split == "all" else (options.split,), parts,
+                               strict=True):
+            documents += len(docs)
+            if not len(docs):
+                continue
+            blocks = build_blocks(docs, tokenizer, data.block_size, corpus.domains, corpus.fingerprint, split,
+                                  data.cache_dir)
+            loss, positions = validation_loss(model, blocks, collator, options.batch_size, options.chunk_size,
+                                              len(tokenizer), kind)
+            if positions:
+                total += loss * positions
+                count += positions
+        if not count:
+            raise KinheritError(f"corpus {item!r} has no {options.split} positions to evaluate (its split holds "
+                                f"{documents} documents); use --split all or a larger --validation_fraction")
+        loss = total / count
+        rows.append({"corpus": item, "split": options.split, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                     "positions": count, "documents": documents})
+    result = {"checkpoint": options.checkpoint, "kind": kind,
+              "data": {key: getattr(data, key) for key in MATCHED}, "rows": rows}
+    if options.json:
+        write_json_atomic(Path(options.json), result)
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """The rows as a plain-text table."""
+    lines = [f"{'corpus':30s} {'split':10s} {'loss':>8s} {'ppl':>10s} {'positions':>10s}"]
+    lines += [f"{r['corpus']:30s} {r['split']:10s} {r['loss']:8.4f} {r['perplexity']:10.2f} {r['positions']:10d}"
+              for r in result["rows"]]
+    return "\n".join(lines)
+

@@ -1,0 +1,96 @@
+"""Chunked losses: a sum of per-chunk losses whose gradients are taken chunk by chunk inside the forward pass.
+
+Only one chunk's float32 [positions, vocabulary] tensors exist at a time, not even among the tensors
+saved for backward: each chunk's gradient is computed while its intermediates are alive, then they are
+freed, and the backward pass only scales the stored gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from kinherit.errors import KinheritError
+
+ChunkResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
+ChunkFn = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor]], ChunkResult]
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Sum of per-chunk losses whose gradients are computed during the forward pass, chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, compute: ChunkFn, index: torch.Tensor, chunk_size: int, n_rows: int, *tensors):
+        rows, shared = tensors[:n_rows], tensors[n_rows:]
+        needs = ctx.needs_input_grad[4:]
+        grads = [torch.zeros_like(t, dtype=t.dtype if i < n_rows else torch.float32) if need else None
+                 for i, (t, need) in enumerate(zip(tensors, needs, strict=True))]
+        total = torch.zeros((), dtype=torch.float32, device=index.device)
+        stats = None
+        for chunk in index.split(chunk_size):
+            with torch.enable_grad():
+                row_leaves = [t[chunk].detach().requires_grad_(need) for t, need in zip(rows, needs, strict=False)]
+                shared_leaves = [t.detach().requires_grad_(need)
+                                 for t, need in zip(shared, needs[n_rows:], strict=True)]
+                output, grad_output, loss, chunk_stats = compute(chunk, row_leaves, shared_leaves)
+                leaves = row_leaves + shared_leaves
+                wrt = [leaf for leaf, need in zip(leaves, needs, strict=True) if need]
+                found = []
+                if wrt and output.requires_grad:
+                    found = torch.autograd.grad(output, wrt, grad_outputs=grad_output, allow_unused=True)
+            found_iter = iter(found)
+            for i, need in enumerate(needs):
+                if not need:
+                    continue
+                grad = next(found_iter, None)
+                if grad is None:
+                    continue
+                if i < n_rows:
+                    grads[i].index_add_(0, chunk, grad.to(grads[i].dtype))
+                else:
+                    grads[i].add_(grad.float())
+            total += loss.detach().float()
+            stats = chunk_stats if stats is None else stats + chunk_stats
+        ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
+        ctx.has_grad = [g is not None for g in grads]
+        ctx.dtypes = [t.dtype for t in tensors]
+        ctx.mark_non_differentiable(stats)
+        return total, stats
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_stats):
+        saved = ctx.saved_tensors
+        out = [(g * grad_total).to(dtype) if has else None
+               for g, has, dtype in zip(saved, ctx.has_grad, ctx.dtypes, strict=True)]
+        return (None, None, None, None, *out)
+
+
+def chunked_loss(compute: ChunkFn, index: torch.Tensor, chunk_size: int, row_tensors: Sequence[torch.Tensor],
+                 shared_tensors: Sequence[torch.Tensor], n_stats: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum `compute` over chunks of `index` (rows of `row_tensors`); returns (loss sum, stats sum).
+
+    `compute(chunk, row_slices, shared)` returns `(output, grad_output, loss, stats)`: the gradient of
+    the chunk's loss is `autograd.grad(output, leaves, grad_output)` (with `grad_output=None`, output is
+    the scalar loss itself; otherwise it is, say, the logits and grad_output their closed-form
+    gradient), `loss` the chunk's loss value and `stats` a 1-D tensor of `n_stats` detached numbers.
+    With gradients enabled, each chunk's gradient is taken while its float32 intermediates are alive,
+    then they are freed, so the backward pass replays nothing.
+    """
+    if chunk_size < 1:
+        raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
+    device = index.device
+    if index.numel() == 0:
+        zero = sum((t.sum() * 0.0 for t in [*row_tensors, *shared_tensors] if t.requires_grad),
+                   torch.zeros((), device=device))
+        return zero, torch.zeros(n_stats, device=device)
+    wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [*row_tensors, *shared_tensors])
+    if wants_grad:
+        return _ChunkedLoss.apply(compute, index, chunk_size, len(row_tensors), *row_tensors, *shared_tensors)
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    stats = torch.zeros(n_stats, device=device)
+    for chunk in index.split(chunk_size):
+        _output, _grad, loss, chunk_stats = compute(chunk, [t[chunk] for t in row_tensors], list(shared_tensors))
+        total = total + loss.float()
+        stats = stats + chunk_stats
+    return total, stats

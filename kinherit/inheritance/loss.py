@@ -1,0 +1,161 @@
+"""The inheritance loss, one class for the public API and the trainer:
+
+    L = (1 - alpha) * CE(student) + alpha * tau^2 * D(P_T^tau || P_S^tau)
+
+averaged over the positions that carry a label (Qin et al., 2022, Eq. 1; D is the forward KL in the
+paper). P^tau = softmax(logits / tau); P_T comes from a teacher source (one teacher, a mixture, routed
+teachers, a cache). Every softmax and divergence is computed in float32, one chunk of positions at a
+time, with the student's LM head applied inside the chunk loop, so no float32 tensor of shape
+[positions, vocabulary] ever exists whole.
+
+The definitions live in `kinherit.inheritance.divergences`, and the autograd path (`fused=False`)
+computes exactly them. The forward KL (the paper's choice, and self-learning) takes a closed-form
+gradient per chunk (`Target.forward_kl_terms`, `TopKTarget.forward_kl_terms`), tested equal to the
+definitions in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kinherit.errors import KinheritError
+from kinherit.inheritance.chunking import ChunkResult, chunked_loss
+from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
+from kinherit.inheritance.targets import Target, TargetFn, self_learning_terms
+from kinherit.inheritance.topk import TopKTarget
+from kinherit.lm import taught_positions
+
+
+@dataclass
+class LossSums:
+    """Sums over the taught positions of one batch; the trainer divides them by the global count."""
+
+    total: torch.Tensor  # (1 - alpha) * CE + alpha * tau^2 * D, differentiable (CE alone without a teacher)
+    self_loss: float  # CE
+    ki_loss: float  # tau^2 * D (0 without a teacher)
+    agreements: float  # positions where the student's and the teacher's most likely tokens agree
+    positions: int
+
+
+@dataclass
+class LossParts:
+    """The parts of the inheritance loss (means over valid positions) and the top-1 agreement."""
+
+    total: torch.Tensor
+    self_loss: torch.Tensor
+    ki_loss: torch.Tensor
+    agreement: torch.Tensor
+    num_positions: int
+
+
+class InheritanceLoss:
+    """Cross-entropy plus tempered divergence to a teacher source, chunked and fused with the LM head.
+
+    `loss(student_logits, teacher_logits, labels, alpha)` with logits `[..., V]` and labels `[...]`
+    (-100 ignored) returns the means; `teacher_logits` may be a list of tensors, `teacher_weights` then
+    gives their mixture weights (normalised to sum to one). `loss.sums(hidden, labels, alpha, targets,
+    head)` is what the trainer calls: the head runs per chunk. Padded vocabulary rows (beyond
+    `vocab_size`) are cut. `fused=False` takes every gradient through autograd (the plain path the fused
+    one is tested against); `compiled=True` runs the fused forward-KL kernels through `torch.compile`.
+    """
+
+    def __init__(self, temperature: float = 2.0, divergence: str = "forward_kl", beta: float = 0.5,
+                 chunk_size: int = 1024, vocab_size: int | None = None, fused: bool = True,
+                 compiled: bool = False) -> None:
+        validate_options(temperature, divergence, beta)
+        if chunk_size < 1:
+            raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.temperature = temperature
+        self.divergence = divergence
+        self.beta = beta
+        self.chunk_size = chunk_size
+        self.vocab_size = vocab_size
+        self.fused = fused
+        self.compiled = compiled
+
+    def sums(self, hidden: torch.Tensor, labels: torch.Tensor, alpha: float, targets: TargetFn | None = None,
+             head: torch.nn.Module | None = None) -> LossSums:
+        """The loss summed over the taught positions of flattened `hidden` `[N, H]` (`labels` `[N]`).
+
+        `head` maps hidden states to logits (None: `hidden` are the logits); `targets` gives the teacher's
+        target at flattened positions (None: self-learning). Gradients reach `hidden` and the head.
+        """
+        if not 0.0 <= alpha <= 1.0:
+            raise KinheritError(f"alpha must be in [0, 1], got {alpha}")
+        positions = taught_positions(labels)
+        names, params = zip(*head.named_parameters(), strict=True) if head is not None else ((), ())
+        vocab = self.vocab_size  # None: every logit row
+
+        def compute(chunk, row_leaves, shared_leaves):
+            logits = row_leaves[0]
+            if head is not None:
+                logits = torch.func.functional_call(head, dict(zip(names, shared_leaves, strict=True)), (logits,))
+            logits = logits[:, :vocab]
+            target = None
+            if targets is not None:
+                with torch.no_grad():
+                    target = targets(chunk)
+            return self.chunk(logits, target, labels[chunk], alpha)
+
+        total, stats = chunked_loss(compute, positions, self.chunk_size, [hidden], list(params), n_stats=3)
+        ce, ki, agree = stats.tolist()
+        return LossSums(total=total, self_loss=ce, ki_loss=ki, agreements=agree, positions=positions.numel())
+
+    def chunk(self, logits: torch.Tensor, target: Target | TopKTarget | None, labels: torch.Tensor,
+               alpha: float) -> ChunkResult:
+        """One chunk's `(output, grad_output, loss, stats)` for `chunked_loss`; stats = (CE, KI, agreements)."""
+        closed_form = self.divergence == "forward_kl" and (self.fused or isinstance(target, TopKTarget))
+        if closed_form:
+            if target is None:
+                ce, ki, agree, grad = self_learning_terms(logits.detach(), labels)
+            else:
+                ce, ki, agree, grad = target.forward_kl_terms(logits.detach(), labels, alpha, self.temperature,
+                                                              self.compiled)
+            loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
+            return logits, grad.to(logits.dtype), loss, torch.stack([ce, ki, agree])
+        if isinstance(target, TopKTarget):
+            raise KinheritError(f"a teacher cache (top-K targets) supports only --divergence forward_kl, not "
+                                f"{self.divergence}; run the teacher live for other divergences")
+        target_logp = target.log_probs if target is not None else None
+        ce, ki, agree = autograd_terms(logits, target_logp, labels, self.temperature, self.divergence, self.beta)
+        loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
+        return loss, None, loss.detach(), torch.stack([ce.detach(), ki.detach(), agree.detach()])
+
+    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[torch.Tensor] | None,
+                 labels: torch.Tensor, alpha: float, teacher_weights: Sequence[float] | None = None) -> LossParts:
+        """The loss parts as means over the valid positions; the gradient flows to `student_logits` only.
+
+        With teacher logits, `ki_loss` is the mean tau^2 * D at the valid positions whatever alpha is
+        (alpha only weighs it in `total`).
+        """
+        vocab = self.vocab_size or student_logits.shape[-1]
+        student = student_logits.reshape(-1, student_logits.shape[-1])
+        flat_labels = labels.reshape(-1)
+        if student.shape[0] != flat_labels.shape[0]:
+            raise KinheritError(f"labels of shape {tuple(labels.shape)} do not match logits of shape "
+                                f"{tuple(student_logits.shape)}")
+        teachers: list[torch.Tensor] = []
+        if teacher_logits is not None:
+            teachers = [teacher_logits] if isinstance(teacher_logits, torch.Tensor) else list(teacher_logits)
+        teachers = [t.reshape(-1, t.shape[-1]).detach() for t in teachers]
+        for teacher in teachers:
+            if teacher.shape[0] != student.shape[0] or teacher.shape[-1] < vocab:
+                raise KinheritError(f"teacher logits of shape {tuple(teacher.shape)} do not cover the student's "
+                                    f"{student.shape[0]} positions x {vocab} tokens")
+        targets = None
+        if teachers:
+            weights = normalise_weights(teacher_weights, len(teachers))
+
+            def targets(chunk: torch.Tensor) -> Target:
+                return Target.from_logits([t[chunk][:, :vocab] for t in teachers], weights, self.temperature)
+
+        sums = self.sums(student, flat_labels, alpha, targets)
+        count = max(sums.positions, 1)
+        device = student.device
+        return LossParts(total=sums.total / count, self_loss=torch.tensor(sums.self_loss / count, device=device),
+                         ki_loss=torch.tensor(sums.ki_loss / count, device=device),
+                         agreement=torch.tensor(sums.agreements / count, device=device),
+                         num_positions=sums.positions)

@@ -1,0 +1,123 @@
+"""Teacher targets for one chunk of positions, and the protocol every teacher source implements.
+
+A teacher source (live teachers, a mixture, domain-routed teachers, sharded teachers, the teacher
+cache, or logits handed to the loss) turns a batch into a function `positions -> target`; the loss
+asks it for the target of one chunk of flattened positions at a time. A target knows the closed-form
+forward-KL terms against it (`forward_kl_terms`); a dense target also gives its full log-distribution
+for the other divergences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from kinherit.errors import KinheritError
+from kinherit.inheritance.divergences import mixture_log_probs, tempered_log_probs
+from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms, softmax_lse_argmax
+from kinherit.inheritance.topk import TopKTarget
+
+TargetFn = Callable[[torch.Tensor], "Target | TopKTarget"]
+
+
+class TeacherSource(Protocol):
+    """Where the teacher distribution comes from: live teachers (`TeacherSet`) or a `TeacherCache`."""
+
+    def targets(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, temperature: float,
+                vocab: int) -> AbstractContextManager[TargetFn]:
+        """For one batch (`labels` flattened, as the loss sees them): a function from flattened positions to
+        their target, valid inside the context (a sharded teacher frees its gathered weights on exit)."""
+        ...
+
+
+def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
+                       alpha: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
+    """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below)."""
+    rows, probs, lse, top, ce = cross_entropy_terms(z, labels)
+    target = scores.float() if scale == 1.0 else scores.float() * scale
+    p, target_lse, target_top = softmax_lse_argmax(target)
+    if temperature == 1.0:
+        q, q_lse, tempered = probs, lse, z
+    else:
+        tempered = z / temperature
+        q, q_lse, _ = softmax_lse_argmax(tempered)
+    dot = torch.einsum("ij,ij->i", p, target) - torch.einsum("ij,ij->i", p, tempered)
+    kl = (dot - target_lse + q_lse).sum()
+    agree = (top == target_top).sum().float()
+    step = alpha * temperature
+    # At tau = 1 the tempered softmax is the plain one: both terms share one tensor.
+    grad = probs.mul_(1.0 - alpha + step) if temperature == 1.0 else probs.mul_(1.0 - alpha).add_(q.mul_(step))
+    grad.sub_(p.mul_(step))
+    grad[rows, labels] -= 1.0 - alpha
+    return ce, kl * temperature**2, agree, grad
+
+
+_COMPILED_KERNEL = CompiledKernel(_forward_kl_kernel)
+
+
+@torch.no_grad()
+def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(CE sum, 0, 0, d CE / d logits) in closed form: softmax(z) - onehot(label)."""
+    z = logits.float()
+    rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels)
+    probs[rows, labels] -= 1.0
+    zero = z.new_zeros(())
+    return ce, zero, zero, probs
+
+
+@dataclass
+class Target:
+    """A teacher distribution over one chunk of positions: P_T = softmax(scores * scale), in float32.
+
+    For one teacher `scores` are its raw logits (any float dtype) and `scale` is 1 / tau, so nothing is
+    copied before the loss kernel; for a mixture `scores` are the mixture's log-probabilities and `scale` 1.
+    """
+
+    scores: torch.Tensor
+    scale: float
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """log P_T in float32 (materialised)."""
+        return F.log_softmax(self.scores.float() * self.scale, dim=-1)
+
+    @classmethod
+    def from_logits(cls, logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float) -> Target:
+        """The tempered target of one teacher, or the weighted mixture of several (in log space)."""
+        active = [(z, w) for z, w in zip(logits, weights, strict=True) if w > 0]
+        if len(active) == 1:
+            return cls(active[0][0], 1.0 / temperature)
+        mixed = mixture_log_probs([tempered_log_probs(z, temperature) for z, _ in active], [w for _, w in active])
+        return cls(mixed, 1.0)
+
+    @classmethod
+    def assemble(cls, parts: Sequence[tuple[torch.Tensor, Target]], rows: int) -> Target:
+        """One target from targets of disjoint row subsets (domain routing); all parts share one scale."""
+        first = parts[0][1]
+        if any(part.scale != first.scale for _, part in parts):
+            raise KinheritError("routed targets must share one temperature")
+        scores = first.scores.new_empty(rows, first.scores.shape[-1])
+        for index, part in parts:
+            scores[index] = part.scores
+        return cls(scores, first.scale)
+
+    @torch.no_grad()
+    def forward_kl_terms(self, logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
+                         compiled: bool = False) -> tuple[torch.Tensor, ...]:
+        """The forward-KL loss terms and their gradient with respect to the logits, in closed form.
+
+        Returns (CE sum, tau^2 * KL sum, top-1 agreements, d total / d logits) for
+        total = (1 - alpha) * CE + alpha * tau^2 * KL(P_T^tau || P_S^tau), using
+        KL = sum_v p_T * (scores_T - z / tau) - lse_T + lse(z / tau),
+        d CE / dz = softmax(z) - onehot and d tau^2 KL / dz = tau * (softmax(z / tau) - p_T).
+        This makes a few passes over the [chunk, V] tensor where autograd makes several dozen;
+        `compiled` fuses them further with `torch.compile`.
+        """
+        args = (logits.float(), self.scores, self.scale, labels, torch.tensor(alpha, device=logits.device),
+                temperature)
+        return _COMPILED_KERNEL(*args) if compiled else _forward_kl_kernel(*args)

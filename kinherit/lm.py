@@ -1,0 +1,61 @@
+"""What a language model is taught on, shared by every layer: which positions carry a label, and the mean
+cross-entropy there.
+
+A masked LM predicts the token at each masked position; a causal LM predicts the next token, so its
+labels are shifted by one. Positions whose label is `IGNORE_INDEX` carry no loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
+
+from kinherit.models import backbone_and_head
+
+IGNORE_INDEX = -100
+
+
+def target_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """The label each flattened position predicts: itself (masked) or the next token (causal)."""
+    if kind == "masked":
+        return labels.reshape(-1)
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    return shifted.reshape(-1)
+
+
+def taught_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Indices of the flattened positions that carry a loss."""
+    return (labels != IGNORE_INDEX).nonzero().squeeze(-1)
+
+
+@torch.inference_mode()
+def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int, vocab: int,
+                    kind: str, autocast=contextlib.nullcontext) -> tuple[float, int]:
+    """Mean cross-entropy per valid position of `model` over `dataset`, and the number of positions.
+
+    Logits are made chunk by chunk at the valid positions only; the model is left in the mode it had.
+    """
+    was_training = model.training
+    model.eval()
+    body, head = backbone_and_head(model)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for batch in loader:
+        input_ids = batch["input_ids"].to(device)
+        labels = target_labels(batch["labels"].to(device), kind)
+        positions = taught_positions(labels)
+        with autocast():
+            hidden = body(input_ids=input_ids)[0]
+            hidden = hidden.reshape(-1, hidden.shape[-1])
+        for chunk in positions.split(chunk_size):
+            logits = head(hidden[chunk])[:, :vocab].float()
+            total += torch.nn.functional.cross_entropy(logits, labels[chunk], reduction="sum").item()
+        count += positions.numel()
+    model.train(was_training)
+    return (total / count if count else math.nan), count
