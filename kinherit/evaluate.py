@@ -3,8 +3,8 @@ LM checkpoint on any corpus kinherit reads, one row per corpus.
 
 The numbers are comparable with `eval_loss` in a run's log: the same document split, block length,
 packing and fixed validation masks (seeded by `eval_mask_seed`), read from the checkpoint's `run.json`
-when it was written by `kinherit pretrain` and not given on the command line. The tokenizer is the
-checkpoint's own.
+when it was written by `kinherit pretrain` and not given on the command line (the split of a corpus
+the run did not train on follows the defaults). The tokenizer is the checkpoint's own.
 """
 
 from __future__ import annotations
@@ -23,35 +23,38 @@ from kinherit.lm import validation_loss
 from kinherit.models import is_checkpoint, load_model, model_kind
 from kinherit.options import DataArguments, EvaluateArguments
 
-# The data options a run records in run.json that decide which positions its evaluation scores.
-MATCHED = ("block_size", "validation_fraction", "mlm_probability", "eval_mask_seed", "text_field", "max_documents")
+# The data options that decide which positions an evaluation scores: the run's own (block length, masking)
+# and its corpus's (which documents are held out).
+RUN_OPTIONS = ("block_size", "mlm_probability", "eval_mask_seed")
+CORPUS_OPTIONS = ("validation_fraction", "text_field", "max_documents")
 
 
-def data_options(options: EvaluateArguments) -> DataArguments:
-    """The data options of the evaluation: given on the command line, else the run's own, else the defaults."""
+def data_options(options: EvaluateArguments, corpus: str) -> DataArguments:
+    """The data options for one corpus: given on the command line, else the run's own (its run.json; the
+    corpus options only for a corpus the run trained on), else the defaults of `kinherit pretrain`."""
     recorded: dict[str, Any] = {}
     marker = Path(options.checkpoint) / "run.json"
     if marker.exists():
         recorded = json.loads(marker.read_text(encoding="utf-8")).get("data") or {}
-    values = {key: getattr(options, key) if getattr(options, key) is not None else recorded.get(key)
-              for key in MATCHED}
-    values = {key: value for key, value in values.items() if value is not None}
-    return DataArguments(corpus=list(options.corpus), cache_dir=options.cache_dir, **values)
+    inherited = RUN_OPTIONS + (CORPUS_OPTIONS if corpus in recorded.get("corpus", []) else ())
+    values = {key: getattr(options, key) for key in RUN_OPTIONS + CORPUS_OPTIONS if getattr(options, key) is not None}
+    values = {**{key: recorded[key] for key in inherited if recorded.get(key) is not None}, **values}
+    return DataArguments(corpus=[corpus], cache_dir=options.cache_dir, **values)
 
 
 def evaluate(options: EvaluateArguments) -> dict[str, Any]:
     """Evaluate the checkpoint on each corpus; returns {checkpoint, kind, data, rows} (and writes `--json`)."""
     if not is_checkpoint(options.checkpoint):
         raise KinheritError(f"{options.checkpoint} is not a model checkpoint folder (no config.json there)")
-    data = data_options(options)
     tokenizer = load_tokenizer(options.checkpoint, options.trust_remote_code)
     model = load_model(options.checkpoint, trust_remote_code=options.trust_remote_code)
     kind = model_kind(model.config)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    collator = BlockCollator(tokenizer, kind == "masked", data.mlm_probability, seed=data.eval_mask_seed)
     rows = []
-    for item, spec in zip(data.corpus, data.corpus_specs(), strict=True):
-        corpus = load_corpus([spec])
+    for item in options.corpus:
+        data = data_options(options, item)
+        collator = BlockCollator(tokenizer, kind == "masked", data.mlm_probability, seed=data.eval_mask_seed)
+        corpus = load_corpus(data.corpus_specs())
         parts = {"validation": [corpus.validation], "train": [corpus.train],
                  "all": [corpus.train, corpus.validation]}[options.split]
         total, count, documents = 0.0, 0, 0
@@ -72,9 +75,9 @@ def evaluate(options: EvaluateArguments) -> dict[str, Any]:
                                 f"{documents} documents); use --split all or a larger --validation_fraction")
         loss = total / count
         rows.append({"corpus": item, "split": options.split, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                     "positions": count, "documents": documents})
-    result = {"checkpoint": options.checkpoint, "kind": kind,
-              "data": {key: getattr(data, key) for key in MATCHED}, "rows": rows}
+                     "positions": count, "documents": documents,
+                     "data": {key: getattr(data, key) for key in RUN_OPTIONS + CORPUS_OPTIONS}})
+    result = {"checkpoint": options.checkpoint, "kind": kind, "rows": rows}
     if options.json:
         write_json_atomic(Path(options.json), result)
     return result

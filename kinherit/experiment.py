@@ -43,7 +43,8 @@ TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "r
 TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
 CORPUS_KEYS = {"source", "domain", "text_field", "validation_fraction", "max_documents", "hf_config", "hf_split"}
 # A run's own keys: what the runner resolves (teachers are run names, corpus names the experiment's corpora).
-RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", "corpus", "description"}
+RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", "corpus", "description", "evaluate"}
+EVALUATION = "evaluation.json"  # a run's losses on the corpora its `evaluate:` lists
 # Optional groups of `kinherit pretrain` options, for readability; their keys are the options' own names.
 GROUPS = {"inherit": (InheritanceArguments,), "training_args": (KinheritTrainingArguments,)}
 # Options the runner sets for every run itself.
@@ -112,6 +113,7 @@ class RunSpec:
     group: str | None = None
     seed: int = 0
     grow: str | None = None
+    evaluate: list[str] = field(default_factory=list)  # corpora to score the finished run on
 
     def teacher_runs(self) -> list[str]:
         """The runs this one inherits from."""
@@ -237,11 +239,15 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
     routing = run.get("routing", {})
     if not isinstance(routing, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in routing.items()):
         raise KinheritError(f"{where}: routing must map domain names to run names")
-    corpus = run.get("corpus")
-    if corpus is not None and not (isinstance(corpus, str) or (
-            isinstance(corpus, list) and corpus and all(isinstance(c, str) for c in corpus))):
-        raise KinheritError(f"{where}: corpus must be a corpus name or a list of them, got {corpus!r}")
+    for key in ("corpus", "evaluate"):
+        _check_corpus_names(where, key, run.get(key))
     return run
+
+
+def _check_corpus_names(where: str, key: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, str) or (
+            isinstance(value, list) and value and all(isinstance(c, str) for c in value))):
+        raise KinheritError(f"{where}: {key} must be a corpus name or a list of them, got {value!r}")
 
 
 def _check_launcher(launcher: Any) -> str | dict[str, Any] | None:
@@ -288,7 +294,8 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     vocab = tokenizer.get("vocab_size", 8192)
     if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
         raise KinheritError(f"tokenizer vocab_size must be a positive integer, got {vocab!r}")
-    defaults = flatten_options("defaults", data.get("defaults", {}), {"corpus"})
+    defaults = flatten_options("defaults", data.get("defaults", {}), {"corpus", "evaluate"})
+    _check_corpus_names("defaults", "evaluate", defaults.get("evaluate"))
     raw_runs = data["runs"]
     if not isinstance(raw_runs, list) or not raw_runs:
         raise KinheritError("runs must be a non-empty list")
@@ -301,11 +308,14 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     for run in _expand_seeds(raw_runs, data.get("seed", 0)):
         settings = {**RUNNER_DEFAULTS, **copy.deepcopy(defaults),
                     **{k: v for k, v in run.items() if k in OPTIONS or k == "corpus"}}
+        evaluate = settings.pop("evaluate", None)
+        evaluate = run.get("evaluate", evaluate)
+        evaluate = [evaluate] if isinstance(evaluate, str) else list(evaluate or [])
         settings.setdefault("corpus", next(iter(corpora)))
         if "model" not in settings:
             raise KinheritError(f"run {run['name']!r} has no model (a preset, config.json or checkpoint)")
         corpus_names = settings["corpus"] if isinstance(settings["corpus"], list) else [settings["corpus"]]
-        for corpus in corpus_names:
+        for corpus in [*corpus_names, *evaluate]:
             if corpus not in corpora:
                 raise KinheritError(f"run {run['name']!r} uses corpus {corpus!r}; defined corpora: {sorted(corpora)}")
         routing = run.get("routing", {})
@@ -313,7 +323,7 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
             raise KinheritError(f"run {run['name']!r} has both teachers and routing; use one")
         runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(run["teachers"]),
                                     routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
-                                    seed=run["seed"], grow=run.get("grow"))
+                                    seed=run["seed"], grow=run.get("grow"), evaluate=evaluate)
     for spec in runs.values():
         for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
             if ref not in runs:
@@ -408,7 +418,8 @@ def prepare_output(experiment: Experiment) -> None:
                                 f"{experiment.name!r}; choose another output_dir or delete that folder")
     runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.teacher_runs(), "grow": spec.grow,
                    "baseline": spec.baseline, "model": spec.settings["model"],
-                   "fingerprint": _fingerprint(spec, experiment.launcher), "settings": spec.settings}
+                   "fingerprint": _fingerprint(spec, experiment.launcher), "settings": spec.settings,
+                   "evaluate": spec.evaluate}
             for name, spec in experiment.runs.items()}
     write_json_atomic(manifest, {"name": experiment.name, "description": experiment.description, "runs": runs})
 
@@ -446,6 +457,25 @@ def grow_start(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
               f"logit difference {report.max_abs_logit_difference:.1e}", flush=True)
 
 
+def evaluate_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
+    """Score a finished run on the corpora its `evaluate:` lists (once each: kept in evaluation.json)."""
+    from kinherit.evaluate import CORPUS_OPTIONS, evaluate
+    from kinherit.options import EvaluateArguments
+
+    path = run_dir / EVALUATION
+    done = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    for name in spec.evaluate:
+        if name in done:
+            continue
+        corpus = experiment.corpora[name]
+        options = EvaluateArguments(checkpoint=str(run_dir), corpus=_corpus_args(experiment, [name]),
+                                    cache_dir=str(experiment.output_dir / "cache"),
+                                    **{key: corpus[key] for key in CORPUS_OPTIONS if key in corpus})
+        done[name] = evaluate(options)["rows"][0]
+        write_json_atomic(path, done)
+        print(f"    {spec.name} on {name}: loss {done[name]['loss']:.4f}", flush=True)
+
+
 def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
     """Run every unfinished run of the experiment in dependency order, then write the report."""
     from kinherit.evaluation.report import write_report
@@ -465,6 +495,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
                                 "delete that folder to redo it, or give the changed run a new name")
         if (run_dir / RUN_MARKER).exists():
             print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
+            evaluate_run(experiment, spec, run_dir)
             continue
         settings = run_settings(experiment, spec)
         last = last_good_checkpoint(run_dir)
@@ -495,6 +526,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         loss = summary["final_val_loss"]
         evaluated = f"validation loss {loss:.4f} (ppl {math.exp(loss):.1f})" if loss is not None else "trained"
         print(f"[{position}/{len(order)}] {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
+        evaluate_run(experiment, spec, run_dir)
     report = write_report(experiment.output_dir)
     print(report["headline"], flush=True)
     print(f"report: {experiment.output_dir / 'report.md'}", flush=True)

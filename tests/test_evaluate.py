@@ -38,7 +38,8 @@ def test_a_runs_own_corpus_gives_its_final_eval_loss(run, tmp_path, capsys):
     result = json.loads((tmp_path / "e.json").read_text())
     own, other = result["rows"]
     assert own["loss"] == pytest.approx(summary["final_val_loss"], abs=1e-9)  # the same positions and masks
-    assert result["data"]["block_size"] == 24 and result["data"]["eval_mask_seed"] == 7  # read from run.json
+    assert own["data"]["block_size"] == 24 and own["data"]["eval_mask_seed"] == 7  # read from run.json
+    assert own["data"]["validation_fraction"] == 0.2 and other["data"]["validation_fraction"] == 0.05
     assert other["corpus"] == "shakespeare" and other["loss"] > own["loss"]  # another domain is harder
     assert "wikipedia" in capsys.readouterr().out
     # another masking seed scores other positions

@@ -133,14 +133,16 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     config = {
         "name": "mini", "output_dir": str(tmp_path / "out"),
         "tokenizer": {"corpus": "wiki", "vocab_size": 400},
-        "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1, "max_documents": 20}},
+        "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1, "max_documents": 20},
+                    "plays": {"source": "shakespeare", "validation_fraction": 0.2, "max_documents": 5}},
         "defaults": {"block_size": 32, "per_device_train_batch_size": 8, "eval_steps": 10, "logging_steps": 5,
-                     "save_steps": 10,
+                     "save_steps": 10, "corpus": "wiki", "evaluate": ["wiki"],
                      "training_args": {"report_to": "none", "disable_tqdm": True}},
         "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 30},
                  {"name": "scratch", "model": "llama-2x64", "max_steps": 20},
                  {"name": "ki", "model": "llama-2x64", "max_steps": 20, "teachers": ["teacher"],
-                  "baseline": "scratch", "inherit": {"inherit_steps": 10, "temperature": 1.0}}]}
+                  "baseline": "scratch", "inherit": {"inherit_steps": 10, "temperature": 1.0},
+                  "evaluate": ["wiki", "plays"]}]}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
     report = run_experiment(path)
@@ -152,6 +154,11 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
         assert key in entry
     assert report["headline"].startswith("KI (ki)")
     assert (out / "validation_loss.png").stat().st_size > 10_000 and (out / "report.md").exists()
+    # evaluate: each run on its listed corpora; its own corpus gives back its final eval_loss
+    assert set(saved["evaluation"]) == {"teacher", "scratch", "ki"} and set(saved["evaluation"]["ki"]) == {
+        "wiki", "plays"}
+    assert saved["evaluation"]["teacher"]["wiki"] == pytest.approx(saved["final_val_loss"]["teacher"], abs=1e-9)
+    assert "## Validation loss on each corpus" in (out / "report.md").read_text()
     capsys.readouterr()
     run_experiment(path)  # everything done: skipped, report rebuilt
     assert capsys.readouterr().out.count("done, skipped") == 3

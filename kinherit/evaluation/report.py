@@ -144,11 +144,17 @@ def write_report(folder: str | Path) -> dict[str, Any]:
             for key in ("ki_final_val_loss", "baseline_final_val_loss"):
                 groups[group][key] = summarise([compute[m][key] for m in members])
     throughput = {name: s["tokens_per_second"] for name, s in summaries.items() if s}
+    evaluation = {}  # each run's loss on the corpora its `evaluate:` lists
+    for name in runs:
+        path = folder / "runs" / name / "evaluation.json"
+        if path.exists():
+            evaluation[name] = {corpus: row["loss"] for corpus, row in json.loads(path.read_text()).items()}
     plots = plot_curves(folder, curves, teacher_losses, compute, runs)
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
-              "runs_finished": sorted(n for n, s in summaries.items() if s), "plots": plots}
+              "runs_finished": sorted(n for n, s in summaries.items() if s), "evaluation": evaluation,
+              "plots": plots}
     write_json_atomic(folder / "report.json", report)
     write_text_atomic(folder / "report.md", render_markdown(report, summaries))
     return report
@@ -164,8 +170,16 @@ def render_markdown(report: dict[str, Any], summaries: dict[str, Any]) -> str:
             lines.append(f"| {name} | (not finished) | | | | | |")
             continue
         loss = summary["final_val_loss"]
-        lines.append(f"| {name} | {summary['model']} | {summary['steps']} | {loss:.4f} | {math.exp(loss):.1f} | "
+        scored = f"{loss:.4f} | {math.exp(loss):.1f}" if loss is not None else "(no validation split) |"
+        lines.append(f"| {name} | {summary['model']} | {summary['steps']} | {scored} | "
                      f"{summary['tokens_per_second']:.0f} | {summary['train_seconds']:.0f} |")
+    if report["evaluation"]:
+        corpora = sorted({corpus for losses in report["evaluation"].values() for corpus in losses})
+        lines += ["", "## Validation loss on each corpus (`evaluate:`)", "",
+                  "| run | " + " | ".join(corpora) + " |", "|---|" + "---|" * len(corpora)]
+        for name, losses in report["evaluation"].items():
+            cells = [f"{losses[c]:.4f}" if c in losses else "" for c in corpora]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if report["compute_saved"]:
         lines += ["", "## Compute saved", "",
                   "Fraction of the self-learning run's steps, FLOPs (teacher forward passes charged to KI) and "
