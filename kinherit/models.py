@@ -158,12 +158,30 @@ def check_finished(folder: str) -> None:
                             "of its checkpoint-N folders")
 
 
+def load_config(source: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The HF config of a checkpoint folder, or a clear error if transformers does not know its architecture."""
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as error:
+        try:
+            model_type = json.loads((Path(source) / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+        import transformers
+
+        raise KinheritError(
+            f"{source}: model type {model_type!r} is not known to transformers {transformers.__version__} "
+            f"({str(error).splitlines()[0]}). kinherit trains masked LMs ({', '.join(sorted(MASKED_TYPES))}) and "
+            f"causal LMs ({', '.join(sorted(CAUSAL_TYPES))}) or any architecture transformers knows; if the checkpoint "
+            "ships its own model code, pass --trust_remote_code true (only for sources you trust)") from error
+
+
 def load_model(source: str, tokenizer: PreTrainedTokenizerBase | None = None, block_size: int = 128,
                trust_remote_code: bool = False, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """A model from a checkpoint folder (weights loaded), a config.json (fresh weights), or a preset."""
     if is_checkpoint(source):
         check_finished(source)
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = load_config(source, trust_remote_code)
         try:
             return auto_class(model_kind(config)).from_pretrained(
                 source, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig, PreTrainedTokenizerBase, TrainingArguments
+from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from kinherit.atomic import staging_path, write_json_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
@@ -48,9 +48,9 @@ from kinherit.inheritance.targets import TargetFn
 from kinherit.inheritance.topk import TopKTarget
 from kinherit.lm import IGNORE_INDEX, target_labels, taught_positions, validation_loss
 from kinherit.load_teachers import build_teachers, parse_teacher_specs
-from kinherit.models import model_kind
+from kinherit.models import load_config, model_kind
 from kinherit.options import CacheArguments, DataArguments, InheritanceArguments
-from kinherit.sealed import file_digest, seal, verify
+from kinherit.sealed import file_digest, seal, unseal, verify
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def build_cache(data: DataArguments, inherit: InheritanceArguments, cache: Cache
     blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint, "train",
                           data.cache_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind = model_kind(AutoConfig.from_pretrained(paths[0], trust_remote_code=trust_remote_code))
+    kind = model_kind(load_config(paths[0], trust_remote_code))
     teachers = build_teachers(inherit, tokenizer, tokenizer_path, kind, corpus.domains, device, trust_remote_code)
     masked = kind == "masked"
     epochs = cache.epochs if masked else 1
@@ -142,9 +142,9 @@ def build_cache(data: DataArguments, inherit: InheritanceArguments, cache: Cache
     manifest = {"format": CACHE_FORMAT, "settings": settings, "positions": positions, "bytes": shard_bytes,
                 "bytes_per_position": shard_bytes / max(positions, 1), "teacher_val_loss": teacher_val_loss,
                 "build_seconds": time.perf_counter() - started}
+    unseal(partial)  # a build stopped after sealing, before the rename, is sealed anew
     write_json_atomic(partial / MANIFEST_NAME, manifest)
-    (partial / "build.json").unlink()
-    seal(partial)
+    seal(partial)  # build.json stays: a build stopped at any point resumes from it
     os.replace(partial, output)
     return manifest
 

@@ -11,16 +11,19 @@ self-learning on the same fast path and no teacher runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
 from dataclasses import astuple, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from kinherit.atomic import write_json_atomic
 from kinherit.errors import KinheritError
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.loss import LossSums
@@ -72,6 +75,9 @@ class _MaskEpoch(TrainerCallback):
             self.trainer.data_collator.set_epoch(math.floor(state.epoch + 1e-6))
 
 
+COUNTERS = "kinherit_counters.json"  # in each checkpoint: training seconds, FLOPs and skipped batches so far
+
+
 class _Clock(TrainerCallback):
     """Wall-clock seconds spent training (evaluation time excluded), continued across resumes."""
 
@@ -79,12 +85,13 @@ class _Clock(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        for record in reversed(state.log_history):
-            if "train_seconds" in record:
-                self.trainer.train_seconds_offset = record["train_seconds"]
-                self.trainer.train_flops = record.get("train_flops", 0.0)
-                self.trainer.skipped_batches = int(record.get("inherit/skipped_batches", 0))
-                break
+        resumed = self.trainer.resumed_from
+        if resumed is not None and os.path.exists(os.path.join(resumed, COUNTERS)):
+            with open(os.path.join(resumed, COUNTERS), encoding="utf-8") as handle:
+                counters = json.load(handle)
+            self.trainer.train_seconds_offset = counters["train_seconds"]
+            self.trainer.train_flops = counters["train_flops"]
+            self.trainer.skipped_batches = counters["skipped_batches"]
         self.trainer.clock_start = time.perf_counter()
         self.trainer.eval_seconds = 0.0
         self.trainer.replay_adaptive_schedule()
@@ -110,7 +117,7 @@ class InheritanceTrainer(Trainer):
         self.inherit_args = inherit_args or InheritanceArguments()
         self.teachers = teachers.to(self.args.device) if teachers is not None else None
         self.teacher_cache = teacher_cache
-        self._check_parallelism()
+        self._check_arguments()
         if self.teachers is not None and self.inherit_args.teacher_placement == "shard":
             self.teachers.shard()
         if teachers is not None and teacher_cache is not None:
@@ -127,6 +134,7 @@ class InheritanceTrainer(Trainer):
         self.skipped_batches = 0
         self.train_seconds_offset = 0.0
         self.clock_start: float | None = None
+        self.resumed_from: str | None = None
         self.eval_seconds = 0.0
         # a cache measured its teachers' validation loss when it was built
         self.teacher_val_losses: list[float] | None = (
@@ -135,8 +143,27 @@ class InheritanceTrainer(Trainer):
         self.add_callback(_Clock(self))
         self.add_callback(_MaskEpoch(self))
 
-    def _check_parallelism(self) -> None:
-        """Refuse, before training, the parallel set-ups the chunked loss cannot run under."""
+    def _check_arguments(self) -> None:
+        """Refuse, before training, the options our loss and evaluation replace, and the parallel set-ups the
+        chunked loss cannot run under."""
+        args = self.args
+        overridden = [
+            (args.label_smoothing_factor == 0.0, "--label_smoothing_factor: the KI loss computes its own "
+                                                 "cross-entropy, without label smoothing; leave it at 0"),
+            (args.average_tokens_across_devices, "--average_tokens_across_devices false: the KI loss always "
+                                                 "averages over the positions of every process"),
+            (self.compute_metrics is None, "compute_metrics: evaluation reports the validation loss and perplexity "
+                                           "(kinherit evaluate and finetune measure the rest)"),
+            (args.metric_for_best_model in (None, "loss", "eval_loss", "ppl", "eval_ppl"),
+             f"--metric_for_best_model {args.metric_for_best_model}: evaluation reports eval_loss and eval_ppl only"),
+            (not (args.dataloader_persistent_workers and args.dataloader_num_workers > 0
+                  and model_kind(self.model.config) == "masked"),
+             "--dataloader_persistent_workers with a masked LM: persistent workers keep the first epoch's masks "
+             "(each epoch is masked afresh in the main process); leave it off"),
+        ]
+        refused = [message for ok, message in overridden if not ok]
+        if refused:
+            raise KinheritError("not supported by the KI training step: " + "; ".join(refused))
         if self.args.fsdp and not self.is_fsdp_enabled:
             raise KinheritError(
                 f"--fsdp was given but this run is not sharded: accelerate applies FSDP only on GPU-class devices "
@@ -273,8 +300,16 @@ class InheritanceTrainer(Trainer):
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
         if self.args.should_save:
+            write_json_atomic(Path(folder) / COUNTERS, {
+                "train_seconds": self.train_seconds(), "train_flops": self.train_flops,
+                "skipped_batches": self.skipped_batches})
             seal(folder)
             rotate_checkpoints(run_dir, limit, self.state.global_step, protect=self.state.best_model_checkpoint)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """`Trainer.train`, remembering the checkpoint it resumes from (its counters are restored from it)."""
+        self.resumed_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ---------------------------------------------------------------- logging
     def train_seconds(self) -> float:

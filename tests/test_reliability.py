@@ -13,6 +13,7 @@ import pytest
 from resume_worker import small_data
 
 from kinherit.errors import KinheritError
+from kinherit.load_teachers import load_teacher
 from kinherit.models import load_model
 from kinherit.options import InheritanceArguments, KinheritTrainingArguments, ModelArguments
 from kinherit.pretrain import pretrain
@@ -111,6 +112,18 @@ def test_unfinished_final_model_is_refused(tmp_path):
         load_model(str(tmp_path))
 
 
+def test_unknown_architecture_is_a_clear_error(tmp_path, tokenizer):
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    config = {"model_type": "frobnitz", "architectures": ["FrobnitzForCausalLM"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(KinheritError, match=r"model type 'frobnitz' is not known to transformers .*remote_code"):
+        load_model(str(folder))
+    with pytest.raises(KinheritError, match="model type 'frobnitz'"):
+        load_teacher(str(folder), tokenizer, "causal")
+
+
 def test_truncated_weights_of_a_foreign_checkpoint_are_a_clear_error(tmp_path, tokenizer):
     model = load_model("llama-1x64", tokenizer, 32)
     model.save_pretrained(tmp_path)
@@ -152,3 +165,22 @@ def test_padded_vocabulary_teacher_works(tmp_path, tokenizer, tokenizer_dir):
     assert summary["steps"] == 4 and summary["final_val_loss"] < 7.0
     kl = records(tmp_path / "student", "inherit/ki_loss")
     assert kl and all(0.0 <= value < 10.0 for value in kl.values())
+
+
+def test_resume_restores_time_and_flops_from_the_checkpoint(tmp_path, tokenizer_dir):
+    """Saving every 3 steps but logging every 4: the counters come from the checkpoint, not from a log record."""
+    def run(output, resume=None):
+        args = KinheritTrainingArguments(output_dir=str(output), max_steps=6, logging_steps=4, save_steps=3,
+                                         save_total_limit=None, eval_strategy="no", report_to="none",
+                                         disable_tqdm=True, use_cpu=True, per_device_train_batch_size=8,
+                                         resume_from_checkpoint=resume)
+        data = small_data(str(tokenizer_dir), str(tmp_path / "cache"))
+        data.block_size, data.validation_fraction = 32, 0.0
+        return pretrain(ModelArguments(model="llama-1x64"), data, InheritanceArguments(), args)
+
+    whole = run(tmp_path / "whole")
+    counters = json.loads((tmp_path / "whole" / "checkpoint-3" / "kinherit_counters.json").read_text())
+    assert 0 < counters["train_flops"] < whole["train_flops"] and counters["train_seconds"] > 0
+    resumed = run(tmp_path / "whole", resume=str(tmp_path / "whole" / "checkpoint-3"))
+    assert resumed["train_flops"] == whole["train_flops"]  # 3 steps restored + 3 steps counted
+    assert resumed["train_seconds"] > counters["train_seconds"]

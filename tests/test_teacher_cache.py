@@ -152,6 +152,23 @@ def test_interrupted_build_resumes_and_never_reads_as_complete(tmp_path, tokeniz
     assert manifest["settings"]["epochs"] == 1
 
 
+def test_build_stopped_before_sealing_resumes(tmp_path, tokenizer_dir, teachers, monkeypatch):
+    from kinherit import teacher_cache
+
+    real = teacher_cache.seal
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(teacher_cache, "seal", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path, tokenizer_dir, teachers / "llama-1x64", 4)
+    monkeypatch.setattr(teacher_cache, "seal", real)
+    manifest, path = build(tmp_path, tokenizer_dir, teachers / "llama-1x64", 4)
+    TeacherCache(path)  # sealed and verified
+    assert manifest["positions"] > 0 and not (tmp_path / "cache-4.partial").exists()
+
+
 def test_pretrain_reads_the_cache(tmp_path, tokenizer, tokenizer_dir, teachers):
     _manifest, path = build(tmp_path, tokenizer_dir, teachers / "roberta-1x64", 16, seed=0, epochs=1)
     args = KinheritTrainingArguments(output_dir=str(tmp_path / "student"), max_steps=6, eval_steps=6,

@@ -60,6 +60,19 @@ def test_unknown_nonfinite_policy_is_an_error():
         InheritanceArguments(nonfinite="ignore")
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"label_smoothing_factor": 0.1}, "--label_smoothing_factor"),
+    ({"average_tokens_across_devices": False}, "--average_tokens_across_devices false"),
+    ({"metric_for_best_model": "accuracy"}, "--metric_for_best_model accuracy"),
+    ({"dataloader_num_workers": 2, "dataloader_persistent_workers": True}, "--dataloader_persistent_workers"),
+])
+def test_training_options_the_step_replaces_are_refused(tmp_path, tokenizer, option, message):
+    student = load_model("roberta-1x64" if "dataloader_num_workers" in option else "llama-1x64", tokenizer, 32)
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, **option)
+    with pytest.raises(KinheritError, match=f"not supported by the KI training step: {message}"):
+        InheritanceTrainer(model=student, args=args, vocab_size=len(tokenizer))
+
+
 def test_finite_loss_passes(tmp_path, tokenizer):
     trainer, batch = make_trainer(tmp_path, tokenizer, poison="none")
     trainer.model.train()
