@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
-from kinherit.models import backbone_and_head
+from kinherit.models import backbone_and_head, forward_as_body, reshard_model
 
 IGNORE_INDEX = -100
 
@@ -38,7 +38,8 @@ def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, 
                     kind: str, autocast=contextlib.nullcontext) -> tuple[float, int]:
     """Mean cross-entropy per valid position of `model` over `dataset`, and the number of positions.
 
-    Logits are made chunk by chunk at the valid positions only; the model is left in the mode it had.
+    Logits are made chunk by chunk at the valid positions only; the model is called as a module, so a
+    model sharded with FSDP2 gathers its weights; it is left in the mode it had.
     """
     was_training = model.training
     model.eval()
@@ -50,12 +51,13 @@ def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, 
         input_ids = batch["input_ids"].to(device)
         labels = target_labels(batch["labels"].to(device), kind)
         positions = taught_positions(labels)
-        with autocast():
-            hidden = body(input_ids=input_ids)[0]
+        with autocast(), forward_as_body(model, body):
+            hidden = model(input_ids=input_ids)
             hidden = hidden.reshape(-1, hidden.shape[-1])
         for chunk in positions.split(chunk_size):
             logits = head(hidden[chunk])[:, :vocab].float()
             total += torch.nn.functional.cross_entropy(logits, labels[chunk], reduction="sum").item()
         count += positions.numel()
+    reshard_model(model)  # a sharded model frees the weights its root gathered
     model.train(was_training)
     return (total / count if count else math.nan), count

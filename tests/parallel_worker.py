@@ -15,9 +15,10 @@ import sys
 
 import torch
 import torch.distributed as dist
+from datasets import Dataset
 from transformers import TrainingArguments
 
-from kinherit.data import load_tokenizer
+from kinherit.data import BlockCollator, load_tokenizer
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models import load_model, shard_layers
@@ -81,8 +82,15 @@ def run_case(preset: str, teacher_preset: str, placement: str, tokenizer, args) 
         expected = reference_params[name].grad
         gaps[name] = (grad - expected).abs().max().item()
         scale = max(scale, expected.abs().max().item())
+    # evaluation runs through the sharded model (its root gathers the embeddings and head) and agrees
+    ids = batch["input_ids"].tolist()
+    blocks = Dataset.from_dict({"input_ids": ids, "index": list(range(len(ids)))})
+    sharded.eval_collator = whole.eval_collator = BlockCollator(tokenizer, kind == "masked", seed=5)
+    eval_sharded = sharded.validation_loss(student, blocks)[0]
+    eval_whole = whole.validation_loss(reference, blocks)[0]
     # gaps relative to the largest gradient entry: some gradients are zero in exact arithmetic (key biases)
-    return {"preset": preset, "placement": placement, "loss": float(sum(losses) / processes),
+    return {"preset": preset, "eval_loss": eval_sharded, "whole_eval_loss": eval_whole, "placement": placement,
+            "loss": float(sum(losses) / processes),
             "whole_loss": whole_loss.item(), "max_relative_grad_gap": max(gaps.values()) / scale,
             "sharded_parameters": sharded_params, "parameters": len(gaps),
             "teacher_sharded": all(hasattr(p, "full_tensor") for p in teacher.parameters())}

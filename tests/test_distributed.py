@@ -167,6 +167,7 @@ def test_fsdp2_sharded_student_and_teachers_match_one_unsharded_process(worker_o
         assert result["teacher_sharded"] == (result["placement"] == "shard"), result
         assert result["loss"] == pytest.approx(result["whole_loss"], rel=1e-5), result
         assert result["max_relative_grad_gap"] < 1e-5, result
+        assert result["eval_loss"] == pytest.approx(result["whole_eval_loss"], rel=1e-5), result
 
 
 def test_a_nonfinite_loss_on_one_process_is_decided_on_by_all(worker_output):
