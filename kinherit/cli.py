@@ -13,6 +13,7 @@ COMMANDS = {
     "experiment": "run an experiment YAML (tokenizer, teachers, students, report); re-running skips what is done",
     "report": "regenerate report.md, report.json and the plots of an experiment folder from its logs",
     "evaluate": "validation loss and perplexity of a checkpoint on one or more corpora, as a run's eval_loss",
+    "finetune": "fine-tune a checkpoint for sentence classification over seeds (dev-chosen settings, test accuracy)",
     "cache-teacher": "run teachers once over a corpus and store their top-K predictions for students to read",
     "grow": "initialise a larger model of the same family from a smaller one, preserving its function",
     "tokenizer": "train a byte-level BPE tokenizer on a corpus and save it as an HF tokenizer",
@@ -79,6 +80,16 @@ def run_evaluate(argv: Sequence[str]) -> int:
 
     (options,) = parse(argv, (EvaluateArguments,), "evaluate", positional=("checkpoint",))
     print(table(evaluate(options)))
+    return 0
+
+
+def run_finetune(argv: Sequence[str]) -> int:
+    """Fine-tune a checkpoint on a classification task and print the test scores."""
+    from kinherit.finetune import finetune, table
+    from kinherit.options import FinetuneArguments
+
+    (options,) = parse(argv, (FinetuneArguments,), "finetune", positional=("checkpoint",))
+    print(table(finetune(options)))
     return 0
 
 
@@ -153,6 +164,7 @@ def run_corpora(argv: Sequence[str]) -> int:
 
 
 HANDLERS = {"pretrain": run_pretrain, "experiment": run_experiment, "report": run_report, "evaluate": run_evaluate,
+            "finetune": run_finetune,
             "cache-teacher": run_cache_teacher, "grow": run_grow,
             "tokenizer": run_tokenizer, "presets": run_presets, "corpora": run_corpora}
 

@@ -300,6 +300,45 @@ class EvaluateArguments:
 
 
 @dataclass
+class FinetuneArguments:
+    """`kinherit finetune CHECKPOINT --task TASK`: sentence classification over seeds, hyper-parameters chosen on
+    the dev split (learning rate x epochs, read after each epoch of one schedule), test read once per seed."""
+
+    checkpoint: str = field(metadata={"help": "A masked or causal LM checkpoint folder (with its tokenizer)."})
+    task: str = field(metadata={
+        "help": "A built-in task (rotten-tomatoes, shakespeare-genre, python-package) or a .csv/.jsonl/.parquet "
+                "file or datasets folder."})
+    text_field: str = field(default="text", metadata={"help": "Text field of a user's task."})
+    label_field: str = field(default="label", metadata={"help": "Label field of a user's task (strings or ints)."})
+    group_field: str | None = field(default=None, metadata={
+        "help": "Source-document field: no group is split across train/dev/test (default: each row its own)."})
+    dev_file: str | None = field(default=None, metadata={"help": "Your own dev split (with --test_file)."})
+    test_file: str | None = field(default=None, metadata={"help": "Your own test split (with --dev_file)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Fine-tuning seeds."})
+    learning_rates: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3], metadata={
+        "help": "Learning rates tried on dev (the paper's {1,2,3}e-5 for BASE models, scaled to small ones)."})
+    epochs: int = field(default=3, metadata={"help": "Epochs of the schedule; the best epoch is chosen on dev."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per batch."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per example (longer ones are truncated)."})
+    max_train_examples: int | None = field(default=2000, metadata={
+        "help": "Train on a fixed random subset of this many examples (0 or none: all)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (the paper's 0.1)."})
+    warmup_steps: float = field(default=0.06, metadata={"help": "Warm-up fraction of the steps (the paper's 0.06)."})
+    output_dir: str = field(default="runs/finetune", metadata={
+        "help": "Where results are kept, one JSON per (checkpoint weights, task, settings): a repeat is read back."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the checkpoint."})
+
+    def __post_init__(self) -> None:
+        _check([(bool(self.seeds), "--seeds needs at least one seed"),
+                (bool(self.learning_rates) and all(lr > 0 for lr in self.learning_rates),
+                 f"--learning_rates must be positive numbers, got {self.learning_rates}"),
+                (self.epochs > 0 and self.batch_size > 0 and self.max_length > 1,
+                 "--epochs, --batch_size and --max_length must be positive"),
+                (self.max_train_examples is None or self.max_train_examples >= 0,
+                 f"--max_train_examples must be >= 0, got {self.max_train_examples}")])
+
+
+@dataclass
 class NoArguments:
     """A command without options."""
 

