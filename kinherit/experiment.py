@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from kinherit.atomic import write_json_atomic
+from kinherit.data.tasks import BUILTIN_TASKS
 from kinherit.errors import KinheritError
 from kinherit.options import (
     PRETRAIN_CLASSES,
@@ -39,12 +40,15 @@ logger = logging.getLogger(__name__)
 GROWN = "grown"  # the folder of a run's grown initial model
 LAUNCH_FILE = "launch.json"  # a run's `kinherit pretrain` arguments when it runs under a launcher
 
-TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description", "launcher"}
+TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description", "launcher",
+            "finetune_options"}
 TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
 CORPUS_KEYS = {"source", "domain", "text_field", "validation_fraction", "max_documents", "hf_config", "hf_split"}
 # A run's own keys: what the runner resolves (teachers are run names, corpus names the experiment's corpora).
-RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", "corpus", "description", "evaluate"}
+RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", "corpus", "description", "evaluate",
+            "finetune"}
 EVALUATION = "evaluation.json"  # a run's losses on the corpora its `evaluate:` lists
+FINETUNING = "finetune.json"  # a run's downstream results on the tasks its `finetune:` lists
 # Optional groups of `kinherit pretrain` options, for readability; their keys are the options' own names.
 GROUPS = {"inherit": (InheritanceArguments,), "training_args": (KinheritTrainingArguments,)}
 # Options the runner sets for every run itself.
@@ -114,6 +118,7 @@ class RunSpec:
     seed: int = 0
     grow: str | None = None
     evaluate: list[str] = field(default_factory=list)  # corpora to score the finished run on
+    finetune: list[str] = field(default_factory=list)  # tasks to fine-tune the finished run on
 
     def teacher_runs(self) -> list[str]:
         """The runs this one inherits from."""
@@ -136,6 +141,7 @@ class Experiment:
     runs: dict[str, RunSpec]
     description: str = ""
     launcher: str | dict[str, Any] | None = None
+    finetune_options: dict[str, Any] = field(default_factory=dict)  # `kinherit finetune` options for every run
 
     def launch_command(self, arguments_file: Path) -> list[str] | None:
         """The command that runs one run's `kinherit pretrain ARGS.json` under the launcher (None: in-process).
@@ -239,7 +245,7 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
     routing = run.get("routing", {})
     if not isinstance(routing, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in routing.items()):
         raise KinheritError(f"{where}: routing must map domain names to run names")
-    for key in ("corpus", "evaluate"):
+    for key in ("corpus", "evaluate", "finetune"):
         _check_corpus_names(where, key, run.get(key))
     return run
 
@@ -247,7 +253,34 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
 def _check_corpus_names(where: str, key: str, value: Any) -> None:
     if value is not None and not (isinstance(value, str) or (
             isinstance(value, list) and value and all(isinstance(c, str) for c in value))):
-        raise KinheritError(f"{where}: {key} must be a corpus name or a list of them, got {value!r}")
+        raise KinheritError(f"{where}: {key} must be a name or a list of names, got {value!r}")
+
+
+def _names(value: str | list[str] | None) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def finetune_arguments(options: dict[str, Any], checkpoint: str, task: str, output_dir: str) -> Any:
+    """The `kinherit finetune` options of one run and task, parsed as the command line is."""
+    from kinherit.options import FinetuneArguments
+
+    values = {**options, "checkpoint": checkpoint, "task": task, "output_dir": output_dir}
+    (arguments,) = parse_arguments(command_line(values), (FinetuneArguments,), "kinherit finetune")
+    return arguments
+
+
+def _check_finetune_options(options: Any) -> dict[str, Any]:
+    """`finetune_options:` maps `kinherit finetune` options (but the checkpoint, task and output folder) to values."""
+    if not isinstance(options, dict):
+        raise KinheritError(f"finetune_options must be a mapping of `kinherit finetune` options, got {options!r}")
+    reserved = sorted(set(options) & {"checkpoint", "task", "output_dir"})
+    if reserved:
+        raise KinheritError(f"finetune_options {reserved} are set by the experiment itself")
+    try:
+        finetune_arguments(options, "checkpoint", "task", "finetune")
+    except KinheritError as error:
+        raise KinheritError(f"finetune_options: {error}") from error
+    return options
 
 
 def _check_launcher(launcher: Any) -> str | dict[str, Any] | None:
@@ -294,8 +327,9 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     vocab = tokenizer.get("vocab_size", 8192)
     if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
         raise KinheritError(f"tokenizer vocab_size must be a positive integer, got {vocab!r}")
-    defaults = flatten_options("defaults", data.get("defaults", {}), {"corpus", "evaluate"})
-    _check_corpus_names("defaults", "evaluate", defaults.get("evaluate"))
+    defaults = flatten_options("defaults", data.get("defaults", {}), {"corpus", "evaluate", "finetune"})
+    for key in ("evaluate", "finetune"):
+        _check_corpus_names("defaults", key, defaults.get(key))
     raw_runs = data["runs"]
     if not isinstance(raw_runs, list) or not raw_runs:
         raise KinheritError("runs must be a non-empty list")
@@ -308,9 +342,7 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     for run in _expand_seeds(raw_runs, data.get("seed", 0)):
         settings = {**RUNNER_DEFAULTS, **copy.deepcopy(defaults),
                     **{k: v for k, v in run.items() if k in OPTIONS or k == "corpus"}}
-        evaluate = settings.pop("evaluate", None)
-        evaluate = run.get("evaluate", evaluate)
-        evaluate = [evaluate] if isinstance(evaluate, str) else list(evaluate or [])
+        evaluate, finetune = (_names(run.get(key, settings.pop(key, None))) for key in ("evaluate", "finetune"))
         settings.setdefault("corpus", next(iter(corpora)))
         if "model" not in settings:
             raise KinheritError(f"run {run['name']!r} has no model (a preset, config.json or checkpoint)")
@@ -318,12 +350,16 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
         for corpus in [*corpus_names, *evaluate]:
             if corpus not in corpora:
                 raise KinheritError(f"run {run['name']!r} uses corpus {corpus!r}; defined corpora: {sorted(corpora)}")
+        for task in finetune:
+            if task not in BUILTIN_TASKS and not os.path.exists(task):
+                raise KinheritError(f"run {run['name']!r} fine-tunes on {task!r}, which is neither a built-in task "
+                                    f"({', '.join(BUILTIN_TASKS)}) nor a file")
         routing = run.get("routing", {})
         if run["teachers"] and routing:
             raise KinheritError(f"run {run['name']!r} has both teachers and routing; use one")
         runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(run["teachers"]),
                                     routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
-                                    seed=run["seed"], grow=run.get("grow"), evaluate=evaluate)
+                                    seed=run["seed"], grow=run.get("grow"), evaluate=evaluate, finetune=finetune)
     for spec in runs.values():
         for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
             if ref not in runs:
@@ -331,7 +367,8 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     experiment = Experiment(name=data["name"], output_dir=Path(output_dir or data.get("output_dir")
                                                                or f"runs/{data['name']}"),
                             tokenizer=tokenizer, corpora=corpora, runs=runs, description=data.get("description", ""),
-                            launcher=_check_launcher(data.get("launcher")))
+                            launcher=_check_launcher(data.get("launcher")),
+                            finetune_options=_check_finetune_options(data.get("finetune_options", {})))
     experiment.order()  # raises on cycles
     if experiment.launcher is None:  # a launched run checks its options where it runs (bf16 needs its GPUs)
         for spec in runs.values():
@@ -476,6 +513,24 @@ def evaluate_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
         print(f"    {spec.name} on {name}: loss {done[name]['loss']:.4f}", flush=True)
 
 
+def finetune_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
+    """Fine-tune a finished run on the tasks its `finetune:` lists (results kept under OUTPUT/finetune, so a
+    repeat reads them back)."""
+    from kinherit.finetune import finetune
+
+    path = run_dir / FINETUNING
+    done = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    for task in spec.finetune:
+        arguments = finetune_arguments(experiment.finetune_options, str(run_dir), task,
+                                       str(experiment.output_dir / "finetune"))
+        result = finetune(arguments)
+        done[result["task"]] = {key: result[key] for key in ("accuracy", "macro_f1", "majority_test_accuracy",
+                                                             "selected")}
+        write_json_atomic(path, done)
+        print(f"    {spec.name} on {task}: accuracy {result['accuracy']['mean']:.4f} +- "
+              f"{result['accuracy']['std']:.4f} over {len(result['test'])} seeds", flush=True)
+
+
 def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
     """Run every unfinished run of the experiment in dependency order, then write the report."""
     from kinherit.evaluation.report import write_report
@@ -496,6 +551,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         if (run_dir / RUN_MARKER).exists():
             print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
             evaluate_run(experiment, spec, run_dir)
+            finetune_run(experiment, spec, run_dir)
             continue
         settings = run_settings(experiment, spec)
         last = last_good_checkpoint(run_dir)
@@ -527,6 +583,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         evaluated = f"validation loss {loss:.4f} (ppl {math.exp(loss):.1f})" if loss is not None else "trained"
         print(f"[{position}/{len(order)}] {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
         evaluate_run(experiment, spec, run_dir)
+        finetune_run(experiment, spec, run_dir)
     report = write_report(experiment.output_dir)
     print(report["headline"], flush=True)
     print(f"report: {experiment.output_dir / 'report.md'}", flush=True)

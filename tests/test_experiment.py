@@ -54,6 +54,9 @@ def test_valid_experiment_orders_teachers_first():
     (with_runs([{"name": "a", "model": "m", "seeds": None},
                 {"name": "b", "model": "m", "seeds": [0], "baseline": "a"}]),
      "run 'a': seeds must be a non-empty list of integers"),
+    ({**BASE, "finetune_options": {"seeds": "many"}}, "finetune_options: .*--seeds.*invalid int value"),
+    ({**BASE, "finetune_options": {"task": "x"}}, r"finetune_options \['task'\] are set by the experiment"),
+    (with_runs([{"name": "a", "model": "m", "finetune": "no-such-task"}]), "neither a built-in task"),
     ({**BASE, "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 1.5}}},
      r"validation_fraction must be in \[0, 1\), got 1.5"),
 ])
@@ -142,7 +145,10 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
                  {"name": "scratch", "model": "llama-2x64", "max_steps": 20},
                  {"name": "ki", "model": "llama-2x64", "max_steps": 20, "teachers": ["teacher"],
                   "baseline": "scratch", "inherit": {"inherit_steps": 10, "temperature": 1.0},
-                  "evaluate": ["wiki", "plays"]}]}
+                  "evaluate": ["wiki", "plays"], "finetune": [str(tmp_path / "task.jsonl")]}],
+        "finetune_options": {"seeds": [0, 1], "learning_rates": [1e-3], "epochs": 1, "max_length": 16}}
+    rows = [{"text": f"{word} {i}", "label": word} for i in range(40) for word in ("alpha", "beta")]
+    (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
     report = run_experiment(path)
@@ -159,6 +165,10 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
         "wiki", "plays"}
     assert saved["evaluation"]["teacher"]["wiki"] == pytest.approx(saved["final_val_loss"]["teacher"], abs=1e-9)
     assert "## Validation loss on each corpus" in (out / "report.md").read_text()
+    # finetune: the run's downstream accuracy over the seeds, in the report's table and plot
+    result = saved["finetune"]["task.jsonl"]["ki"]
+    assert len(result["accuracy"]["values"]) == 2 and 0.0 <= result["accuracy"]["mean"] <= 1.0
+    assert "## Downstream" in (out / "report.md").read_text() and (out / "finetune.png").stat().st_size > 5_000
     capsys.readouterr()
     run_experiment(path)  # everything done: skipped, report rebuilt
     assert capsys.readouterr().out.count("done, skipped") == 3

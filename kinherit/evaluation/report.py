@@ -110,6 +110,40 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     return [name]
 
 
+def plot_finetuning(folder: Path, finetuning: dict[str, dict[str, Any]]) -> list[str]:
+    """Test accuracy per task and run, bars with the seeds' standard deviation, saved as PNG."""
+    if not finetuning:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({name for results in finetuning.values() for name in results})
+    figure, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(finetuning) * len(names) / 2 + 2), 4.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = [t + (i - (len(names) - 1) / 2) * width for t in range(len(finetuning))]
+        means = [results[name]["accuracy"]["mean"] if name in results else 0.0 for results in finetuning.values()]
+        stds = [results[name]["accuracy"]["std"] if name in results else 0.0 for results in finetuning.values()]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+    for t, results in enumerate(finetuning.values()):
+        majority = next(iter(results.values()))["majority_test_accuracy"]
+        ax.hlines(majority, t - 0.45, t + 0.45, colors="black", linestyles="--", linewidth=1,
+                  label="majority class" if t == 0 else None)
+    ax.set_xticks(range(len(finetuning)), list(finetuning))
+    ax.set_ylabel("test accuracy (mean +- std over seeds)")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Downstream accuracy after fine-tuning")
+    figure.tight_layout()
+    name = "finetune.png"
+    save_figure_atomic(figure, folder / name, dpi=110)
+    plt.close(figure)
+    return [name]
+
+
 def write_report(folder: str | Path) -> dict[str, Any]:
     """Rebuild report.json, report.md and the plots of an experiment folder from its logs."""
     folder = Path(folder)
@@ -145,16 +179,21 @@ def write_report(folder: str | Path) -> dict[str, Any]:
                 groups[group][key] = summarise([compute[m][key] for m in members])
     throughput = {name: s["tokens_per_second"] for name, s in summaries.items() if s}
     evaluation = {}  # each run's loss on the corpora its `evaluate:` lists
+    finetuning: dict[str, dict[str, Any]] = {}  # task -> run -> test accuracy over seeds
     for name in runs:
         path = folder / "runs" / name / "evaluation.json"
         if path.exists():
             evaluation[name] = {corpus: row["loss"] for corpus, row in json.loads(path.read_text()).items()}
-    plots = plot_curves(folder, curves, teacher_losses, compute, runs)
+        path = folder / "runs" / name / "finetune.json"
+        if path.exists():
+            for task, result in json.loads(path.read_text()).items():
+                finetuning.setdefault(task, {})[name] = result
+    plots = plot_curves(folder, curves, teacher_losses, compute, runs) + plot_finetuning(folder, finetuning)
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
               "runs_finished": sorted(n for n, s in summaries.items() if s), "evaluation": evaluation,
-              "plots": plots}
+              "finetune": finetuning, "plots": plots}
     write_json_atomic(folder / "report.json", report)
     write_text_atomic(folder / "report.md", render_markdown(report, summaries))
     return report
@@ -180,6 +219,15 @@ def render_markdown(report: dict[str, Any], summaries: dict[str, Any]) -> str:
         for name, losses in report["evaluation"].items():
             cells = [f"{losses[c]:.4f}" if c in losses else "" for c in corpora]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if report["finetune"]:
+        names = sorted({name for results in report["finetune"].values() for name in results})
+        lines += ["", "## Downstream: test accuracy after fine-tuning (`finetune:`, mean +- std over seeds)", "",
+                  "| task | " + " | ".join(names) + " | majority class |", "|---|" + "---|" * (len(names) + 1)]
+        for task, results in report["finetune"].items():
+            cells = [f"{results[n]['accuracy']['mean']:.4f} +- {results[n]['accuracy']['std']:.4f}" if n in results
+                     else "" for n in names]
+            majority = next(iter(results.values()))["majority_test_accuracy"]
+            lines.append(f"| {task} | " + " | ".join(cells) + f" | {majority:.4f} |")
     if report["compute_saved"]:
         lines += ["", "## Compute saved", "",
                   "Fraction of the self-learning run's steps, FLOPs (teacher forward passes charged to KI) and "
