@@ -29,6 +29,11 @@ RUN_OPTIONS = ("block_size", "mlm_probability", "eval_mask_seed")
 CORPUS_OPTIONS = ("validation_fraction", "text_field", "max_documents")
 
 
+def source_of(item: str) -> str:
+    """The source of a `--corpus` item (`DOMAIN=SOURCE` or `SOURCE`): the domain tag changes no position."""
+    return DataArguments(corpus=[item]).corpus_specs()[0].source
+
+
 def data_options(options: EvaluateArguments, corpus: str) -> DataArguments:
     """The data options for one corpus: given on the command line, else the run's own (its run.json; the
     corpus options only for a corpus the run trained on), else the defaults of `kinherit pretrain`."""
@@ -36,7 +41,8 @@ def data_options(options: EvaluateArguments, corpus: str) -> DataArguments:
     marker = Path(options.checkpoint) / "run.json"
     if marker.exists():
         recorded = json.loads(marker.read_text(encoding="utf-8")).get("data") or {}
-    inherited = RUN_OPTIONS + (CORPUS_OPTIONS if corpus in recorded.get("corpus", []) else ())
+    trained_on = {source_of(item) for item in recorded.get("corpus", [])}
+    inherited = RUN_OPTIONS + (CORPUS_OPTIONS if source_of(corpus) in trained_on else ())
     values = {key: getattr(options, key) for key in RUN_OPTIONS + CORPUS_OPTIONS if getattr(options, key) is not None}
     values = {**{key: recorded[key] for key in inherited if recorded.get(key) is not None}, **values}
     return DataArguments(corpus=[corpus], cache_dir=options.cache_dir, **values)

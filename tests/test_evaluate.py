@@ -42,6 +42,9 @@ def test_a_runs_own_corpus_gives_its_final_eval_loss(run, tmp_path, capsys):
     assert own["data"]["validation_fraction"] == 0.2 and other["data"]["validation_fraction"] == 0.05
     assert other["corpus"] == "shakespeare" and other["loss"] > own["loss"]  # another domain is harder
     assert "wikipedia" in capsys.readouterr().out
+    # a domain tag changes no position: the run's own split still applies
+    tagged = evaluate(EvaluateArguments(checkpoint=str(folder), corpus=["wiki=wikipedia"]))
+    assert tagged["rows"][0]["loss"] == own["loss"]
     # another masking seed scores other positions
     reseeded = evaluate(EvaluateArguments(checkpoint=str(folder), corpus=["wikipedia"], eval_mask_seed=8))
     assert reseeded["rows"][0]["loss"] != own["loss"]
