@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 
 from kinherit.atomic import write_json_atomic, write_text_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer, train_tokenizer
@@ -26,7 +27,7 @@ from kinherit.errors import KinheritError
 from kinherit.load_teachers import build_teachers
 from kinherit.models import is_checkpoint, load_model, model_kind, non_embedding_parameters
 from kinherit.options import DataArguments, InheritanceArguments, ModelArguments
-from kinherit.sealed import last_good_checkpoint, seal, sealed_checkpoints, unseal, verify
+from kinherit.sealed import checkpoint_step, last_good_checkpoint, seal, sealed_checkpoints, unseal, verify
 from kinherit.teacher_cache import open_teacher_cache
 from kinherit.trainer import InheritanceTrainer
 
@@ -161,8 +162,12 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         raise KinheritError("evaluation needs validation documents; set --validation_fraction above 0 or "
                             "--eval_strategy no")
 
+    # a run killed after its last step but before its final model was written: save that, train nothing more
+    # (the Trainer would take one step beyond max_steps when resuming from the last one)
+    finished = resume is not None and checkpoint_step(resume) >= training_args.max_steps
     torch.manual_seed(training_args.seed)
-    model = load_model(model_args.model, tokenizer, data.block_size, model_args.trust_remote_code)
+    model = load_model(resume if finished else model_args.model, tokenizer, data.block_size,
+                       model_args.trust_remote_code)
     kind = model_kind(model.config)
     if model.config.vocab_size < len(tokenizer):
         raise KinheritError(f"model {model_args.model} has {model.config.vocab_size} output rows but the tokenizer "
@@ -180,14 +185,20 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         callbacks=[JsonlLogger(output_dir / LOG_FILE), *(callbacks or [])])
     if resume is None and (output_dir / LOG_FILE).exists() and trainer.is_world_process_zero():
         (output_dir / LOG_FILE).unlink()  # a fresh start: the old log belongs to another run
-    result = trainer.train(resume_from_checkpoint=resume)
+    if finished:
+        trainer.state = TrainerState.load_from_json(os.path.join(resume, TRAINER_STATE_NAME))
+        trainer.restore_counters(resume)
+        training_loss = next((r["train_loss"] for r in reversed(trainer.state.log_history) if "train_loss" in r),
+                             None)
+    else:
+        training_loss = trainer.train(resume_from_checkpoint=resume).training_loss
     final_eval = None
     if eval_blocks is not None:
         last = [r for r in trainer.state.log_history if "eval_loss" in r]
         final_eval = last[-1] if last and last[-1]["step"] == trainer.state.global_step else trainer.evaluate()
     summary = {
         "model": model_args.model, "kind": kind, "steps": trainer.state.global_step,
-        "train_loss": result.training_loss, "final_val_loss": final_eval["eval_loss"] if final_eval else None,
+        "train_loss": training_loss, "final_val_loss": final_eval["eval_loss"] if final_eval else None,
         "train_seconds": trainer.train_seconds(), "train_flops": trainer.train_flops,
         "tokens_per_second": (trainer.state.global_step * training_args.per_device_train_batch_size
                               * training_args.gradient_accumulation_steps * training_args.world_size

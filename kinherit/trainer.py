@@ -85,13 +85,8 @@ class _Clock(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        resumed = self.trainer.resumed_from
-        if resumed is not None and os.path.exists(os.path.join(resumed, COUNTERS)):
-            with open(os.path.join(resumed, COUNTERS), encoding="utf-8") as handle:
-                counters = json.load(handle)
-            self.trainer.train_seconds_offset = counters["train_seconds"]
-            self.trainer.train_flops = counters["train_flops"]
-            self.trainer.skipped_batches = counters["skipped_batches"]
+        if self.trainer.resumed_from is not None:
+            self.trainer.restore_counters(self.trainer.resumed_from)
         self.trainer.clock_start = time.perf_counter()
         self.trainer.eval_seconds = 0.0
         self.trainer.replay_adaptive_schedule()
@@ -305,6 +300,15 @@ class InheritanceTrainer(Trainer):
                 "skipped_batches": self.skipped_batches})
             seal(folder)
             rotate_checkpoints(run_dir, limit, self.state.global_step, protect=self.state.best_model_checkpoint)
+
+    def restore_counters(self, checkpoint: str) -> None:
+        """Training seconds, FLOPs and skipped batches as they were when `checkpoint` was saved."""
+        path = Path(checkpoint) / COUNTERS
+        if path.exists():
+            counters = json.loads(path.read_text(encoding="utf-8"))
+            self.train_seconds_offset = counters["train_seconds"]
+            self.train_flops = counters["train_flops"]
+            self.skipped_batches = counters["skipped_batches"]
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """`Trainer.train`, remembering the checkpoint it resumes from (its counters are restored from it)."""

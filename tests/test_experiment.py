@@ -173,10 +173,15 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     run_experiment(path)  # everything done: skipped, report rebuilt
     assert capsys.readouterr().out.count("done, skipped") == 3
     # an interrupted run (no run.json) resumes from its checkpoint
+    finished = json.loads((out / "runs" / "ki" / "run.json").read_text())
     (out / "runs" / "ki" / "run.json").unlink()
     run_experiment(path)
     log = capsys.readouterr().out
     assert "resuming checkpoint-20" in log and log.count("done, skipped") == 2
+    # resumed from its last checkpoint, the run takes no step beyond max_steps: the same model and counters
+    again = json.loads((out / "runs" / "ki" / "run.json").read_text())
+    assert again["steps"] == 20 and again["final_val_loss"] == finished["final_val_loss"]
+    assert again["train_flops"] == finished["train_flops"]
     # a changed run is refused rather than silently mixed with old results
     config["runs"][1]["max_steps"] = 25
     path.write_text(yaml.safe_dump(config))
