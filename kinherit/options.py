@@ -156,11 +156,12 @@ class InheritanceArguments:
                              value=self.inherit_value, time_constant=self.inherit_time_constant,
                              margin=self.inherit_margin)
 
-    def loss(self, vocab_size: int | None = None) -> InheritanceLoss:
-        """The inheritance loss these options describe (`vocab_size`: logit rows beyond it are cut)."""
+    def loss(self, vocab_size: int | None = None, label_smoothing: float = 0.0) -> InheritanceLoss:
+        """The inheritance loss these options describe (`vocab_size`: logit rows beyond it are cut;
+        `label_smoothing`: the training arguments' `label_smoothing_factor`, applied to the CE term)."""
         return InheritanceLoss(temperature=self.temperature, divergence=self.divergence, beta=self.jsd_beta,
                                chunk_size=self.chunk_size, vocab_size=vocab_size, fused=self.fused_loss,
-                               compiled=self.compile_loss)
+                               compiled=self.compile_loss, label_smoothing=label_smoothing)
 
 
 @dataclass

@@ -121,7 +121,8 @@ class InheritanceTrainer(Trainer):
         self.schedule = self.inherit_args.schedule() if self.source is not None else None
         self.eval_collator = eval_collator or self.data_collator
         self.vocab_size = vocab_size or self.model.config.vocab_size
-        self.loss = self.inherit_args.loss(self.vocab_size)
+        # training only: the validation loss stays the plain CE, comparable between runs
+        self.loss = self.inherit_args.loss(self.vocab_size, self.args.label_smoothing_factor)
         self.kind = model_kind(self.model.config)
         self.student_flops = FlopModel.of(self.model)
         self.teacher_flops = [FlopModel.of(m) for m in teachers.models] if teachers is not None else []
@@ -143,8 +144,6 @@ class InheritanceTrainer(Trainer):
         chunked loss cannot run under."""
         args = self.args
         overridden = [
-            (args.label_smoothing_factor == 0.0, "--label_smoothing_factor: the KI loss computes its own "
-                                                 "cross-entropy, without label smoothing; leave it at 0"),
             (args.average_tokens_across_devices, "--average_tokens_across_devices false: the KI loss always "
                                                  "averages over the positions of every process"),
             (self.compute_metrics is None, "compute_metrics: evaluation reports the validation loss and perplexity "

@@ -111,6 +111,31 @@ def test_fully_ignored_batch_is_finite_zero():
     assert torch.isfinite(student.grad).all() and (student.grad == 0).all()
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("divergence", ["forward_kl", "jsd"])
+@pytest.mark.parametrize("teacher", [True, False], ids=["ki", "self-learning"])
+def test_label_smoothing_matches_float64_reference(path, divergence, teacher):
+    """CE with a smoothed target (1 - eps) onehot + eps / V, written out in float64, on every gradient path."""
+    student, teachers, labels = make(11)
+    eps, alpha, tau = 0.2, 0.6, 2.0
+    loss = InheritanceLoss(temperature=tau, divergence=divergence, chunk_size=5, label_smoothing=eps, **PATHS[path])
+    parts = loss(student, teachers[0] if teacher else None, labels, alpha=alpha)
+    parts.total.backward()
+    leaf = student.detach().double().requires_grad_()
+    valid = labels.reshape(-1) != -100
+    logp = torch.log_softmax(leaf.reshape(-1, V)[valid], -1)
+    y = labels.reshape(-1)[valid]
+    ce = ((1 - eps) * -logp[torch.arange(len(y)), y] + eps * -logp.mean(-1)).mean()
+    _total, _ce, ki = reference(leaf, teachers, [1.0], labels, alpha, tau, divergence)
+    total = (1 - alpha) * ce + alpha * ki if teacher else ce
+    total.backward()
+    assert parts.self_loss.item() == pytest.approx(ce.item(), rel=1e-5)
+    assert parts.total.item() == pytest.approx(total.item(), rel=1e-5)
+    assert torch.allclose(student.grad.double(), leaf.grad, atol=1e-6, rtol=1e-4)
+    with pytest.raises(KinheritError, match="label smoothing must be in"):
+        InheritanceLoss(label_smoothing=1.0)
+
+
 def test_alpha_zero_and_one_limits():
     student, teachers, labels = make(3)
     loss = InheritanceLoss(temperature=2.0)

@@ -12,7 +12,7 @@ from kinherit.inheritance.topk import TopKTarget
 V = 29
 
 
-def reference(student, teacher, labels, k, alpha, tau):
+def reference(student, teacher, labels, k, alpha, tau, smoothing=0.0):
     """The top-K + tail loss written from its definition in float64, differentiated by autograd."""
     s = student.double()
     p = torch.softmax(teacher.double() / tau, -1)
@@ -26,14 +26,15 @@ def reference(student, teacher, labels, k, alpha, tau):
     kl = (p_k * (p_k.log() - q_k.log())).sum(-1)
     if k < V:
         kl = kl + p_tail * (p_tail.log() - q_tail.log())
-    ce = torch.nn.functional.cross_entropy(s, labels, reduction="sum")
+    ce = torch.nn.functional.cross_entropy(s, labels, reduction="sum", label_smoothing=smoothing)
     return (1 - alpha) * ce + alpha * tau**2 * kl.sum(), p_tail
 
 
-def ours(student, teacher, labels, k, alpha, tau, compiled=False):
+def ours(student, teacher, labels, k, alpha, tau, compiled=False, smoothing=0.0):
     target = TopKTarget.from_log_probs(torch.log_softmax(teacher / tau, -1), k)
     logits = student.detach().clone().requires_grad_()
-    output, grad, loss, stats = InheritanceLoss(temperature=tau, compiled=compiled).chunk(logits, target, labels, alpha)
+    loss_fn = InheritanceLoss(temperature=tau, compiled=compiled, label_smoothing=smoothing)
+    output, grad, loss, stats = loss_fn.chunk(logits, target, labels, alpha)
     return loss, grad, stats, target
 
 
@@ -57,6 +58,18 @@ def test_value_and_gradient_match_float64_reference(k, tau, alpha, compiled):
     torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
     if k < V:
         torch.testing.assert_close(target.tail_mass().double(), p_tail, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [4, V])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_label_smoothing_matches_float64_reference(k, compiled):
+    student, teacher, labels = make(17)
+    leaf = student.double().requires_grad_()
+    expected, _p_tail = reference(leaf, teacher, labels, k, 0.4, 2.0, smoothing=0.1)
+    expected.backward()
+    loss, grad, _stats, _target = ours(student, teacher, labels, k, 0.4, 2.0, compiled, smoothing=0.1)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
+    torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])

@@ -61,7 +61,6 @@ def test_unknown_nonfinite_policy_is_an_error():
 
 
 @pytest.mark.parametrize("option, message", [
-    ({"label_smoothing_factor": 0.1}, "--label_smoothing_factor"),
     ({"average_tokens_across_devices": False}, "--average_tokens_across_devices false"),
     ({"metric_for_best_model": "accuracy"}, "--metric_for_best_model accuracy"),
     ({"dataloader_num_workers": 2, "dataloader_persistent_workers": True}, "--dataloader_persistent_workers"),
@@ -79,7 +78,7 @@ def test_finite_loss_passes(tmp_path, tokenizer):
     assert torch.isfinite(trainer.compute_loss(trainer.model, batch))
 
 
-def plain_loss(student, teacher, batch, kind: str, alpha: float, tau: float) -> torch.Tensor:
+def plain_loss(student, teacher, batch, kind: str, alpha: float, tau: float, smoothing: float = 0.0) -> torch.Tensor:
     """The loss written the plain way: full logits from the standard forward, float64 formulas."""
     s = student(input_ids=batch["input_ids"]).logits
     with torch.no_grad():
@@ -91,12 +90,12 @@ def plain_loss(student, teacher, batch, kind: str, alpha: float, tau: float) -> 
     s, t, y = s[valid].double(), t[valid].double(), y[valid]
     p = torch.softmax(t / tau, -1)
     kl = (p * (p.log() - torch.log_softmax(s / tau, -1))).sum(-1).mean()
-    return (1 - alpha) * F.cross_entropy(s, y) + alpha * tau**2 * kl
+    return (1 - alpha) * F.cross_entropy(s, y, label_smoothing=smoothing) + alpha * tau**2 * kl
 
 
 @pytest.mark.parametrize("preset", ["llama-1x64", "roberta-1x64"])
-@pytest.mark.parametrize("compiled", [False, True])
-def test_fast_step_equals_plain_full_logits_step(tmp_path, tokenizer, preset, compiled):
+@pytest.mark.parametrize("compiled, smoothing", [(False, 0.0), (True, 0.0), (True, 0.2)])
+def test_fast_step_equals_plain_full_logits_step(tmp_path, tokenizer, preset, compiled, smoothing):
     torch.manual_seed(0)
     student = load_model(preset, tokenizer, 32)
     teacher = freeze(load_model(preset, tokenizer, 32))
@@ -112,8 +111,9 @@ def test_fast_step_equals_plain_full_logits_step(tmp_path, tokenizer, preset, co
     batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
     inherit = InheritanceArguments(inherit_schedule="constant", inherit_value=0.3, temperature=2.0, chunk_size=16,
                                    compile_loss=compiled)
-    trainer = InheritanceTrainer(model=student, args=TrainingArguments(str(tmp_path), report_to="none", use_cpu=True),
-                                 teachers=TeacherSet([teacher]), inherit_args=inherit, vocab_size=len(tokenizer))
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, label_smoothing_factor=smoothing)
+    trainer = InheritanceTrainer(model=student, args=args, teachers=TeacherSet([teacher]), inherit_args=inherit,
+                                 vocab_size=len(tokenizer))
     student.train()
     torch.manual_seed(3)  # the same dropout masks in both computations
     fast = trainer.compute_loss(student, batch)
@@ -121,7 +121,7 @@ def test_fast_step_equals_plain_full_logits_step(tmp_path, tokenizer, preset, co
     fast_grads = [p.grad.clone() for p in student.parameters()]
     student.zero_grad()
     torch.manual_seed(3)
-    plain = plain_loss(student, teacher, batch, kind, alpha=0.3, tau=2.0)
+    plain = plain_loss(student, teacher, batch, kind, alpha=0.3, tau=2.0, smoothing=smoothing)
     plain.backward()
     assert fast.item() == pytest.approx(plain.item(), rel=1e-5)
     for fast_grad, param in zip(fast_grads, student.parameters(), strict=True):

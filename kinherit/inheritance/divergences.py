@@ -83,13 +83,15 @@ def divergence_per_position(target_logp: torch.Tensor, student_logp: torch.Tenso
 
 
 def autograd_terms(student_logits: torch.Tensor, target_logp: torch.Tensor | None, labels: torch.Tensor,
-                   temperature: float, divergence: str, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   temperature: float, divergence: str, beta: float,
+                   smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of CE, sum of tau^2 * D, count of top-1 agreements) over one chunk of positions, differentiable.
 
-    `target_logp` is the teacher's tempered log-distribution at those positions (None: self-learning).
+    `target_logp` is the teacher's tempered log-distribution at those positions (None: self-learning);
+    `smoothing` is the CE's label smoothing.
     """
     logits = student_logits.float()
-    ce = F.cross_entropy(logits, labels, reduction="sum")
+    ce = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing)
     if target_logp is None:
         zero = logits.new_zeros(())
         return ce, zero, zero

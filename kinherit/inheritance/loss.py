@@ -60,14 +60,19 @@ class InheritanceLoss:
     head)` is what the trainer calls: the head runs per chunk. Padded vocabulary rows (beyond
     `vocab_size`) are cut. `fused=False` takes every gradient through autograd (the plain path the fused
     one is tested against); `compiled=True` runs the fused forward-KL kernels through `torch.compile`.
+    `label_smoothing` eps smooths the CE's one-hot label: the target becomes (1 - eps) onehot + eps / V,
+    as in `F.cross_entropy(label_smoothing=eps)`.
     """
 
     def __init__(self, temperature: float = 2.0, divergence: str = "forward_kl", beta: float = 0.5,
                  chunk_size: int = 1024, vocab_size: int | None = None, fused: bool = True,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, label_smoothing: float = 0.0) -> None:
         validate_options(temperature, divergence, beta)
         if chunk_size < 1:
             raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise KinheritError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
         self.temperature = temperature
         self.divergence = divergence
         self.beta = beta
@@ -110,17 +115,18 @@ class InheritanceLoss:
         closed_form = self.divergence == "forward_kl" and (self.fused or isinstance(target, TopKTarget))
         if closed_form:
             if target is None:
-                ce, ki, agree, grad = self_learning_terms(logits.detach(), labels)
+                ce, ki, agree, grad = self_learning_terms(logits.detach(), labels, self.label_smoothing)
             else:
                 ce, ki, agree, grad = target.forward_kl_terms(logits.detach(), labels, alpha, self.temperature,
-                                                              self.compiled)
+                                                              self.compiled, self.label_smoothing)
             loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
             return logits, grad.to(logits.dtype), loss, torch.stack([ce, ki, agree])
         if isinstance(target, TopKTarget):
             raise KinheritError(f"a teacher cache (top-K targets) supports only --divergence forward_kl, not "
                                 f"{self.divergence}; run the teacher live for other divergences")
         target_logp = target.log_probs if target is not None else None
-        ce, ki, agree = autograd_terms(logits, target_logp, labels, self.temperature, self.divergence, self.beta)
+        ce, ki, agree = autograd_terms(logits, target_logp, labels, self.temperature, self.divergence, self.beta,
+                                       self.label_smoothing)
         loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
         return loss, None, loss.detach(), torch.stack([ce.detach(), ki.detach(), agree.detach()])
 

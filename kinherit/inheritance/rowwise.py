@@ -18,11 +18,29 @@ def softmax_lse_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return probs, (peak + total.log()).squeeze(-1), top.squeeze(-1)
 
 
-def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs."""
+def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs.
+
+    With label smoothing eps the target is (1 - eps) onehot + eps / V, so CE = (1 - eps) (lse - z_y) +
+    eps (lse - mean_v z_v) (as `F.cross_entropy(..., label_smoothing=eps)`).
+    """
     rows = torch.arange(z.shape[0], device=z.device)
     probs, lse, top = softmax_lse_argmax(z)
-    return rows, probs, lse, top, (lse - z[rows, labels]).sum()
+    if smoothing == 0.0:
+        return rows, probs, lse, top, (lse - z[rows, labels]).sum()
+    ce = (1.0 - smoothing) * (lse - z[rows, labels]) + smoothing * (lse - z.mean(-1))
+    return rows, probs, lse, top, ce.sum()
+
+
+def subtract_target(grad: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | float,
+                    smoothing: float = 0.0) -> torch.Tensor:
+    """grad -= weight * ((1 - eps) onehot(labels) + eps / V): the target term of d CE / dz, in place."""
+    if smoothing == 0.0:
+        grad[rows, labels] -= weight
+        return grad
+    grad.sub_(weight * (smoothing / grad.shape[-1]))
+    grad[rows, labels] -= weight * (1.0 - smoothing)
+    return grad
 
 
 class CompiledKernel:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import mixture_log_probs, tempered_log_probs
-from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms, softmax_lse_argmax
+from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms, softmax_lse_argmax, subtract_target
 from kinherit.inheritance.topk import TopKTarget
 
 TargetFn = Callable[[torch.Tensor], "Target | TopKTarget"]
@@ -36,9 +36,9 @@ class TeacherSource(Protocol):
 
 
 def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
-                       alpha: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
+                       alpha: torch.Tensor, temperature: float, smoothing: float) -> tuple[torch.Tensor, ...]:
     """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below)."""
-    rows, probs, lse, top, ce = cross_entropy_terms(z, labels)
+    rows, probs, lse, top, ce = cross_entropy_terms(z, labels, smoothing)
     target = scores.float() if scale == 1.0 else scores.float() * scale
     p, target_lse, target_top = softmax_lse_argmax(target)
     if temperature == 1.0:
@@ -53,7 +53,7 @@ def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labe
     # At tau = 1 the tempered softmax is the plain one: both terms share one tensor.
     grad = probs.mul_(1.0 - alpha + step) if temperature == 1.0 else probs.mul_(1.0 - alpha).add_(q.mul_(step))
     grad.sub_(p.mul_(step))
-    grad[rows, labels] -= 1.0 - alpha
+    subtract_target(grad, rows, labels, 1.0 - alpha, smoothing)
     return ce, kl * temperature**2, agree, grad
 
 
@@ -61,11 +61,11 @@ _COMPILED_KERNEL = CompiledKernel(_forward_kl_kernel)
 
 
 @torch.no_grad()
-def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(CE sum, 0, 0, d CE / d logits) in closed form: softmax(z) - onehot(label)."""
+def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """(CE sum, 0, 0, d CE / d logits) in closed form: softmax(z) - the (smoothed) one-hot label."""
     z = logits.float()
-    rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels)
-    probs[rows, labels] -= 1.0
+    rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels, smoothing)
+    subtract_target(probs, rows, labels, 1.0, smoothing)
     zero = z.new_zeros(())
     return ce, zero, zero, probs
 
@@ -108,7 +108,7 @@ class Target:
 
     @torch.no_grad()
     def forward_kl_terms(self, logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
-                         compiled: bool = False) -> tuple[torch.Tensor, ...]:
+                         compiled: bool = False, smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
         """The forward-KL loss terms and their gradient with respect to the logits, in closed form.
 
         Returns (CE sum, tau^2 * KL sum, top-1 agreements, d total / d logits) for
@@ -116,8 +116,8 @@ class Target:
         KL = sum_v p_T * (scores_T - z / tau) - lse_T + lse(z / tau),
         d CE / dz = softmax(z) - onehot and d tau^2 KL / dz = tau * (softmax(z / tau) - p_T).
         This makes a few passes over the [chunk, V] tensor where autograd makes several dozen;
-        `compiled` fuses them further with `torch.compile`.
+        `compiled` fuses them further with `torch.compile`. `smoothing` smooths the CE's one-hot label.
         """
         args = (logits.float(), self.scores, self.scale, labels, torch.tensor(alpha, device=logits.device),
-                temperature)
+                temperature, smoothing)
         return _COMPILED_KERNEL(*args) if compiled else _forward_kl_kernel(*args)

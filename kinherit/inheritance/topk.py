@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms
+from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms, subtract_target
 
 
 @dataclass
@@ -42,14 +42,14 @@ class TopKTarget:
 
     @torch.no_grad()
     def forward_kl_terms(self, logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
-                         compiled: bool = False) -> tuple[torch.Tensor, ...]:
+                         compiled: bool = False, smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
         """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits), total = (1 - alpha) CE + alpha tau^2 KL_K.
 
         The same contract as `Target.forward_kl_terms`, for a top-K target; `compiled` runs the kernel through
         `torch.compile` (eager fallback with a warning).
         """
         args = (logits.float(), self.ids.long(), self.log_probs.float(), labels,
-                torch.tensor(alpha, device=logits.device), temperature)
+                torch.tensor(alpha, device=logits.device), temperature, smoothing)
         return _COMPILED_TOPK(*args) if compiled else _topk_kernel(*args)
 
     def tail_mass(self) -> torch.Tensor:
@@ -58,11 +58,10 @@ class TopKTarget:
 
 
 def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
-                 temperature: float) -> tuple[torch.Tensor, ...]:
+                 temperature: float, smoothing: float) -> tuple[torch.Tensor, ...]:
     """CE sum, tau^2 * KL_K sum, agreements and d total / d z for float32 logits `z` (see the module docstring)."""
-    rows, probs, _lse, top, ce = cross_entropy_terms(z, labels)
-    grad = probs.mul_(1.0 - alpha)
-    grad[rows, labels] -= 1.0 - alpha
+    rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing)
+    grad = subtract_target(probs.mul_(1.0 - alpha), rows, labels, 1.0 - alpha, smoothing)
     u = z / temperature
     lse = torch.logsumexp(u, dim=-1, keepdim=True)
     p_k = log_p.exp()
