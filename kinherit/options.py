@@ -389,7 +389,10 @@ def parse_arguments(argv: Sequence[str], classes: tuple, prog: str, description:
     while argv and len(leading) < len(positional) and not argv[0].startswith("-"):
         leading.append(argv.pop(0))
     argv = [token for name, value in zip(positional, leading, strict=False) for token in (f"--{name}", value)] + argv
-    parser = Parser(classes, prog=prog, description=description)
+    epilog = (f"{' '.join(name.upper() for name in positional)} may also be given first, without the flag"
+              f"{'s' if len(positional) > 1 else ''}: {prog} {' '.join(name.upper() for name in positional)} ..."
+              if positional else None)
+    parser = Parser(classes, prog=prog, description=description, epilog=epilog)
     try:
         *parsed, rest = parser.parse_args_into_dataclasses(args=merge_repeated(argv), return_remaining_strings=True)
     except KinheritError:
