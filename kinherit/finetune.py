@@ -39,7 +39,7 @@ from kinherit.data.tasks import TaskData, load_task
 from kinherit.errors import KinheritError
 from kinherit.models import is_checkpoint, load_config, model_kind
 from kinherit.options import FinetuneArguments
-from kinherit.sealed import file_digest
+from kinherit.sealed import weights_digest
 
 logger = logging.getLogger(__name__)
 SETTINGS = ("seeds", "learning_rates", "epochs", "batch_size", "max_length", "max_train_examples", "weight_decay",
@@ -61,14 +61,6 @@ def scores(predictions: list[int], labels: list[int], classes: int) -> dict[str,
 def _metrics(prediction) -> dict[str, float]:
     logits, labels = prediction
     return scores(logits.argmax(-1).tolist(), labels.tolist(), logits.shape[-1])
-
-
-def weights_digest(checkpoint: str) -> str:
-    """One digest of a checkpoint's weight files: results are cached per weights, not per path."""
-    files = sorted(p for p in Path(checkpoint).iterdir() if p.suffix in (".safetensors", ".bin"))
-    if not files:
-        raise KinheritError(f"{checkpoint} holds no weight files (.safetensors or .bin)")
-    return hashlib.sha256(",".join(f"{p.name}:{file_digest(p)}" for p in files).encode()).hexdigest()
 
 
 def _encode(task: TaskData, tokenizer: PreTrainedTokenizerBase, options: FinetuneArguments) -> dict[str, Dataset]:

@@ -31,6 +31,15 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def weights_digest(checkpoint: str | os.PathLike) -> str:
+    """The SHA-256 of each weight file of a checkpoint (safetensors or bin), as one string: what a cache built
+    from the checkpoint, or a result measured on it, is keyed by."""
+    files = sorted(p for p in Path(checkpoint).iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not files:
+        raise KinheritError(f"{checkpoint} holds no weight files (.safetensors or .bin)")
+    return ",".join(f"{p.name}:{file_digest(p)}" for p in files)
+
+
 def _files_of(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                   if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))

@@ -50,7 +50,7 @@ from kinherit.lm import IGNORE_INDEX, target_labels, taught_positions, validatio
 from kinherit.load_teachers import build_teachers, parse_teacher_specs
 from kinherit.models import load_config, model_kind
 from kinherit.options import CacheArguments, DataArguments, InheritanceArguments
-from kinherit.sealed import file_digest, seal, unseal, verify
+from kinherit.sealed import seal, unseal, verify, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +60,6 @@ LOG_PROB_TYPES = {"float16": torch.float16, "float32": torch.float32}
 # Settings a student run must share with the cache it reads (the manifest's `settings`).
 MATCHED = ("tokenizer", "corpus", "block_size", "blocks", "kind", "temperature")
 MATCHED_MASKED = ("seed", "mlm_probability")
-
-
-def _weights_digest(path: str) -> str:
-    """One digest of a checkpoint's weight files (safetensors or bin), for provenance."""
-    files = sorted(p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin"))
-    return ",".join(f"{p.name}:{file_digest(p)}" for p in files)
 
 
 def _fixed_mmap_threshold() -> None:
@@ -110,7 +104,7 @@ def build_cache(data: DataArguments, inherit: InheritanceArguments, cache: Cache
                 "blocks_per_shard": cache.blocks_per_shard, "log_prob_dtype": cache.log_prob_dtype,
                 "seed": cache.seed if masked else None,
                 "mlm_probability": data.mlm_probability if masked else None,
-                "teachers": [{"spec": spec, "weights": _weights_digest(path)}
+                "teachers": [{"spec": spec, "weights": weights_digest(path)}
                              for spec, path in zip(inherit.teacher, paths, strict=True)],
                 "teacher_weights": list(inherit.teacher_weights), "vocab_size": vocab}
     _prepare_partial(partial, settings)
