@@ -10,7 +10,6 @@ the run did not train on follows the defaults). The tokenizer is the checkpoint'
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,13 @@ import torch
 from kinherit.atomic import write_json_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
 from kinherit.errors import KinheritError
-from kinherit.lm import validation_loss
+from kinherit.lm import perplexity, validation_loss
 from kinherit.models import is_checkpoint, load_model, model_kind
-from kinherit.options import DataArguments, EvaluateArguments
+from kinherit.options import CORPUS_OPTIONS, DataArguments, EvaluateArguments
 
 # The data options that decide which positions an evaluation scores: the run's own (block length, masking)
-# and its corpus's (which documents are held out).
+# and its corpus's (CORPUS_OPTIONS: which documents are held out).
 RUN_OPTIONS = ("block_size", "mlm_probability", "eval_mask_seed")
-CORPUS_OPTIONS = ("validation_fraction", "text_field", "max_documents")
 
 
 def source_of(item: str) -> str:
@@ -34,13 +32,15 @@ def source_of(item: str) -> str:
     return DataArguments(corpus=[item]).corpus_specs()[0].source
 
 
-def data_options(options: EvaluateArguments, corpus: str) -> DataArguments:
-    """The data options for one corpus: given on the command line, else the run's own (its run.json; the
+def recorded_data_options(checkpoint: str) -> dict[str, Any]:
+    """The data options a `kinherit pretrain` run recorded in its run.json (none for other checkpoints)."""
+    marker = Path(checkpoint) / "run.json"
+    return (json.loads(marker.read_text(encoding="utf-8")).get("data") or {}) if marker.exists() else {}
+
+
+def data_options(options: EvaluateArguments, corpus: str, recorded: dict[str, Any]) -> DataArguments:
+    """The data options for one corpus: given on the command line, else the run's own (`recorded`; the
     corpus options only for a corpus the run trained on), else the defaults of `kinherit pretrain`."""
-    recorded: dict[str, Any] = {}
-    marker = Path(options.checkpoint) / "run.json"
-    if marker.exists():
-        recorded = json.loads(marker.read_text(encoding="utf-8")).get("data") or {}
     trained_on = {source_of(item) for item in recorded.get("corpus", [])}
     inherited = RUN_OPTIONS + (CORPUS_OPTIONS if source_of(corpus) in trained_on else ())
     values = {key: getattr(options, key) for key in RUN_OPTIONS + CORPUS_OPTIONS if getattr(options, key) is not None}
@@ -49,23 +49,23 @@ def data_options(options: EvaluateArguments, corpus: str) -> DataArguments:
 
 
 def evaluate(options: EvaluateArguments) -> dict[str, Any]:
-    """Evaluate the checkpoint on each corpus; returns {checkpoint, kind, data, rows} (and writes `--json`)."""
+    """Evaluate the checkpoint on each corpus; returns {checkpoint, kind, rows} (and writes `--json`)."""
     if not is_checkpoint(options.checkpoint):
         raise KinheritError(f"{options.checkpoint} is not a model checkpoint folder (no config.json there)")
     tokenizer = load_tokenizer(options.checkpoint, options.trust_remote_code)
     model = load_model(options.checkpoint, trust_remote_code=options.trust_remote_code)
     kind = model_kind(model.config)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
+    recorded = recorded_data_options(options.checkpoint)
+    splits = ("train", "validation") if options.split == "all" else (options.split,)
     rows = []
     for item in options.corpus:
-        data = data_options(options, item)
+        data = data_options(options, item, recorded)
         collator = BlockCollator(tokenizer, kind == "masked", data.mlm_probability, seed=data.eval_mask_seed)
         corpus = load_corpus(data.corpus_specs())
-        parts = {"validation": [corpus.validation], "train": [corpus.train],
-                 "all": [corpus.train, corpus.validation]}[options.split]
         total, count, documents = 0.0, 0, 0
-        for split, docs in zip(("train", "validation") if options.split == "all" else (options.split,), parts,
-                               strict=True):
+        for split in splits:
+            docs = getattr(corpus, split)
             documents += len(docs)
             if not len(docs):
                 continue
@@ -80,7 +80,7 @@ def evaluate(options: EvaluateArguments) -> dict[str, Any]:
             raise KinheritError(f"corpus {item!r} has no {options.split} positions to evaluate (its split holds "
                                 f"{documents} documents); use --split all or a larger --validation_fraction")
         loss = total / count
-        rows.append({"corpus": item, "split": options.split, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+        rows.append({"corpus": item, "split": options.split, "loss": loss, "perplexity": perplexity(loss),
                      "positions": count, "documents": documents,
                      "data": {key: getattr(data, key) for key in RUN_OPTIONS + CORPUS_OPTIONS}})
     result = {"checkpoint": options.checkpoint, "kind": kind, "rows": rows}

@@ -28,7 +28,10 @@ from kinherit.atomic import write_json_atomic
 from kinherit.data.tasks import BUILTIN_TASKS
 from kinherit.errors import KinheritError
 from kinherit.options import (
+    CORPUS_OPTIONS,
     PRETRAIN_CLASSES,
+    EvaluateArguments,
+    FinetuneArguments,
     InheritanceArguments,
     KinheritTrainingArguments,
     command_line,
@@ -53,7 +56,7 @@ FINETUNING = "finetune.json"  # a run's downstream results on the tasks its `fin
 GROUPS = {"inherit": (InheritanceArguments,), "training_args": (KinheritTrainingArguments,)}
 # Options the runner sets for every run itself.
 RESERVED = {"output_dir", "teacher", "tokenizer", "cache_dir", "seed", "data_seed", "resume_from_checkpoint",
-            "validation_fraction", "text_field", "max_documents"}
+            *CORPUS_OPTIONS}
 # Keys of earlier versions of the YAML, and the option each became.
 RENAMED = {"batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
            "warmup": "warmup_steps", "lr_scheduler": "lr_scheduler_type", "schedule": "inherit_schedule",
@@ -85,6 +88,11 @@ def _check_keys(where: str, data: Any, valid: set[str], described: str | None = 
 def _check_string(where: str, key: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise KinheritError(f"{where}: {key} must be a non-empty string, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    """An integer as YAML reads one (`true` is a bool, not 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def flatten_options(where: str, data: dict[str, Any], own: set[str]) -> dict[str, Any]:
@@ -228,10 +236,9 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
     where = f"run {run['name']!r}"
     run = flatten_options(where, run, RUN_KEYS)
     seeds = run.get("seeds", [0])  # checked here, so that a run's seeds are valid before others refer to them
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
         raise KinheritError(f"{where}: seeds must be a non-empty list of integers")
-    if "seed" in run and (not isinstance(run["seed"], int) or isinstance(run["seed"], bool)):
+    if "seed" in run and not _is_int(run["seed"]):
         raise KinheritError(f"{where}: seed must be an integer, got {run['seed']!r}")
     for key in ("baseline", "grow"):
         if key in run:
@@ -246,11 +253,12 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
     if not isinstance(routing, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in routing.items()):
         raise KinheritError(f"{where}: routing must map domain names to run names")
     for key in ("corpus", "evaluate", "finetune"):
-        _check_corpus_names(where, key, run.get(key))
+        _check_names(where, key, run.get(key))
     return run
 
 
-def _check_corpus_names(where: str, key: str, value: Any) -> None:
+def _check_names(where: str, key: str, value: Any) -> None:
+    """A corpus or task name, or a non-empty list of them."""
     if value is not None and not (isinstance(value, str) or (
             isinstance(value, list) and value and all(isinstance(c, str) for c in value))):
         raise KinheritError(f"{where}: {key} must be a name or a list of names, got {value!r}")
@@ -262,8 +270,6 @@ def _names(value: str | list[str] | None) -> list[str]:
 
 def finetune_arguments(options: dict[str, Any], checkpoint: str, task: str, output_dir: str) -> Any:
     """The `kinherit finetune` options of one run and task, parsed as the command line is."""
-    from kinherit.options import FinetuneArguments
-
     values = {**options, "checkpoint": checkpoint, "task": task, "output_dir": output_dir}
     (arguments,) = parse_arguments(command_line(values), (FinetuneArguments,), "kinherit finetune")
     return arguments
@@ -305,7 +311,7 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     for key in ("name", "output_dir", "description"):
         if key in data:
             _check_string("the experiment", key, data[key])
-    if "seed" in data and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+    if "seed" in data and not _is_int(data["seed"]):
         raise KinheritError(f"the experiment's seed must be an integer, got {data['seed']!r}")
     corpora = data["corpora"]
     if not isinstance(corpora, dict) or not corpora or not all(isinstance(k, str) for k in corpora):
@@ -325,11 +331,11 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     if "path" not in tokenizer and tokenizer.get("corpus", next(iter(corpora))) not in corpora:
         raise KinheritError(f"tokenizer corpus {tokenizer.get('corpus')!r} is not one of the corpora {sorted(corpora)}")
     vocab = tokenizer.get("vocab_size", 8192)
-    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+    if not _is_int(vocab) or vocab < 1:
         raise KinheritError(f"tokenizer vocab_size must be a positive integer, got {vocab!r}")
     defaults = flatten_options("defaults", data.get("defaults", {}), {"corpus", "evaluate", "finetune"})
     for key in ("evaluate", "finetune"):
-        _check_corpus_names("defaults", key, defaults.get(key))
+        _check_names("defaults", key, defaults.get(key))
     raw_runs = data["runs"]
     if not isinstance(raw_runs, list) or not raw_runs:
         raise KinheritError("runs must be a non-empty list")
@@ -421,8 +427,7 @@ def run_settings(experiment: Experiment, spec: RunSpec) -> dict[str, Any]:
     return {**s, "corpus": _corpus_args(experiment, corpus_names), "tokenizer": str(tokenizer_folder(experiment)),
             "cache_dir": str(experiment.output_dir / "cache"), "output_dir": str(run_dir), "teacher": teachers,
             "seed": spec.seed, "data_seed": spec.seed,
-            **{key: _first_corpus_setting(experiment, corpus_names, key, default)
-               for key, default in (("text_field", None), ("validation_fraction", None), ("max_documents", None))}}
+            **{key: _first_corpus_setting(experiment, corpus_names, key, None) for key in CORPUS_OPTIONS}}
 
 
 def run_arguments(experiment: Experiment, spec: RunSpec, settings: dict[str, Any] | None = None) -> tuple:
@@ -496,8 +501,7 @@ def grow_start(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
 
 def evaluate_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
     """Score a finished run on the corpora its `evaluate:` lists (once each: kept in evaluation.json)."""
-    from kinherit.evaluate import CORPUS_OPTIONS, evaluate
-    from kinherit.options import EvaluateArguments
+    from kinherit.evaluate import evaluate
 
     path = run_dir / EVALUATION
     done = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}

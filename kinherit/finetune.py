@@ -78,28 +78,33 @@ def _encode(task: TaskData, tokenizer: PreTrainedTokenizerBase, options: Finetun
     unknown = tokenizer.unk_token_id
     if unknown is not None:
         ids = [i for row in encoded["train"]["input_ids"] for i in row]
-        if ids and ids.count(unknown) / len(ids) > 0.05:
-            share = ids.count(unknown) / len(ids)
+        share = ids.count(unknown) / len(ids) if ids else 0.0
+        if share > 0.05:
             raise KinheritError(f"the checkpoint's tokenizer cannot encode this task: {share:.0%} of its training "
                                 "tokens are unknown; use a checkpoint trained on text like it")
     return encoded
 
 
 class _EpochWatch(TrainerCallback):
-    """Dev scores after each epoch; keeps the best epoch's weights (if asked) and stops after `stop_after`."""
+    """Dev scores after each epoch and the best epoch (the first of equals); keeps that epoch's weights (if
+    asked) and stops after `stop_after`."""
 
     def __init__(self, stop_after: int | None, keep: bool) -> None:
         self.stop_after, self.keep = stop_after, keep
         self.dev: list[dict[str, float]] = []
+        self.best: dict[str, float] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if "eval_accuracy" not in metrics:  # the test split, read after training
             return
-        self.dev.append({"epoch": round(state.epoch), "accuracy": metrics["eval_accuracy"],
-                         "macro_f1": metrics["eval_macro_f1"]})
-        if self.keep and metrics["eval_accuracy"] >= max(d["accuracy"] for d in self.dev):
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        scored = {"epoch": round(state.epoch), "accuracy": metrics["eval_accuracy"],
+                  "macro_f1": metrics["eval_macro_f1"]}
+        self.dev.append(scored)
+        if self.best is None or scored["accuracy"] > self.best["accuracy"]:
+            self.best = scored
+            if self.keep:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.stop_after is not None and round(state.epoch) >= self.stop_after:
             control.should_training_stop = True
 
@@ -180,9 +185,8 @@ def finetune(options: FinetuneArguments) -> dict[str, Any]:
         for learning_rate in options.learning_rates:
             watch, _trainer = run.train(options.seeds[0], learning_rate, keep=True)
             grid += [{"learning_rate": learning_rate, **scored} for scored in watch.dev]
-            top = max(watch.dev, key=lambda d: d["accuracy"])
-            if best is None or top["accuracy"] > best[1]["accuracy"]:
-                best = (learning_rate, top, watch.best_state)
+            if best is None or watch.best["accuracy"] > best[1]["accuracy"]:
+                best = (learning_rate, watch.best, watch.best_state)
         learning_rate, chosen, state = best
         model = run.model()
         model.load_state_dict(state)

@@ -28,6 +28,11 @@ def target_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:
     return shifted.reshape(-1)
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(50) so that a diverged run reports a number, not an overflow."""
+    return math.exp(min(loss, 50.0))
+
+
 def taught_positions(labels: torch.Tensor) -> torch.Tensor:
     """Indices of the flattened positions that carry a loss."""
     return (labels != IGNORE_INDEX).nonzero().squeeze(-1)

@@ -30,6 +30,8 @@ PLACEMENTS = ("replicate", "shard")
 LOG_PROB_DTYPES = ("float16", "float32")
 REPEATABLE = ("--teacher", "--corpus", "--teacher_weights", "--only")
 SPLITS = ("validation", "train", "all")
+# The data options that belong to a corpus rather than to a run: which documents are read and held out.
+CORPUS_OPTIONS = ("validation_fraction", "text_field", "max_documents")
 
 
 def _check(checks: list[tuple[bool, str]]) -> None:

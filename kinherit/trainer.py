@@ -30,7 +30,7 @@ from kinherit.inheritance.loss import LossSums
 from kinherit.inheritance.schedules import AdaptiveSchedule
 from kinherit.inheritance.targets import TeacherSource
 from kinherit.inheritance.teachers import TeacherSet
-from kinherit.lm import IGNORE_INDEX, target_labels, validation_loss
+from kinherit.lm import IGNORE_INDEX, perplexity, target_labels, validation_loss
 from kinherit.models import backbone_and_head, forward_as_body, model_kind
 from kinherit.options import InheritanceArguments
 from kinherit.sealed import last_good_checkpoint, rotate_checkpoints, seal, unseal
@@ -369,7 +369,7 @@ class InheritanceTrainer(Trainer):
                 self.schedule.teacher_loss = min(self.teacher_losses(dataset))
             self.schedule.observe(self.state.global_step, loss)
         self.eval_seconds += time.perf_counter() - started
-        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_ppl": math.exp(min(loss, 50.0)),
+        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_ppl": perplexity(loss),
                    f"{metric_key_prefix}_positions": count}
         if self.schedule is not None:
             metrics[f"{metric_key_prefix}_alpha"] = self.inheritance_rate()
