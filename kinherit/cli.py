@@ -11,7 +11,7 @@ from kinherit.errors import KinheritError
 COMMANDS = {
     "pretrain": "pre-train a model by self-learning, or with Knowledge Inheritance from --teacher checkpoints",
     "experiment": "run an experiment YAML (tokenizer, teachers, students, report); re-running skips what is done",
-    "report": "regenerate report.md, report.json and the plots of an experiment folder from its logs",
+    "report": "regenerate report.md, report.json and the plots of the experiments in a folder from their logs",
     "evaluate": "validation loss and perplexity of a checkpoint on one or more corpora, as a run's eval_loss",
     "finetune": "fine-tune a checkpoint for sentence classification over seeds (dev-chosen settings, test accuracy)",
     "cache-teacher": "run teachers once over a corpus and store their top-K predictions for students to read",
@@ -95,12 +95,13 @@ def run_finetune(argv: Sequence[str]) -> int:
 
 def run_report(argv: Sequence[str]) -> int:
     """Rebuild an experiment's report from its run logs."""
-    from kinherit.evaluation.report import write_report
+    from kinherit.evaluation.report import experiment_names, write_report
     from kinherit.options import ReportArguments
 
     (options,) = parse(argv, (ReportArguments,), "report", positional=("folder",))
-    report = write_report(options.folder)
-    print(report["headline"])
+    for name in [options.experiment] if options.experiment else experiment_names(options.folder):
+        report = write_report(options.folder, name)
+        print(f"{name}: {report['headline']}")
     return 0
 
 

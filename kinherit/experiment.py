@@ -3,8 +3,10 @@
 The file names a tokenizer, the corpora and a list of runs; runs name their teachers (other runs) and
 their self-learning baseline. Runs execute in dependency order, each in `OUTPUT/runs/NAME/`; a run
 whose `run.json` exists is done and skipped, a run with a checkpoint resumes from it, and the report
-is written at the end. A run with `seeds: [...]` is repeated once per seed (`NAME-s0`, ...); its
-teachers and baseline are matched seed for seed when they are repeated too.
+is written at the end to `OUTPUT/reports/EXPERIMENT/`. Several experiments may share one output folder
+(with one tokenizer): a run of the same name is the same run, trained once, and its settings must agree.
+A run with `seeds: [...]` is repeated once per seed (`NAME-s0`, ...); its teachers and baseline are
+matched seed for seed when they are repeated too.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", 
             "finetune"}
 EVALUATION = "evaluation.json"  # a run's losses on the corpora its `evaluate:` lists
 FINETUNING = "finetune.json"  # a run's downstream results on the tasks its `finetune:` lists
+MANIFESTS = "experiments"  # OUTPUT/experiments/NAME.json: each experiment that uses the folder
+REPORTS = "reports"  # OUTPUT/reports/NAME/: each experiment's report
 # Optional groups of `kinherit pretrain` options, for readability; their keys are the options' own names.
 GROUPS = {"inherit": (InheritanceArguments,), "training_args": (KinheritTrainingArguments,)}
 # Options the runner sets for every run itself.
@@ -449,21 +453,47 @@ def _fingerprint(spec: RunSpec, launcher: str | dict[str, Any] | None = None) ->
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def manifest_path(output_dir: Path, name: str) -> Path:
+    """Where experiment `name` keeps its manifest in a shared output folder."""
+    return output_dir / MANIFESTS / f"{name}.json"
+
+
+def report_folder(output_dir: Path, name: str) -> Path:
+    """Where experiment `name`'s report, report.json and plots go."""
+    return output_dir / REPORTS / name
+
+
 def prepare_output(experiment: Experiment) -> None:
-    """Claim the output folder for this experiment (refuse one that holds another experiment)."""
-    experiment.output_dir.mkdir(parents=True, exist_ok=True)
-    manifest = experiment.output_dir / "experiment.json"
-    if manifest.exists():
-        previous = json.loads(manifest.read_text())
-        if previous.get("name") != experiment.name:
-            raise KinheritError(f"{experiment.output_dir} holds experiment {previous.get('name')!r}, not "
-                                f"{experiment.name!r}; choose another output_dir or delete that folder")
+    """Record this experiment in its output folder, which other experiments may share: runs of the same name
+    are the same run (their settings are checked by fingerprint), so the tokenizer and the corpora of the same
+    name must agree with those of every other experiment there."""
+    folder = experiment.output_dir
+    (folder / MANIFESTS).mkdir(parents=True, exist_ok=True)
+    legacy = folder / "experiment.json"  # the one experiment of a folder made by an earlier version
+    if legacy.exists():
+        previous = json.loads(legacy.read_text(encoding="utf-8"))
+        os.replace(legacy, manifest_path(folder, previous["name"]))
+    for other in sorted((folder / MANIFESTS).glob("*.json")):
+        previous = json.loads(other.read_text(encoding="utf-8"))
+        if previous["name"] == experiment.name:
+            continue
+        if previous.get("tokenizer", experiment.tokenizer) != experiment.tokenizer:
+            raise KinheritError(f"{folder} holds experiment {previous['name']!r}, whose tokenizer "
+                                f"{previous['tokenizer']} differs from {experiment.tokenizer}; experiments share "
+                                "an output_dir only with the same tokenizer: choose another output_dir")
+        for corpus, spec in experiment.corpora.items():
+            if previous.get("corpora", {}).get(corpus, spec) != spec:
+                raise KinheritError(f"corpus {corpus!r} is {spec} here but {previous['corpora'][corpus]} in "
+                                    f"experiment {previous['name']!r}, which shares {folder}; give this one "
+                                    "another name")
     runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.teacher_runs(), "grow": spec.grow,
                    "baseline": spec.baseline, "model": spec.settings["model"],
                    "fingerprint": _fingerprint(spec, experiment.launcher), "settings": spec.settings,
-                   "evaluate": spec.evaluate}
+                   "evaluate": spec.evaluate, "finetune": spec.finetune}
             for name, spec in experiment.runs.items()}
-    write_json_atomic(manifest, {"name": experiment.name, "description": experiment.description, "runs": runs})
+    write_json_atomic(manifest_path(folder, experiment.name),
+                      {"name": experiment.name, "description": experiment.description,
+                       "tokenizer": experiment.tokenizer, "corpora": experiment.corpora, "runs": runs})
 
 
 def tokenizer_folder(experiment: Experiment) -> Path:
@@ -588,7 +618,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         print(f"[{position}/{len(order)}] {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
         evaluate_run(experiment, spec, run_dir)
         finetune_run(experiment, spec, run_dir)
-    report = write_report(experiment.output_dir)
+    report = write_report(experiment.output_dir, experiment.name)
     print(report["headline"], flush=True)
-    print(f"report: {experiment.output_dir / 'report.md'}", flush=True)
+    print(f"report: {report_folder(experiment.output_dir, experiment.name) / 'report.md'}", flush=True)
     return report

@@ -271,6 +271,8 @@ class ReportArguments:
     """`kinherit report FOLDER`."""
 
     folder: str = field(metadata={"help": "An experiment output folder."})
+    experiment: str | None = field(default=None, metadata={
+        "help": "The experiment to report on (default: every experiment in the folder)."})
 
 
 @dataclass

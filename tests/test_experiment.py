@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -152,7 +153,8 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
     report = run_experiment(path)
-    out = tmp_path / "out"
+    root = tmp_path / "out"
+    out = root / "reports" / "mini"
     saved = json.loads((out / "report.json").read_text())
     entry = saved["compute_saved"]["ki"]
     for key in ("steps_fraction", "flops_fraction", "time_fraction", "baseline_final_val_loss", "ki_final_val_loss",
@@ -173,24 +175,36 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     run_experiment(path)  # everything done: skipped, report rebuilt
     assert capsys.readouterr().out.count("done, skipped") == 3
     # an interrupted run (no run.json) resumes from its checkpoint
-    finished = json.loads((out / "runs" / "ki" / "run.json").read_text())
-    (out / "runs" / "ki" / "run.json").unlink()
+    finished = json.loads((root / "runs" / "ki" / "run.json").read_text())
+    (root / "runs" / "ki" / "run.json").unlink()
     run_experiment(path)
     log = capsys.readouterr().out
     assert "resuming checkpoint-20" in log and log.count("done, skipped") == 2
     # resumed from its last checkpoint, the run takes no step beyond max_steps: the same model and counters
-    again = json.loads((out / "runs" / "ki" / "run.json").read_text())
+    again = json.loads((root / "runs" / "ki" / "run.json").read_text())
     assert again["steps"] == 20 and again["final_val_loss"] == finished["final_val_loss"]
     assert again["train_flops"] == finished["train_flops"]
-    # a changed run is refused rather than silently mixed with old results
-    config["runs"][1]["max_steps"] = 25
-    path.write_text(yaml.safe_dump(config))
-    with pytest.raises(KinheritError, match="made with other settings"):
-        run_experiment(path)
-    config["name"] = "other"
-    path.write_text(yaml.safe_dump(config))
-    with pytest.raises(KinheritError, match="holds experiment 'mini'"):
-        run_experiment(path)
+    # another experiment in the same folder reuses the runs it shares (same name, same settings) and has its
+    # own report; a shared name with other settings, another tokenizer or another corpus is refused
+    other = {**config, "name": "other", "runs": config["runs"][:2]}
+    path.write_text(yaml.safe_dump(other))
+    capsys.readouterr()
+    run_experiment(path)
+    assert capsys.readouterr().out.count("done, skipped") == 2
+    assert json.loads((root / "reports" / "other" / "report.json").read_text())["experiment"] == "other"
+    assert (out / "report.md").exists()
+    for change, message in [(("runs", 1, "max_steps", 25), "made with other settings"),
+                            (("tokenizer", "vocab_size", 128), "tokenizer"),
+                            (("corpora", "plays", "max_documents", 6), "corpus 'plays'")]:
+        changed = copy.deepcopy(other)
+        *keys, last, value = change
+        target = changed
+        for key in keys:
+            target = target[key]
+        target[last] = value
+        path.write_text(yaml.safe_dump(changed))
+        with pytest.raises(KinheritError, match=message):
+            run_experiment(path)
 
 
 def test_shipped_configs_are_valid():

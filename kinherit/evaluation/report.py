@@ -144,14 +144,29 @@ def plot_finetuning(folder: Path, finetuning: dict[str, dict[str, Any]]) -> list
     return [name]
 
 
-def write_report(folder: str | Path) -> dict[str, Any]:
-    """Rebuild report.json, report.md and the plots of an experiment folder from its logs."""
+def experiment_names(folder: str | Path) -> list[str]:
+    """The experiments that use an output folder (each has a manifest there)."""
+    from kinherit.experiment import MANIFESTS
+
+    names = sorted(path.stem for path in (Path(folder) / MANIFESTS).glob("*.json"))
+    if not names:
+        raise KinheritError(f"{folder} is not an experiment folder (no {MANIFESTS}/NAME.json); give the output_dir "
+                            "of `kinherit experiment`")
+    return names
+
+
+def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
+    """Rebuild report.json, report.md and the plots of one experiment of output folder `folder` from the runs'
+    logs, into `folder/reports/EXPERIMENT/`."""
+    from kinherit.experiment import manifest_path, report_folder
+
     folder = Path(folder)
-    manifest_path = folder / "experiment.json"
-    if not manifest_path.exists():
-        raise KinheritError(f"{folder} is not an experiment folder (no experiment.json); give the output_dir of "
-                            "`kinherit experiment`")
-    manifest = json.loads(manifest_path.read_text())
+    if experiment not in experiment_names(folder):
+        raise KinheritError(f"{folder} holds no experiment {experiment!r}; it holds "
+                            f"{', '.join(experiment_names(folder))}")
+    manifest = json.loads(manifest_path(folder, experiment).read_text(encoding="utf-8"))
+    target = report_folder(folder, experiment)
+    target.mkdir(parents=True, exist_ok=True)
     runs = manifest["runs"]
     curves = {name: read_curve(folder / "runs" / name) for name in runs}
     summaries = {}
@@ -188,14 +203,14 @@ def write_report(folder: str | Path) -> dict[str, Any]:
         if path.exists():
             for task, result in json.loads(path.read_text()).items():
                 finetuning.setdefault(task, {})[name] = result
-    plots = plot_curves(folder, curves, teacher_losses, compute, runs) + plot_finetuning(folder, finetuning)
+    plots = plot_curves(target, curves, teacher_losses, compute, runs) + plot_finetuning(target, finetuning)
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
               "runs_finished": sorted(n for n, s in summaries.items() if s), "evaluation": evaluation,
               "finetune": finetuning, "plots": plots}
-    write_json_atomic(folder / "report.json", report)
-    write_text_atomic(folder / "report.md", render_markdown(report, summaries))
+    write_json_atomic(target / "report.json", report)
+    write_text_atomic(target / "report.md", render_markdown(report, summaries))
     return report
 
 
