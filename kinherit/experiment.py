@@ -443,7 +443,8 @@ def run_arguments(experiment: Experiment, spec: RunSpec, settings: dict[str, Any
         raise KinheritError(f"run {spec.name!r}: {error}") from error
 
 
-def _fingerprint(spec: RunSpec, launcher: str | dict[str, Any] | None = None) -> str:
+def run_fingerprint(spec: RunSpec, launcher: str | dict[str, Any] | None = None) -> str:
+    """What identifies a run's result: its settings, teachers, seed (and launcher and growth source)."""
     identity = {"settings": spec.settings, "teachers": spec.teachers, "routing": spec.routing, "seed": spec.seed}
     if launcher is not None:  # the number of processes changes the global batch
         identity["launcher"] = launcher
@@ -488,7 +489,7 @@ def prepare_output(experiment: Experiment) -> None:
                                     "another name")
     runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.teacher_runs(), "grow": spec.grow,
                    "baseline": spec.baseline, "model": spec.settings["model"],
-                   "fingerprint": _fingerprint(spec, experiment.launcher), "settings": spec.settings,
+                   "fingerprint": run_fingerprint(spec, experiment.launcher), "settings": spec.settings,
                    "evaluate": spec.evaluate, "finetune": spec.finetune}
             for name, spec in experiment.runs.items()}
     write_json_atomic(manifest_path(folder, experiment.name),
@@ -578,7 +579,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         spec = experiment.runs[name]
         run_dir = experiment.output_dir / "runs" / name
         fingerprint_file = run_dir / "spec.json"
-        fingerprint = _fingerprint(spec, experiment.launcher)
+        fingerprint = run_fingerprint(spec, experiment.launcher)
         if fingerprint_file.exists() and json.loads(fingerprint_file.read_text())["fingerprint"] != fingerprint:
             raise KinheritError(f"run {name!r} in {run_dir} was made with other settings than the YAML now gives; "
                                 "delete that folder to redo it, or give the changed run a new name")

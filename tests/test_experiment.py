@@ -217,6 +217,30 @@ def test_shipped_configs_are_valid():
         load_experiment(file)
 
 
+def test_analyses_share_their_runs_consistently():
+    """configs/analyses/ share one output folder: a run name means one run (same settings) in every analysis,
+    with one tokenizer and one definition per corpus name, so that each shared run is trained once."""
+    from pathlib import Path
+
+    from kinherit.experiment import run_fingerprint
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "analyses").glob("*.yaml"))
+    assert len(files) >= 4
+    seen: dict[str, tuple[str, str]] = {}
+    tokenizers, corpora = set(), {}
+    for file in files:
+        experiment = load_experiment(file)
+        assert str(experiment.output_dir) == "runs/analyses"
+        tokenizers.add(json.dumps(experiment.tokenizer, sort_keys=True))
+        for name, spec in experiment.corpora.items():
+            assert corpora.setdefault(name, spec) == spec, f"{file.name}: corpus {name} defined otherwise"
+        for name, spec in experiment.runs.items():
+            fingerprint = run_fingerprint(spec)
+            first = seen.setdefault(name, (fingerprint, file.name))
+            assert first[0] == fingerprint, f"run {name} differs between {first[1]} and {file.name}"
+    assert len(tokenizers) == 1
+
+
 def test_inherit_keys_reach_the_inheritance_arguments(tmp_path):
     inherit = {"inherit_schedule": "cosine", "inherit_steps": 30, "inherit_start": 0.8, "temperature": 1.5,
                "divergence": "jsd",
