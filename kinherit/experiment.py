@@ -48,7 +48,7 @@ LAUNCH_FILE = "launch.json"  # a run's `kinherit pretrain` arguments when it run
 TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description", "launcher",
             "finetune_options"}
 TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
-CORPUS_KEYS = {"source", "domain", "text_field", "validation_fraction", "max_documents", "hf_config", "hf_split"}
+CORPUS_KEYS = {"source", "domain", "hf_config", "hf_split", *CORPUS_OPTIONS}
 # A run's own keys: what the runner resolves (teachers are run names, corpus names the experiment's corpora).
 RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", "corpus", "description", "evaluate",
             "finetune"}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from kinherit.data.corpora import CorpusSpec
+from kinherit.data.corpora import CorpusSpec, check_train_slice
 from kinherit.data.tokenizer import SPECIAL_TOKENS
 from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import validate_options
@@ -31,7 +31,7 @@ LOG_PROB_DTYPES = ("float16", "float32")
 REPEATABLE = ("--teacher", "--corpus", "--teacher_weights", "--only")
 SPLITS = ("validation", "train", "all")
 # The data options that belong to a corpus rather than to a run: which documents are read and held out.
-CORPUS_OPTIONS = ("validation_fraction", "text_field", "max_documents")
+CORPUS_OPTIONS = ("validation_fraction", "text_field", "max_documents", "train_fraction", "train_offset")
 
 
 def _check(checks: list[tuple[bool, str]]) -> None:
@@ -61,6 +61,16 @@ class DataArguments:
     text_field: str = field(default="text", metadata={"help": "Text field of .jsonl/.parquet/datasets sources."})
     validation_fraction: float = field(default=0.05, metadata={"help": "Fraction of documents held out."})
     max_documents: int | None = field(default=None, metadata={"help": "Use at most this many documents."})
+    train_fraction: float = field(default=1.0, metadata={
+        "help": "Train on this fraction of the training documents (chosen by a hash of their ids, after the "
+                "validation documents are held out; smaller fractions are subsets of larger ones)."})
+    train_offset: float = field(default=0.0, metadata={
+        "help": "Start of the training slice: documents [offset, offset + fraction) in hash order, so 0 and 0.5 "
+                "with --train_fraction 0.5 give two disjoint halves."})
+    corpus_weights: list[float] = field(default_factory=list, metadata={
+        "help": "One weight per --corpus: the training blocks are resampled so that each corpus makes up its "
+                "share of them (a smaller corpus is repeated, a larger one subsampled; the total is unchanged). "
+                "Validation is not reweighted."})
     tokenizer: str | None = field(default=None, metadata={
         "help": "An HF tokenizer folder; default: the model checkpoint's, else a BPE trained on the corpus."})
     vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size when training a tokenizer."})
@@ -81,8 +91,14 @@ class DataArguments:
                                                  f"special tokens), got {self.vocab_size}"),
                   (self.max_documents is None or self.max_documents > 0,
                    f"--max_documents must be positive, got {self.max_documents}"),
-                  (bool(self.corpus), "--corpus needs at least one source")]
+                  (bool(self.corpus), "--corpus needs at least one source"),
+                  (not self.corpus_weights or len(self.corpus_weights) == len(self.corpus),
+                   f"--corpus_weights needs one weight per --corpus ({len(self.corpus)}), got "
+                   f"{len(self.corpus_weights)}"),
+                  (all(w > 0 for w in self.corpus_weights), f"--corpus_weights must be positive, got "
+                                                             f"{self.corpus_weights}")]
         _check(checks)
+        check_train_slice(self.train_fraction, self.train_offset)
 
     def corpus_specs(self) -> list[CorpusSpec]:
         """`--corpus` items (`SOURCE` or `DOMAIN=SOURCE`) as corpus specs."""
@@ -92,8 +108,18 @@ class DataArguments:
             if not sep or os.path.exists(item) or not domain or domain.startswith("hf:"):
                 domain, source = None, item
             specs.append(CorpusSpec(source=source, domain=domain, text_field=self.text_field,
-                                    validation_fraction=self.validation_fraction, max_documents=self.max_documents))
+                                    validation_fraction=self.validation_fraction, max_documents=self.max_documents,
+                                    train_fraction=self.train_fraction, train_offset=self.train_offset))
         return specs
+
+    def domain_weights(self, domains: list[str]) -> list[float]:
+        """The --corpus_weights per domain tag of the loaded corpus (in its `domains` order)."""
+        weights: dict[str, float] = {}
+        for spec, weight in zip(self.corpus_specs(), self.corpus_weights, strict=True):
+            if weights.setdefault(spec.domain_tag, weight) != weight:
+                raise KinheritError(f"--corpus_weights gives domain {spec.domain_tag!r} two weights; give corpora of "
+                                    "one domain the same weight, or distinct domains (DOMAIN=SOURCE)")
+        return [weights[domain] for domain in domains]
 
 
 @dataclass
@@ -292,6 +318,10 @@ class EvaluateArguments:
     eval_mask_seed: int | None = field(default=None, metadata={"help": "Validation mask seed (default: the run's)."})
     text_field: str | None = field(default=None, metadata={"help": "Text field of .jsonl/.parquet/datasets."})
     max_documents: int | None = field(default=None, metadata={"help": "Use at most this many documents."})
+    train_fraction: float | None = field(default=None, metadata={
+        "help": "Fraction of the training documents (--split train; default: the run's)."})
+    train_offset: float | None = field(default=None, metadata={
+        "help": "Start of that slice of the training documents (default: the run's)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where packed blocks are cached."})
     batch_size: int = field(default=32, metadata={"help": "Blocks per forward pass."})
     chunk_size: int = field(default=1024, metadata={"help": "Positions per chunk of the LM head."})

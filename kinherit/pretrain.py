@@ -23,6 +23,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from kinherit.atomic import write_json_atomic, write_text_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer, train_tokenizer
 from kinherit.data.corpora import Corpus
+from kinherit.data.mixture import mix_blocks
 from kinherit.errors import KinheritError
 from kinherit.load_teachers import build_teachers
 from kinherit.models import is_checkpoint, load_model, model_kind, non_embedding_parameters
@@ -152,6 +153,9 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         tokenizer = resolve_tokenizer(model_args, data, corpus, str(output_dir))
         train_blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
                                     "train", data.cache_dir)
+        if data.corpus_weights:
+            train_blocks = mix_blocks(train_blocks, data.domain_weights(corpus.domains), training_args.data_seed
+                                      if training_args.data_seed is not None else training_args.seed)
         eval_blocks = None
         if len(corpus.validation):
             eval_blocks = build_blocks(corpus.validation, tokenizer, data.block_size, corpus.domains,

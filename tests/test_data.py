@@ -43,6 +43,48 @@ def test_split_is_by_document_deterministic_and_disjoint():
     assert {d for d, _ in train} == {d for d, _ in again_train}
 
 
+def test_training_slices_nest_split_in_halves_and_leave_validation_alone():
+    docs = [(f"doc{i}", f"text {i}") for i in range(330)]
+    _, validation = split_documents(docs, 0.1, "x")
+    ids = {}
+    for fraction, offset in [(1.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.25, 0.0), (1 / 16, 0.0)]:
+        train, val = split_documents(docs, 0.1, "x", fraction, offset)
+        assert val == validation  # the held-out documents never depend on the slice
+        ids[fraction, offset] = {d for d, _ in train}
+        assert abs(len(train) - fraction * 297) <= 1
+    assert ids[1 / 16, 0.0] < ids[0.25, 0.0] < ids[0.5, 0.0] < ids[1.0, 0.0]
+    assert not ids[0.5, 0.0] & ids[0.5, 0.5] and ids[0.5, 0.0] | ids[0.5, 0.5] == ids[1.0, 0.0]
+    for fraction, offset in [(0.0, 0.0), (0.5, 0.75), (1.5, 0.0), (0.5, -0.1)]:
+        with pytest.raises(KinheritError, match="--train_fraction"):
+            split_documents(docs, 0.1, "x", fraction, offset)
+    with pytest.raises(KinheritError, match="keeps no training document"):
+        split_documents(docs[:20], 0.1, "x", 0.01)
+
+
+def test_corpus_weights_resample_blocks_to_their_shares():
+    from datasets import Dataset
+
+    from kinherit.data.mixture import mix_blocks
+    from kinherit.options import DataArguments
+
+    blocks = Dataset.from_dict({"domain_id": [0] * 90 + [1] * 10, "index": list(range(100))})
+    mixed = mix_blocks(blocks, [1.0, 1.0], seed=0)
+    assert len(mixed) == 100 and mixed["domain_id"].count(1) == 50
+    small = [i for i in mixed["index"] if i >= 90]
+    assert sorted(set(small)) == list(range(90, 100)) and all(small.count(i) == 5 for i in range(90, 100))
+    assert len(set(i for i in mixed["index"] if i < 90)) == 50  # the large corpus is subsampled without repeats
+    assert mix_blocks(blocks, [1.0, 1.0], seed=0)["index"] == mixed["index"]
+    assert mix_blocks(blocks, [1.0, 1.0], seed=1)["index"] != mixed["index"]
+    assert mix_blocks(blocks, [2.0, 1.0], seed=0)["domain_id"].count(0) == 67
+    data = DataArguments(corpus=["wiki=wikipedia", "code=python-code"], corpus_weights=[4, 1])
+    assert data.domain_weights(["code", "wiki"]) == [1, 4]
+    for weights, message in [([1.0], "one weight per --corpus"), ([1.0, 0.0], "must be positive")]:
+        with pytest.raises(KinheritError, match=message):
+            DataArguments(corpus=["wikipedia", "bible"], corpus_weights=weights)
+    with pytest.raises(KinheritError, match="two weights"):
+        DataArguments(corpus=["a=wikipedia", "a=bible"], corpus_weights=[1, 2]).domain_weights(["a"])
+
+
 def test_local_files_of_every_format(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

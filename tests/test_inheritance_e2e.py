@@ -14,12 +14,12 @@ from kinherit.pretrain import pretrain
 STEPS = 60
 
 
-def train(tmp, name, tokenizer_dir, model, steps, teachers=(), corpus=("wikipedia",), **inherit):
+def train(tmp, name, tokenizer_dir, model, steps, teachers=(), corpus=("wikipedia",), data_options=None, **inherit):
     args = KinheritTrainingArguments(output_dir=str(tmp / name), max_steps=steps, eval_steps=steps // 2,
                                      logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True,
                                      per_device_train_batch_size=16, learning_rate=2e-3, seed=0, use_cpu=True)
     data = DataArguments(corpus=list(corpus), tokenizer=str(tokenizer_dir), block_size=32, max_documents=30,
-                         validation_fraction=0.1, cache_dir=str(tmp / "cache"))
+                         validation_fraction=0.1, cache_dir=str(tmp / "cache"), **(data_options or {}))
     return pretrain(ModelArguments(model=model), data, InheritanceArguments(teacher=list(teachers), **inherit), args)
 
 
@@ -70,8 +70,11 @@ def test_teacher_of_other_depth_and_width_and_two_mixed_teachers(workdir, tokeni
 def test_domain_routing_with_two_domains(workdir, tokenizer_dir, teacher):
     corpus = ("wiki=wikipedia", "code=bible")
     routed = train(workdir, "routed", tokenizer_dir, "llama-2x128", 20, teachers=[f"wiki={teacher[0]}",
-                   f"code={teacher[0]}"], corpus=corpus, inherit_steps=20)
+                   f"code={teacher[0]}"], corpus=corpus, inherit_steps=20,
+                   data_options={"corpus_weights": [3.0, 1.0], "train_fraction": 0.5})
     assert torch.isfinite(torch.tensor(routed["final_val_loss"]))
+    recorded = json.loads((workdir / "routed" / "run.json").read_text())["data"]
+    assert recorded["corpus_weights"] == [3.0, 1.0] and recorded["train_fraction"] == 0.5
     with pytest.raises(KinheritError, match=r"\['code'\] have no routed teacher"):
         train(workdir, "routed-missing", tokenizer_dir, "llama-2x128", 4, teachers=[f"wiki={teacher[0]}"],
               corpus=corpus, inherit_steps=4)

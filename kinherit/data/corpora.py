@@ -30,6 +30,7 @@ class CorpusSpec:
     `source` is a built-in name (`wikipedia`, `shakespeare`, `bible`, `python-code`, `python-docs`),
     a local file, folder or glob of `.txt`/`.md`/`.jsonl`/`.parquet` files, a folder written by
     `datasets.Dataset.save_to_disk`, or `hf:NAME` for a dataset on the HuggingFace hub.
+    `train_fraction` and `train_offset` keep a slice of the training documents (see `split_documents`).
     """
 
     source: str
@@ -39,6 +40,8 @@ class CorpusSpec:
     max_documents: int | None = None
     hf_config: str | None = None
     hf_split: str = "train"
+    train_fraction: float = 1.0
+    train_offset: float = 0.0
 
     @property
     def domain_tag(self) -> str:
@@ -161,11 +164,27 @@ def _split_rank(doc_id: str) -> str:
     return hashlib.sha1(doc_id.encode("utf-8")).hexdigest()
 
 
-def split_documents(docs: Iterable[tuple[str, str]], validation_fraction: float,
-                    name: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split documents into (train, validation) by document, deterministically by a hash of the id."""
+def check_train_slice(train_fraction: float, train_offset: float) -> None:
+    """Refuse a training slice [train_offset, train_offset + train_fraction) that is not inside [0, 1]."""
+    if not (0.0 < train_fraction <= 1.0 and 0.0 <= train_offset < 1.0 and train_offset + train_fraction <= 1.0 + 1e-9):
+        raise KinheritError(f"--train_fraction {train_fraction} and --train_offset {train_offset} must keep a slice "
+                            "of the training documents: 0 < train_fraction <= 1, 0 <= train_offset, and their sum "
+                            "at most 1")
+
+
+def split_documents(docs: Iterable[tuple[str, str]], validation_fraction: float, name: str,
+                    train_fraction: float = 1.0, train_offset: float = 0.0
+                    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split documents into (train, validation) by document, deterministically by a hash of the id.
+
+    The first `validation_fraction` of the documents in hash order are held out; of the rest, in the same
+    order, the slice [train_offset, train_offset + train_fraction) is kept for training. So the validation
+    split never depends on the slice, smaller fractions are subsets of larger ones, and the slices
+    [0, 0.5) and [0.5, 1) are two disjoint halves.
+    """
     if not 0.0 <= validation_fraction < 1.0:
         raise KinheritError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    check_train_slice(train_fraction, train_offset)
     unique: dict[str, str] = {}
     for doc_id, text in docs:
         if text.strip():
@@ -178,7 +197,12 @@ def split_documents(docs: Iterable[tuple[str, str]], validation_fraction: float,
         raise KinheritError(f"corpus {name!r} has {len(ranked)} document(s), too few to hold out "
                             f"{validation_fraction:.0%} for validation; add documents or lower validation_fraction")
     held_out = set(ranked[:n_val])
-    train = [(d, unique[d]) for d in unique if d not in held_out]
+    rest = ranked[n_val:]
+    kept = set(rest[round(train_offset * len(rest)):round(min(1.0, train_offset + train_fraction) * len(rest))])
+    if not kept:
+        raise KinheritError(f"corpus {name!r} keeps no training document: {len(rest)} training documents and "
+                            f"train_fraction {train_fraction}; raise train_fraction")
+    train = [(d, unique[d]) for d in unique if d in kept]
     validation = [(d, unique[d]) for d in unique if d in held_out]
     return train, validation
 
@@ -196,7 +220,8 @@ def load_corpus(specs: list[CorpusSpec]) -> Corpus:
         docs = iter_documents(spec)
         if spec.max_documents is not None:
             docs = (doc for i, doc in zip(range(spec.max_documents), docs, strict=False))
-        train, validation = split_documents(docs, spec.validation_fraction, spec.source)
+        train, validation = split_documents(docs, spec.validation_fraction, spec.source, spec.train_fraction,
+                                            spec.train_offset)
         domain = spec.domain_tag
         if domain not in domains:
             domains.append(domain)
