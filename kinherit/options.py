@@ -23,6 +23,7 @@ from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import validate_options
 from kinherit.inheritance.loss import InheritanceLoss
 from kinherit.inheritance.schedules import SCHEDULES, make_schedule
+from kinherit.inheritance.topk import check_top_k
 
 MIN_VOCAB = 256 + len(set(SPECIAL_TOKENS.values()))  # byte-level BPE: every byte, then the special tokens
 NONFINITE = ("stop", "skip")
@@ -153,6 +154,12 @@ class InheritanceArguments:
     teacher_cache: str | None = field(default=None, metadata={
         "help": "A folder written by `kinherit cache-teacher`: read the teachers' top-K targets from it instead of "
                 "running teachers (forward KL only; replaces --teacher)."})
+    top_k: int | None = field(default=None, metadata={
+        "help": "Inherit only the teacher's K most likely tokens per position (live teachers or a cache built with "
+                "at least K); default: every token the source holds."})
+    top_k_mode: str = field(default="tail", metadata={
+        "help": "With top-K targets: tail (the rest of the teacher's mass is one extra outcome, matched by the "
+                "student's mass outside the K) or renormalize (the K probabilities rescaled to sum to 1)."})
     teacher_placement: str = field(default="replicate", metadata={
         "help": "replicate: each process holds whole teachers (small teachers, the KI case); shard: teachers are "
                 "sharded over the processes with FSDP2 and gathered layer by layer (teachers too large to copy)."})
@@ -162,6 +169,7 @@ class InheritanceArguments:
 
     def __post_init__(self) -> None:
         validate_options(self.temperature, self.divergence, self.jsd_beta)
+        check_top_k(self.top_k, self.top_k_mode)
         if self.teacher_placement not in PLACEMENTS:
             raise KinheritError(f"--teacher_placement {self.teacher_placement!r} is not one of {', '.join(PLACEMENTS)}")
         if self.nonfinite not in NONFINITE:
@@ -173,8 +181,9 @@ class InheritanceArguments:
                                 "give one weight per teacher")
         if self.teacher and self.teacher_cache:
             raise KinheritError("--teacher and --teacher_cache exclude each other: the cache replaces the teachers")
-        if self.teacher_cache and self.divergence != "forward_kl":
-            raise KinheritError(f"--teacher_cache supports only --divergence forward_kl, not {self.divergence}")
+        if (self.teacher_cache or self.top_k) and self.divergence != "forward_kl":
+            raise KinheritError(f"top-K targets (--teacher_cache, --top_k) support only --divergence forward_kl, not "
+                                f"{self.divergence}")
         if self.teacher or self.teacher_cache:
             self.schedule()  # its parameters are checked before any data or model is loaded
 
@@ -188,6 +197,7 @@ class InheritanceArguments:
         """The inheritance loss these options describe (`vocab_size`: logit rows beyond it are cut;
         `label_smoothing`: the training arguments' `label_smoothing_factor`, applied to the CE term)."""
         return InheritanceLoss(temperature=self.temperature, divergence=self.divergence, beta=self.jsd_beta,
+                               top_k=self.top_k, top_k_mode=self.top_k_mode,
                                chunk_size=self.chunk_size, vocab_size=vocab_size, fused=self.fused_loss,
                                compiled=self.compile_loss, label_smoothing=label_smoothing)
 

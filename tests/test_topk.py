@@ -8,6 +8,7 @@ import torch
 from kinherit.errors import KinheritError
 from kinherit.inheritance import InheritanceLoss
 from kinherit.inheritance.topk import TopKTarget
+from kinherit.options import InheritanceArguments
 
 V = 29
 
@@ -30,8 +31,21 @@ def reference(student, teacher, labels, k, alpha, tau, smoothing=0.0):
     return (1 - alpha) * ce + alpha * tau**2 * kl.sum(), p_tail
 
 
-def ours(student, teacher, labels, k, alpha, tau, compiled=False, smoothing=0.0):
-    target = TopKTarget.from_log_probs(torch.log_softmax(teacher / tau, -1), k)
+def renormalized_reference(student, teacher, labels, k, alpha, tau):
+    """The paper's renormalised top-K loss from its definition in float64: p^ = p_K / sum p_K against the
+    student's full distribution."""
+    s = student.double()
+    p = torch.softmax(teacher.double() / tau, -1)
+    ids = p.topk(k, -1).indices
+    p_hat = p.gather(1, ids) / p.gather(1, ids).sum(-1, keepdim=True)
+    log_q = torch.log_softmax(s / tau, -1).gather(1, ids)
+    kl = (p_hat * (p_hat.log() - log_q)).sum()
+    ce = torch.nn.functional.cross_entropy(s, labels, reduction="sum")
+    return (1 - alpha) * ce + alpha * tau**2 * kl
+
+
+def ours(student, teacher, labels, k, alpha, tau, compiled=False, smoothing=0.0, mode="tail"):
+    target = TopKTarget.from_log_probs(torch.log_softmax(teacher / tau, -1), k, mode)
     logits = student.detach().clone().requires_grad_()
     loss_fn = InheritanceLoss(temperature=tau, compiled=compiled, label_smoothing=smoothing)
     output, grad, loss, stats = loss_fn.chunk(logits, target, labels, alpha)
@@ -58,6 +72,40 @@ def test_value_and_gradient_match_float64_reference(k, tau, alpha, compiled):
     torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
     if k < V:
         torch.testing.assert_close(target.tail_mass().double(), p_tail, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 4, 16, V])
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_renormalized_mode_matches_float64_reference(k, tau, alpha, compiled):
+    student, teacher, labels = make(k * 5 + int(tau * 10))
+    leaf = student.double().requires_grad_()
+    expected = renormalized_reference(leaf, teacher, labels, k, alpha, tau)
+    expected.backward()
+    loss, grad, _stats, _target = ours(student, teacher, labels, k, alpha, tau, compiled, mode="renormalize")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
+    torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_top_k_of_live_teachers_and_truncated_caches_are_the_same_target():
+    """--top_k on live teacher logits, and a K=16 cache cut to K=4, give the K=4 loss of either mode."""
+    student, teacher, labels = make(23)
+    for mode in ("tail", "renormalize"):
+        expected, expected_grad, _stats, _target = ours(student, teacher, labels, 4, 0.5, 2.0, mode=mode)
+        live = InheritanceLoss(temperature=2.0, top_k=4, top_k_mode=mode)
+        logits = student.clone().requires_grad_()
+        parts = live(logits, teacher, labels, alpha=0.5)
+        parts.total.backward()
+        assert parts.total.item() * len(labels) == pytest.approx(expected.item(), rel=1e-5)
+        torch.testing.assert_close(logits.grad * len(labels), expected_grad, rtol=1e-4, atol=1e-6)
+        wide = TopKTarget.from_log_probs(torch.log_softmax(teacher / 2.0, -1), 16)
+        _out, grad, loss, _stats = live.chunk(student.clone(), live.restrict(wide), labels, 0.5)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(KinheritError, match="more tokens than the teacher cache holds"):
+        InheritanceLoss(top_k=20).restrict(wide)
+    with pytest.raises(KinheritError, match="--top_k_mode"):
+        InheritanceLoss(top_k_mode="sparse")
 
 
 @pytest.mark.parametrize("k", [4, V])
@@ -96,7 +144,9 @@ def test_truncation_moves_the_loss_towards_the_live_one_as_k_grows():
 def test_only_forward_kl_and_a_valid_k():
     student, teacher, labels = make(1)
     target = TopKTarget.from_log_probs(torch.log_softmax(teacher, -1), 3)
-    with pytest.raises(KinheritError, match="supports only --divergence forward_kl"):
+    with pytest.raises(KinheritError, match="support only --divergence forward_kl"):
         InheritanceLoss(temperature=1.0, divergence="jsd").chunk(student, target, labels, 0.5)
+    with pytest.raises(KinheritError, match="support only --divergence forward_kl"):
+        InheritanceArguments(teacher=["t"], top_k=10, divergence="jsd")
     with pytest.raises(KinheritError, match="top_k must be in"):
         TopKTarget.from_log_probs(torch.log_softmax(teacher, -1), V + 1)

@@ -25,7 +25,7 @@ from kinherit.errors import KinheritError
 from kinherit.inheritance.chunking import ChunkResult, chunked_loss
 from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
 from kinherit.inheritance.targets import Target, TargetFn, self_learning_terms
-from kinherit.inheritance.topk import TopKTarget
+from kinherit.inheritance.topk import TopKMode, TopKTarget, check_top_k
 from kinherit.lm import taught_positions
 
 
@@ -61,13 +61,18 @@ class InheritanceLoss:
     `vocab_size`) are cut. `fused=False` takes every gradient through autograd (the plain path the fused
     one is tested against); `compiled=True` runs the fused forward-KL kernels through `torch.compile`.
     `label_smoothing` eps smooths the CE's one-hot label: the target becomes (1 - eps) onehot + eps / V,
-    as in `F.cross_entropy(label_smoothing=eps)`.
+    as in `F.cross_entropy(label_smoothing=eps)`. `top_k` keeps only the teacher's K most likely tokens per
+    position, and `top_k_mode` says what becomes of the rest of its mass (kinherit.inheritance.topk).
     """
 
     def __init__(self, temperature: float = 2.0, divergence: str = "forward_kl", beta: float = 0.5,
                  chunk_size: int = 1024, vocab_size: int | None = None, fused: bool = True,
-                 compiled: bool = False, label_smoothing: float = 0.0) -> None:
+                 compiled: bool = False, label_smoothing: float = 0.0, top_k: int | None = None,
+                 top_k_mode: TopKMode = "tail") -> None:
         validate_options(temperature, divergence, beta)
+        check_top_k(top_k, top_k_mode)
+        self.top_k = top_k
+        self.top_k_mode = top_k_mode
         if chunk_size < 1:
             raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
         if not 0.0 <= label_smoothing < 1.0:
@@ -102,12 +107,21 @@ class InheritanceLoss:
             target = None
             if targets is not None:
                 with torch.no_grad():
-                    target = targets(chunk)
+                    target = self.restrict(targets(chunk))
             return self.chunk(logits, target, labels[chunk], alpha)
 
         total, stats = chunked_loss(compute, positions, self.chunk_size, [hidden], list(params), n_stats=3)
         ce, ki, agree = stats.tolist()
         return LossSums(total=total, self_loss=ce, ki_loss=ki, agreements=agree, positions=positions.numel())
+
+    def restrict(self, target: Target | TopKTarget) -> Target | TopKTarget:
+        """The target cut to `top_k` tokens under `top_k_mode` (a dense target stays whole without `top_k`)."""
+        if isinstance(target, TopKTarget):
+            return target.truncated(self.top_k, self.top_k_mode)
+        if self.top_k is None:
+            return target
+        return TopKTarget.from_log_probs(target.log_probs, min(self.top_k, target.log_probs.shape[-1]),
+                                         self.top_k_mode)
 
     def chunk(self, logits: torch.Tensor, target: Target | TopKTarget | None, labels: torch.Tensor,
                alpha: float) -> ChunkResult:
@@ -122,8 +136,8 @@ class InheritanceLoss:
             loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
             return logits, grad.to(logits.dtype), loss, torch.stack([ce, ki, agree])
         if isinstance(target, TopKTarget):
-            raise KinheritError(f"a teacher cache (top-K targets) supports only --divergence forward_kl, not "
-                                f"{self.divergence}; run the teacher live for other divergences")
+            raise KinheritError(f"top-K targets (a teacher cache, --top_k) support only --divergence forward_kl, not "
+                                f"{self.divergence}; run the teacher live with every token for other divergences")
         target_logp = target.log_probs if target is not None else None
         ce, ki, agree = autograd_terms(logits, target_logp, labels, self.temperature, self.divergence, self.beta,
                                        self.label_smoothing)

@@ -1,6 +1,8 @@
-"""Top-K teacher targets with a tail bucket: the forward-KL term when only the teacher's K most likely
-tokens per position are known (as stored by a teacher cache).
+"""Top-K teacher targets: the forward-KL term when only the teacher's K most likely tokens per position are
+known (as stored by a teacher cache, or asked for with `--top_k`). Two ways to treat the rest of the
+teacher's mass (`--top_k_mode`):
 
+**tail** (the default, what a cache keeps without loss of normalisation):
 The teacher's tempered distribution P_T (normalised over the whole vocabulary before truncation) is
 kept on its top-K tokens; the rest of its mass, p_tail = 1 - sum_K p_k, becomes one extra outcome,
 the tail. The student's tempered distribution Q is reduced to the same K + 1 outcomes: q_k on the
@@ -13,32 +15,59 @@ is a true KL divergence between two distributions on K + 1 outcomes; with K = V 
 it is the full KL. Its gradient with respect to u = z / tau is q_j - p~_j, where p~_j = p_j on the
 top-K and p_tail * q_j / q_tail elsewhere: the teacher's tail mass is spread over the tail tokens in
 the student's own proportions.
+
+**renormalize** (the paper's top-K analysis, Qin et al. section 4.3): the top-K probabilities are
+renormalised, p^_k = p_k / sum_K p_j, and zero elsewhere; the student keeps its full distribution:
+
+    KL_K = sum_{k in K} p^_k (log p^_k - log q_k),   gradient w.r.t. u: q_j - p^_j.
+
+With K = 1 this is the teacher's argmax as a hard label. With K = V both modes are the full KL.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from kinherit.errors import KinheritError
 from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms, subtract_target
 
+TOP_K_MODES = ("tail", "renormalize")
+TopKMode = Literal["tail", "renormalize"]
+
+
+def check_top_k(top_k: int | None, mode: str) -> None:
+    """Refuse a K below 1 or an unknown mode."""
+    if top_k is not None and top_k < 1 or mode not in TOP_K_MODES:
+        raise KinheritError(f"--top_k must be at least 1 (got {top_k}) and --top_k_mode one of "
+                            f"{', '.join(TOP_K_MODES)} (got {mode!r})")
+
 
 @dataclass
 class TopKTarget:
-    """The teacher's top-K token ids `[n, K]` and their tempered log-probabilities `[n, K]` (float32)."""
+    """The teacher's top-K token ids `[n, K]` and their tempered log-probabilities `[n, K]` (float32, normalised
+    over the whole vocabulary, most likely first), and how the rest of the mass is treated (`mode`)."""
 
     ids: torch.Tensor
     log_probs: torch.Tensor
+    mode: TopKMode = "tail"
 
     @classmethod
-    def from_log_probs(cls, log_probs: torch.Tensor, k: int) -> TopKTarget:
+    def from_log_probs(cls, log_probs: torch.Tensor, k: int, mode: TopKMode = "tail") -> TopKTarget:
         """Keep the K most likely tokens of full tempered log-probabilities `[n, V]` (sorted, most likely first)."""
         if not 1 <= k <= log_probs.shape[-1]:
             raise KinheritError(f"top_k must be in [1, {log_probs.shape[-1]}], got {k}")
         values, ids = log_probs.float().topk(k, dim=-1)
-        return cls(ids, values)
+        return cls(ids, values, mode)
+
+    def truncated(self, k: int | None, mode: TopKMode) -> TopKTarget:
+        """The first `k` tokens (all when None) under `mode`: a cache built with a large K serves every smaller K."""
+        if k is not None and k > self.ids.shape[-1]:
+            raise KinheritError(f"--top_k {k} asks for more tokens than the teacher cache holds "
+                                f"({self.ids.shape[-1]}); rebuild the cache with --top_k {k} or ask for fewer")
+        return TopKTarget(self.ids[:, :k], self.log_probs[:, :k], mode)
 
     @torch.no_grad()
     def forward_kl_terms(self, logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
@@ -49,7 +78,7 @@ class TopKTarget:
         `torch.compile` (eager fallback with a warning).
         """
         args = (logits.float(), self.ids.long(), self.log_probs.float(), labels,
-                torch.tensor(alpha, device=logits.device), temperature, smoothing)
+                torch.tensor(alpha, device=logits.device), temperature, smoothing, self.mode == "renormalize")
         return _COMPILED_TOPK(*args) if compiled else _topk_kernel(*args)
 
     def tail_mass(self) -> torch.Tensor:
@@ -58,12 +87,20 @@ class TopKTarget:
 
 
 def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
-                 temperature: float, smoothing: float) -> tuple[torch.Tensor, ...]:
+                 temperature: float, smoothing: float, renormalize: bool) -> tuple[torch.Tensor, ...]:
     """CE sum, tau^2 * KL_K sum, agreements and d total / d z for float32 logits `z` (see the module docstring)."""
     rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing)
     grad = subtract_target(probs.mul_(1.0 - alpha), rows, labels, 1.0 - alpha, smoothing)
     u = z / temperature
     lse = torch.logsumexp(u, dim=-1, keepdim=True)
+    step = alpha * temperature
+    agree = (top == ids[:, 0]).sum().float()
+    if renormalize:  # p^ = p_k / sum_K p: d(tau^2 KL)/dz = tau * (q - p^)
+        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
+        p_k = log_p.exp()
+        kl = (p_k * (log_p - (u.gather(1, ids) - lse))).sum()
+        grad = (grad + (u - lse).exp() * step).scatter_add(1, ids, -step * p_k)
+        return ce, kl * temperature**2, agree, grad
     p_k = log_p.exp()
     in_top = torch.zeros_like(u, dtype=torch.bool).scatter_(1, ids, True)
     tail_lse = torch.logsumexp(u.masked_fill(in_top, float("-inf")), dim=-1, keepdim=True)
@@ -75,12 +112,10 @@ def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels
     kl_tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0).squeeze(-1)
     kl = (kl_top + kl_tail).sum()
     # d(tau^2 KL_K)/dz = tau * (q - p~): p~ is p_k on the top-K, p_tail * q_j / q_tail on the tail
-    step = alpha * temperature
     q = (u - lse).exp()
     spread = torch.where(in_top, 0.0, (u - tail_lse).exp() * p_tail)
     grad = grad + (q - spread) * step
     grad = grad.scatter_add(1, ids, -step * p_k)
-    agree = (top == ids[:, 0]).sum().float()
     return ce, kl * temperature**2, agree, grad
 
 
