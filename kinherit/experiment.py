@@ -32,6 +32,7 @@ from kinherit.errors import KinheritError
 from kinherit.options import (
     CORPUS_OPTIONS,
     PRETRAIN_CLASSES,
+    CacheArguments,
     EvaluateArguments,
     FinetuneArguments,
     InheritanceArguments,
@@ -51,7 +52,10 @@ TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
 CORPUS_KEYS = {"source", "domain", "hf_config", "hf_split", *CORPUS_OPTIONS}
 # A run's own keys: what the runner resolves (teachers are run names, corpus names the experiment's corpora).
 RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", "corpus", "description", "evaluate",
-            "finetune"}
+            "finetune", "cache"}
+CACHES = "caches"  # OUTPUT/caches/KEY: teacher caches the runner built for runs with `cache:`
+# `cache:` options of a run: `kinherit cache-teacher`'s, less those the runner sets (where, and the masking seed)
+CACHE_KEYS = {f.name for f in fields(CacheArguments)} - {"output", "seed"}
 EVALUATION = "evaluation.json"  # a run's losses on the corpora its `evaluate:` lists
 FINETUNING = "finetune.json"  # a run's downstream results on the tasks its `finetune:` lists
 MANIFESTS = "experiments"  # OUTPUT/experiments/NAME.json: each experiment that uses the folder
@@ -131,6 +135,7 @@ class RunSpec:
     grow: str | None = None
     evaluate: list[str] = field(default_factory=list)  # corpora to score the finished run on
     finetune: list[str] = field(default_factory=list)  # tasks to fine-tune the finished run on
+    cache: dict[str, Any] | None = None  # read the teachers from a cache built with these options
 
     def teacher_runs(self) -> list[str]:
         """The runs this one inherits from."""
@@ -258,6 +263,11 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
         raise KinheritError(f"{where}: routing must map domain names to run names")
     for key in ("corpus", "evaluate", "finetune"):
         _check_names(where, key, run.get(key))
+    if "cache" in run:
+        _check_keys(f"{where} cache", run["cache"], CACHE_KEYS, "the options of `kinherit cache-teacher --help`")
+        if not teachers and not routing:
+            raise KinheritError(f"{where} has a cache but no teachers to cache")
+        CacheArguments(**run["cache"])  # checked before anything runs
     return run
 
 
@@ -369,7 +379,8 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
             raise KinheritError(f"run {run['name']!r} has both teachers and routing; use one")
         runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(run["teachers"]),
                                     routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
-                                    seed=run["seed"], grow=run.get("grow"), evaluate=evaluate, finetune=finetune)
+                                    seed=run["seed"], grow=run.get("grow"), evaluate=evaluate, finetune=finetune,
+                                    cache=run.get("cache"))
     for spec in runs.values():
         for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
             if ref not in runs:
@@ -450,6 +461,8 @@ def run_fingerprint(spec: RunSpec, launcher: str | dict[str, Any] | None = None)
         identity["launcher"] = launcher
     if spec.grow:
         identity["grow"] = spec.grow
+    if spec.cache is not None:
+        identity["cache"] = spec.cache
     blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -530,6 +543,26 @@ def grow_start(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
               f"logit difference {report.max_abs_logit_difference:.1e}", flush=True)
 
 
+def cached_teachers(experiment: Experiment, spec: RunSpec, settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings reading its teachers from a cache (built once under OUTPUT/caches/ and shared by every
+    run with the same teachers, data, temperature and cache options) instead of running them."""
+    from kinherit.teacher_cache import build_cache
+
+    _model, data, inherit, _training = run_arguments(experiment, spec, settings)
+    options = CacheArguments(**{**spec.cache, "seed": spec.seed, "output": ""})
+    identity = {"teachers": inherit.teacher, "weights": inherit.teacher_weights, "temperature": inherit.temperature,
+                "data": {key: getattr(data, key) for key in ("corpus", "block_size", "mlm_probability", "tokenizer",
+                                                             "corpus_weights", *CORPUS_OPTIONS)},
+                "cache": {key: getattr(options, key) for key in sorted(CACHE_KEYS | {"seed"})}}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = experiment.output_dir / CACHES / f"{'+'.join(spec.teacher_runs())}-top{options.top_k}-{key}"
+    if not path.exists():
+        print(f"    caching {', '.join(spec.teacher_runs())} (top-{options.top_k}) in {path}", flush=True)
+        options.output = str(path)
+        build_cache(data, inherit, options)
+    return {**settings, "teacher": [], "teacher_cache": str(path)}
+
+
 def evaluate_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
     """Score a finished run on the corpora its `evaluate:` lists (once each: kept in evaluation.json)."""
     from kinherit.evaluate import evaluate
@@ -593,6 +626,8 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         settings["resume_from_checkpoint"] = last
         if spec.grow:
             settings["model"] = str(run_dir / GROWN)
+        if spec.cache is not None:
+            settings = cached_teachers(experiment, spec, settings)
         arguments = run_arguments(experiment, spec, settings)  # every value is checked before anything is written
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})

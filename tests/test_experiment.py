@@ -146,7 +146,10 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
                  {"name": "scratch", "model": "llama-2x64", "max_steps": 20},
                  {"name": "ki", "model": "llama-2x64", "max_steps": 20, "teachers": ["teacher"],
                   "baseline": "scratch", "inherit": {"inherit_steps": 10, "temperature": 1.0},
-                  "evaluate": ["wiki", "plays"], "finetune": [str(tmp_path / "task.jsonl")]}],
+                  "evaluate": ["wiki", "plays"], "finetune": [str(tmp_path / "task.jsonl")]},
+                 {"name": "ki-cached", "model": "llama-2x64", "max_steps": 20, "teachers": ["teacher"],
+                  "baseline": "scratch", "cache": {"top_k": 8, "blocks_per_shard": 64},
+                  "inherit": {"inherit_steps": 10, "temperature": 1.0, "top_k": 4, "top_k_mode": "renormalize"}}],
         "finetune_options": {"seeds": [0, 1], "learning_rates": [1e-3], "epochs": 1, "max_length": 16}}
     rows = [{"text": f"{word} {i}", "label": word} for i in range(40) for word in ("alpha", "beta")]
     (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -163,7 +166,7 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     assert report["headline"].startswith("KI (ki)")
     assert (out / "validation_loss.png").stat().st_size > 10_000 and (out / "report.md").exists()
     # evaluate: each run on its listed corpora; its own corpus gives back its final eval_loss
-    assert set(saved["evaluation"]) == {"teacher", "scratch", "ki"} and set(saved["evaluation"]["ki"]) == {
+    assert set(saved["evaluation"]) == {"teacher", "scratch", "ki", "ki-cached"} and set(saved["evaluation"]["ki"]) == {
         "wiki", "plays"}
     assert saved["evaluation"]["teacher"]["wiki"] == pytest.approx(saved["final_val_loss"]["teacher"], abs=1e-9)
     assert "## Validation loss on each corpus" in (out / "report.md").read_text()
@@ -172,14 +175,19 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     assert len(result["accuracy"]["values"]) == 2 and 0.0 <= result["accuracy"]["mean"] <= 1.0
     assert "## Downstream" in (out / "report.md").read_text() and (out / "finetune.png").stat().st_size > 5_000
     capsys.readouterr()
+    # the cached run read its teacher from a top-8 cache the runner built once, cut to top-4 renormalised
+    caches = list((root / "caches").iterdir())
+    assert len(caches) == 1 and caches[0].name.startswith("teacher-top8-")
+    cached = json.loads((root / "runs" / "ki-cached" / "run.json").read_text())
+    assert cached["inherit"]["teacher_cache"] == str(caches[0]) and cached["inherit"]["top_k_mode"] == "renormalize"
     run_experiment(path)  # everything done: skipped, report rebuilt
-    assert capsys.readouterr().out.count("done, skipped") == 3
+    assert capsys.readouterr().out.count("done, skipped") == 4
     # an interrupted run (no run.json) resumes from its checkpoint
     finished = json.loads((root / "runs" / "ki" / "run.json").read_text())
     (root / "runs" / "ki" / "run.json").unlink()
     run_experiment(path)
     log = capsys.readouterr().out
-    assert "resuming checkpoint-20" in log and log.count("done, skipped") == 2
+    assert "resuming checkpoint-20" in log and log.count("done, skipped") == 3
     # resumed from its last checkpoint, the run takes no step beyond max_steps: the same model and counters
     again = json.loads((root / "runs" / "ki" / "run.json").read_text())
     assert again["steps"] == 20 and again["final_val_loss"] == finished["final_val_loss"]
