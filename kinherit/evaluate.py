@@ -18,7 +18,7 @@ import torch
 from kinherit.atomic import write_json_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
 from kinherit.errors import KinheritError
-from kinherit.lm import perplexity, validation_loss
+from kinherit.lm import perplexity, taught_logits
 from kinherit.models import is_checkpoint, load_model, model_kind
 from kinherit.options import CORPUS_OPTIONS, DataArguments, EvaluateArguments
 
@@ -64,6 +64,7 @@ def evaluate(options: EvaluateArguments) -> dict[str, Any]:
         collator = BlockCollator(tokenizer, kind == "masked", data.mlm_probability, seed=data.eval_mask_seed)
         corpus = load_corpus(data.corpus_specs())
         total, count, documents = 0.0, 0, 0
+        entropy = dict.fromkeys(options.temperatures, 0.0)
         for split in splits:
             docs = getattr(corpus, split)
             documents += len(docs)
@@ -71,17 +72,20 @@ def evaluate(options: EvaluateArguments) -> dict[str, Any]:
                 continue
             blocks = build_blocks(docs, tokenizer, data.block_size, corpus.domains, corpus.fingerprint, split,
                                   data.cache_dir)
-            loss, positions = validation_loss(model, blocks, collator, options.batch_size, options.chunk_size,
-                                              len(tokenizer), kind)
-            if positions:
-                total += loss * positions
-                count += positions
+            for logits, labels in taught_logits(model, blocks, collator, options.batch_size, options.chunk_size,
+                                                len(tokenizer), kind):
+                total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+                count += labels.numel()
+                for tau in options.temperatures:
+                    log_p = torch.log_softmax(logits / tau, dim=-1)
+                    entropy[tau] += -(log_p.exp() * log_p).sum().item()
         if not count:
             raise KinheritError(f"corpus {item!r} has no {options.split} positions to evaluate (its split holds "
                                 f"{documents} documents); use --split all or a larger --validation_fraction")
         loss = total / count
         rows.append({"corpus": item, "split": options.split, "loss": loss, "perplexity": perplexity(loss),
                      "positions": count, "documents": documents,
+                     "entropy": {str(tau): value / count for tau, value in entropy.items()},
                      "data": {key: getattr(data, key) for key in RUN_OPTIONS + CORPUS_OPTIONS}})
     result = {"checkpoint": options.checkpoint, "kind": kind, "rows": rows}
     if options.json:
@@ -91,8 +95,10 @@ def evaluate(options: EvaluateArguments) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     """The rows as a plain-text table."""
-    lines = [f"{'corpus':30s} {'split':10s} {'loss':>8s} {'ppl':>10s} {'positions':>10s}"]
+    taus = list(result["rows"][0]["entropy"]) if result["rows"] else []
+    lines = [f"{'corpus':30s} {'split':10s} {'loss':>8s} {'ppl':>10s} {'positions':>10s}"
+             + "".join(f" {'H@' + tau:>8s}" for tau in taus)]
     lines += [f"{r['corpus']:30s} {r['split']:10s} {r['loss']:8.4f} {r['perplexity']:10.2f} {r['positions']:10d}"
-              for r in result["rows"]]
+              + "".join(f" {r['entropy'][tau]:8.4f}" for tau in taus) for r in result["rows"]]
     return "\n".join(lines)
 

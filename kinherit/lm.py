@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -39,30 +40,36 @@ def taught_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int, vocab: int,
-                    kind: str, autocast=contextlib.nullcontext) -> tuple[float, int]:
-    """Mean cross-entropy per valid position of `model` over `dataset`, and the number of positions.
+def taught_logits(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int, vocab: int, kind: str,
+                  autocast=contextlib.nullcontext) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`(logits, labels)` of `model` over `dataset`, chunk by chunk (float32 `[n, vocab]`), taught positions only.
 
-    Logits are made chunk by chunk at the valid positions only; the model is called as a module, so a
-    model sharded with FSDP2 gathers its weights; it is left in the mode it had.
+    The model is called as a module, so a model sharded with FSDP2 gathers its weights; it is left in the
+    mode it had.
     """
     was_training = model.training
     model.eval()
     body, head = backbone_and_head(model)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
-    total, count = 0.0, 0
     device = next(model.parameters()).device
-    for batch in loader:
-        input_ids = batch["input_ids"].to(device)
-        labels = target_labels(batch["labels"].to(device), kind)
-        positions = taught_positions(labels)
-        with autocast(), forward_as_body(model, body):
-            hidden = model(input_ids=input_ids)
-            hidden = hidden.reshape(-1, hidden.shape[-1])
-        for chunk in positions.split(chunk_size):
-            logits = head(hidden[chunk])[:, :vocab].float()
-            total += torch.nn.functional.cross_entropy(logits, labels[chunk], reduction="sum").item()
-        count += positions.numel()
-    reshard_model(model)  # a sharded model frees the weights its root gathered
-    model.train(was_training)
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
+            input_ids = batch["input_ids"].to(device)
+            labels = target_labels(batch["labels"].to(device), kind)
+            with autocast(), forward_as_body(model, body):
+                hidden = model(input_ids=input_ids)
+                hidden = hidden.reshape(-1, hidden.shape[-1])
+            for chunk in taught_positions(labels).split(chunk_size):
+                yield head(hidden[chunk])[:, :vocab].float(), labels[chunk]
+    finally:
+        reshard_model(model)  # a sharded model frees the weights its root gathered
+        model.train(was_training)
+
+
+def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int, vocab: int,
+                    kind: str, autocast=contextlib.nullcontext) -> tuple[float, int]:
+    """Mean cross-entropy per taught position of `model` over `dataset`, and the number of positions."""
+    total, count = 0.0, 0
+    for logits, labels in taught_logits(model, dataset, collator, batch_size, chunk_size, vocab, kind, autocast):
+        total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        count += labels.numel()
     return (total / count if count else math.nan), count

@@ -335,13 +335,18 @@ class EvaluateArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Where packed blocks are cached."})
     batch_size: int = field(default=32, metadata={"help": "Blocks per forward pass."})
     chunk_size: int = field(default=1024, metadata={"help": "Positions per chunk of the LM head."})
+    temperatures: list[float] = field(default_factory=list, metadata={
+        "help": "Also report the mean entropy (nats) of the model's predictions softened by each temperature tau, "
+                "softmax(z / tau): how sharp a target it would be for KI at that tau."})
     json: str | None = field(default=None, metadata={"help": "Also write the results to this JSON file."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the checkpoint."})
 
     def __post_init__(self) -> None:
         _check([(bool(self.corpus), "--corpus needs at least one source"),
                 (self.split in SPLITS, f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}"),
-                (self.batch_size > 0 and self.chunk_size > 0, "--batch_size and --chunk_size must be positive")])
+                (self.batch_size > 0 and self.chunk_size > 0, "--batch_size and --chunk_size must be positive"),
+                (all(tau > 0 for tau in self.temperatures), f"--temperatures must be positive, got "
+                                                            f"{self.temperatures}")])
 
 
 @dataclass

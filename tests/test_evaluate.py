@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -51,6 +52,13 @@ def test_a_runs_own_corpus_gives_its_final_eval_loss(run, tmp_path, capsys):
     # the whole corpus covers the training documents too
     everything = evaluate(EvaluateArguments(checkpoint=str(folder), corpus=["wikipedia"], split="all"))
     assert everything["rows"][0]["positions"] > own["positions"]
+    # the entropy of the softened predictions rises with tau towards ln V, and the loss is unchanged
+    assert main(["evaluate", str(folder), "--corpus", "wikipedia", "--temperatures", "0.5", "1", "4"]) == 0
+    assert "H@4.0" in capsys.readouterr().out
+    softened = evaluate(EvaluateArguments(checkpoint=str(folder), corpus=["wikipedia"], temperatures=[0.5, 1.0, 4.0]))
+    row = softened["rows"][0]
+    assert row["loss"] == own["loss"]
+    assert 0 < row["entropy"]["0.5"] < row["entropy"]["1.0"] < row["entropy"]["4.0"] < math.log(512)
 
 
 def test_bad_input_is_a_clear_error(run, tmp_path):
