@@ -163,6 +163,7 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     for key in ("steps_fraction", "flops_fraction", "time_fraction", "baseline_final_val_loss", "ki_final_val_loss",
                 "teacher_val_loss", "ki_val_loss_at_equal_steps"):
         assert key in entry
+    assert entry["inheritance_end_step"] == 10 and entry["val_loss_at_inheritance_end"] is not None
     assert report["headline"].startswith("KI (ki)")
     assert (out / "validation_loss.png").stat().st_size > 10_000 and (out / "report.md").exists()
     # evaluate: each run on its listed corpora; its own corpus gives back its final eval_loss

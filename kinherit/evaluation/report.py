@@ -9,7 +9,7 @@ from typing import Any
 
 from kinherit.atomic import save_figure_atomic, write_json_atomic, write_text_atomic
 from kinherit.errors import KinheritError
-from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, summarise
+from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, loss_at, summarise
 
 FRACTIONS = ("steps_fraction", "flops_fraction", "time_fraction")
 
@@ -29,6 +29,18 @@ def read_curve(run_dir: Path) -> list[EvalPoint]:
                                                 flops=record.get("train_flops", 0.0),
                                                 seconds=record.get("train_seconds", 0.0))
     return [by_step[s] for s in sorted(by_step)]
+
+
+def inheritance_end(run_dir: Path) -> int | None:
+    """The first logged step at which the run's inheritance rate was 0 (None: it inherited to its last log)."""
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("inherit/alpha") == 0.0:
+            return int(record["step"])
+    return None
 
 
 def _percent(value: float | None) -> str:
@@ -182,6 +194,9 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
             teacher_loss = min((teacher_losses[t] for t in sources[name] if t in teacher_losses), default=None)
             compute[name] = compute_saved(curves[name], curves[baseline], teacher_loss)
             compute[name]["baseline"] = baseline
+            end = inheritance_end(folder / "runs" / name)
+            compute[name]["inheritance_end_step"] = end
+            compute[name]["val_loss_at_inheritance_end"] = loss_at(curves[name], end) if end is not None else None
     groups: dict[str, Any] = {}
     by_group: dict[str, list[str]] = {}
     for name in compute:
@@ -247,13 +262,16 @@ def render_markdown(report: dict[str, Any], summaries: dict[str, Any]) -> str:
         lines += ["", "## Compute saved", "",
                   "Fraction of the self-learning run's steps, FLOPs (teacher forward passes charged to KI) and "
                   "training wall-clock that the KI run needs to reach the self-learning run's final validation loss.",
-                  "", "| KI run | baseline | steps | FLOPs | time | KI final | baseline final | teacher |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "", "| KI run | baseline | steps | FLOPs | time | KI final | baseline final | teacher | inheritance "
+                  "ends at | KI loss there |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, c in report["compute_saved"].items():
             teacher = "" if c["teacher_val_loss"] is None else f"{c['teacher_val_loss']:.4f}"
+            end = "after the last step" if c["inheritance_end_step"] is None else f"step {c['inheritance_end_step']}"
+            there = "" if c["val_loss_at_inheritance_end"] is None else f"{c['val_loss_at_inheritance_end']:.4f}"
             lines.append(f"| {name} | {c['baseline']} | {_percent(c['steps_fraction'])} | "
                          f"{_percent(c['flops_fraction'])} | {_percent(c['time_fraction'])} | "
-                         f"{c['ki_final_val_loss']:.4f} | {c['baseline_final_val_loss']:.4f} | {teacher} |")
+                         f"{c['ki_final_val_loss']:.4f} | {c['baseline_final_val_loss']:.4f} | {teacher} | {end} | "
+                         f"{there} |")
     for group, g in report["seed_summary"].items():
         lines += ["", f"### `{group}` over seeds ({', '.join(g['members'])})", "",
                   "| fraction | mean | std | min | max | reached |", "|---|---|---|---|---|---|"]
