@@ -75,7 +75,8 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    students = {n: c for n, c in curves.items() if n not in teacher_losses and c}
+    baselines = {run.get("baseline") for run in runs.values()}  # a self-learned teacher can be a baseline too
+    students = {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and c}
     if not students:
         return []
     axes_spec = [("step", "optimizer steps", 1.0), ("flops", "training FLOPs (x 1e12, teacher forwards charged)",
