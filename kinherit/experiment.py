@@ -44,6 +44,7 @@ from kinherit.sealed import last_good_checkpoint
 
 logger = logging.getLogger(__name__)
 GROWN = "grown"  # the folder of a run's grown initial model
+START = "run:"  # a run's model when it starts from another run (`start:`): that run's final checkpoint
 LAUNCH_FILE = "launch.json"  # a run's `kinherit pretrain` arguments when it runs under a launcher
 
 TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "runs", "description", "launcher",
@@ -51,8 +52,8 @@ TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "r
 TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
 CORPUS_KEYS = {"source", "domain", "hf_config", "hf_split", *CORPUS_OPTIONS}
 # A run's own keys: what the runner resolves (teachers are run names, corpus names the experiment's corpora).
-RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "seeds", "seed", "corpus", "description", "evaluate",
-            "finetune", "cache"}
+RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "start", "seeds", "seed", "corpus", "description",
+            "evaluate", "finetune", "cache"}
 CACHES = "caches"  # OUTPUT/caches/KEY: teacher caches the runner built for runs with `cache:`
 # `cache:` options of a run: `kinherit cache-teacher`'s, less those the runner sets (where, and the masking seed)
 CACHE_KEYS = {f.name for f in fields(CacheArguments)} - {"output", "seed"}
@@ -133,6 +134,7 @@ class RunSpec:
     group: str | None = None
     seed: int = 0
     grow: str | None = None
+    start: str | None = None  # continue training from this run's final model (post-training, domain adaptation)
     evaluate: list[str] = field(default_factory=list)  # corpora to score the finished run on
     finetune: list[str] = field(default_factory=list)  # tasks to fine-tune the finished run on
     cache: dict[str, Any] | None = None  # read the teachers from a cache built with these options
@@ -142,9 +144,9 @@ class RunSpec:
         return list(self.routing.values()) or list(self.teachers)
 
     def dependencies(self) -> list[str]:
-        """Runs that must finish before this one (its teachers, and the run it is grown from)."""
-        grown = [self.grow] if self.grow and self.grow not in self.teacher_runs() else []
-        return self.teacher_runs() + grown
+        """Runs that must finish before this one (its teachers, and the run it is grown or started from)."""
+        sources = [run for run in (self.grow, self.start) if run and run not in self.teacher_runs()]
+        return self.teacher_runs() + sources
 
 
 @dataclass
@@ -231,8 +233,9 @@ def _expand_seeds(raw_runs: list[dict[str, Any]], default_seed: int) -> list[dic
                 copy_["routing"] = {d: rename(t) for d, t in run["routing"].items()}
             if "baseline" in run:
                 copy_["baseline"] = rename(run["baseline"])
-            if "grow" in run:
-                copy_["grow"] = rename(run["grow"])
+            for key in ("grow", "start"):
+                if key in run:
+                    copy_[key] = rename(run[key])
             expanded.append(copy_)
     return expanded
 
@@ -249,7 +252,9 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
         raise KinheritError(f"{where}: seeds must be a non-empty list of integers")
     if "seed" in run and not _is_int(run["seed"]):
         raise KinheritError(f"{where}: seed must be an integer, got {run['seed']!r}")
-    for key in ("baseline", "grow"):
+    if "start" in run and ("grow" in run or "model" in run):
+        raise KinheritError(f"{where}: start continues another run's model, so it excludes model and grow")
+    for key in ("baseline", "grow", "start"):
         if key in run:
             _check_string(where, key, run[key])
     teachers = run.get("teachers", [])
@@ -364,6 +369,8 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
                     **{k: v for k, v in run.items() if k in OPTIONS or k == "corpus"}}
         evaluate, finetune = (_names(run.get(key, settings.pop(key, None))) for key in ("evaluate", "finetune"))
         settings.setdefault("corpus", next(iter(corpora)))
+        if "start" in run:
+            settings["model"] = f"{START}{run['start']}"  # resolved to the run's folder in run_settings
         if "model" not in settings:
             raise KinheritError(f"run {run['name']!r} has no model (a preset, config.json or checkpoint)")
         corpus_names = settings["corpus"] if isinstance(settings["corpus"], list) else [settings["corpus"]]
@@ -379,7 +386,8 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
             raise KinheritError(f"run {run['name']!r} has both teachers and routing; use one")
         runs[run["name"]] = RunSpec(name=run["name"], settings=settings, teachers=list(run["teachers"]),
                                     routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
-                                    seed=run["seed"], grow=run.get("grow"), evaluate=evaluate, finetune=finetune,
+                                    seed=run["seed"], grow=run.get("grow"), start=run.get("start"),
+                                    evaluate=evaluate, finetune=finetune,
                                     cache=run.get("cache"))
     for spec in runs.values():
         for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
@@ -430,6 +438,8 @@ def _first_corpus_setting(experiment: Experiment, names: list[str], key: str, de
 def run_settings(experiment: Experiment, spec: RunSpec) -> dict[str, Any]:
     """One run's `kinherit pretrain` options by name: its own, and those the runner sets (paths, seed, corpus)."""
     s = {k: v for k, v in spec.settings.items() if k != "corpus"}
+    if spec.start:
+        s["model"] = str(experiment.output_dir / "runs" / spec.start)
     run_dir = experiment.output_dir / "runs" / spec.name
     corpus_names = spec.settings["corpus"] if isinstance(spec.settings["corpus"], list) else [spec.settings["corpus"]]
     teacher_dirs = {name: str(experiment.output_dir / "runs" / name) for name in spec.teacher_runs()}

@@ -226,6 +226,23 @@ def test_shipped_configs_are_valid():
         load_experiment(file)
 
 
+def test_start_continues_another_runs_model_seed_by_seed(tmp_path):
+    data = {"name": "x", "corpora": {"wiki": {"source": "wikipedia"}, "code": {"source": "python-code"}},
+            "runs": [{"name": "general", "model": "llama-2x64", "seeds": [0, 1]},
+                     {"name": "adapted", "start": "general", "corpus": "code", "seeds": [0, 1], "max_steps": 5}]}
+    experiment = parse_experiment(data, output_dir=str(tmp_path))
+    assert experiment.order() == ["general-s0", "general-s1", "adapted-s0", "adapted-s1"]
+    model, *_ = run_arguments(experiment, experiment.runs["adapted-s1"])
+    assert model.model == str(tmp_path / "runs" / "general-s1")
+    data["runs"][1]["model"] = "llama-2x64"
+    with pytest.raises(KinheritError, match="excludes model and grow"):
+        parse_experiment(data, output_dir=str(tmp_path))
+    data["runs"][1].pop("model")
+    data["runs"][1]["start"] = "missing"
+    with pytest.raises(KinheritError, match="unknown run 'missing'"):
+        parse_experiment(data, output_dir=str(tmp_path))
+
+
 def test_analyses_share_their_runs_consistently():
     """configs/analyses/ share one output folder: a run name means one run (same settings) in every analysis,
     with one tokenizer and one definition per corpus name, so that each shared run is trained once."""
