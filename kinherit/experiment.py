@@ -487,16 +487,21 @@ def report_folder(output_dir: Path, name: str) -> Path:
     return output_dir / REPORTS / name
 
 
+def adopt_legacy_manifest(folder: Path) -> None:
+    """Move the single `experiment.json` of a folder made by an earlier version to `experiments/NAME.json`."""
+    (folder / MANIFESTS).mkdir(parents=True, exist_ok=True)
+    legacy = folder / "experiment.json"
+    if legacy.exists():
+        previous = json.loads(legacy.read_text(encoding="utf-8"))
+        os.replace(legacy, manifest_path(folder, previous["name"]))
+
+
 def prepare_output(experiment: Experiment) -> None:
     """Record this experiment in its output folder, which other experiments may share: runs of the same name
     are the same run (their settings are checked by fingerprint), so the tokenizer and the corpora of the same
     name must agree with those of every other experiment there."""
     folder = experiment.output_dir
-    (folder / MANIFESTS).mkdir(parents=True, exist_ok=True)
-    legacy = folder / "experiment.json"  # the one experiment of a folder made by an earlier version
-    if legacy.exists():
-        previous = json.loads(legacy.read_text(encoding="utf-8"))
-        os.replace(legacy, manifest_path(folder, previous["name"]))
+    adopt_legacy_manifest(folder)
     for other in sorted((folder / MANIFESTS).glob("*.json")):
         previous = json.loads(other.read_text(encoding="utf-8"))
         if previous["name"] == experiment.name:

@@ -166,6 +166,7 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     assert entry["inheritance_end_step"] == 10 and entry["val_loss_at_inheritance_end"] is not None
     assert report["headline"].startswith("KI (ki)")
     assert (out / "validation_loss.png").stat().st_size > 10_000 and (out / "report.md").exists()
+    assert (out / "summary.png").stat().st_size > 10_000  # three students: the summary plot too
     # evaluate: each run on its listed corpora; its own corpus gives back its final eval_loss
     assert set(saved["evaluation"]) == {"teacher", "scratch", "ki", "ki-cached"} and set(saved["evaluation"]["ki"]) == {
         "wiki", "plays"}

@@ -123,6 +123,53 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     return [name]
 
 
+def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
+                 compute: dict[str, Any], runs: dict[str, Any]) -> list[str]:
+    """For experiments of many students: the second half of every student's curve (left) and each one's final
+    validation loss against its baseline's (right), where differences of a few hundredths stay legible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baselines = {run.get("baseline") for run in runs.values()}
+    students = {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and c}
+    if len(students) < 3:
+        return []
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 0.32 * len(students) + 4.5),
+                                         gridspec_kw={"width_ratios": [1.3, 1]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    for i, (name, curve) in enumerate(students.items()):
+        late = [p for p in curve if p.step >= 0.4 * curve[-1].step]
+        left.plot([p.step for p in late], [p.loss for p in late], marker="o", markersize=2.5,
+                  color=colours[i % len(colours)], linestyle=styles[(i // len(colours)) % len(styles)], label=name)
+    left.set_xlabel("optimizer steps (second half of each run, or more)")
+    left.set_ylabel("validation loss (nats per token)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8, ncol=2)
+    names = list(students)[::-1]
+    finals = [students[n][-1].loss for n in names]
+    right.barh(range(len(names)), finals, color=[colours[list(students).index(n) % len(colours)] for n in names])
+    for y, value in enumerate(finals):
+        right.annotate(f"{value:.3f}", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    for k, baseline in enumerate(sorted({c["baseline"] for c in compute.values()})):
+        right.axvline(curves[baseline][-1].loss, color="black", linestyle=styles[k % len(styles)], linewidth=1,
+                      label=f"{baseline} final")
+    right.set_yticks(range(len(names)), names, fontsize=8)
+    span = max(finals) - min(finals)
+    right.set_xlim(min(finals) - 0.1 * span - 0.02, max(finals) + 0.25 * span + 0.02)
+    right.set_xlabel("final validation loss (nats per token)")
+    right.grid(axis="x", alpha=0.3)
+    if compute:
+        right.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    name = "summary.png"
+    save_figure_atomic(figure, folder / name, dpi=110)
+    plt.close(figure)
+    return [name]
+
+
 def plot_finetuning(folder: Path, finetuning: dict[str, dict[str, Any]]) -> list[str]:
     """Test accuracy per task and run, bars with the seeds' standard deviation, saved as PNG."""
     if not finetuning:
@@ -159,8 +206,10 @@ def plot_finetuning(folder: Path, finetuning: dict[str, dict[str, Any]]) -> list
 
 def experiment_names(folder: str | Path) -> list[str]:
     """The experiments that use an output folder (each has a manifest there)."""
-    from kinherit.experiment import MANIFESTS
+    from kinherit.experiment import MANIFESTS, adopt_legacy_manifest
 
+    if (Path(folder) / "experiment.json").exists():
+        adopt_legacy_manifest(Path(folder))
     names = sorted(path.stem for path in (Path(folder) / MANIFESTS).glob("*.json"))
     if not names:
         raise KinheritError(f"{folder} is not an experiment folder (no {MANIFESTS}/NAME.json); give the output_dir "
@@ -219,7 +268,8 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
         if path.exists():
             for task, result in json.loads(path.read_text()).items():
                 finetuning.setdefault(task, {})[name] = result
-    plots = plot_curves(target, curves, teacher_losses, compute, runs) + plot_finetuning(target, finetuning)
+    plots = (plot_curves(target, curves, teacher_losses, compute, runs)
+             + plot_summary(target, curves, teacher_losses, compute, runs) + plot_finetuning(target, finetuning))
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
