@@ -266,6 +266,9 @@ def test_analyses_share_their_runs_consistently():
             first = seen.setdefault(name, (fingerprint, file.name))
             assert first[0] == fingerprint, f"run {name} differs between {first[1]} and {file.name}"
     assert len(tokenizers) == 1
+    script = (files[0].parents[2] / "scripts" / "analyses.sh").read_text()
+    order = script.split("ORDER=(")[1].split(")")[0].split()
+    assert sorted(order) == sorted(file.stem for file in files)  # scripts/analyses.sh runs every analysis
 
 
 def test_inherit_keys_reach_the_inheritance_arguments(tmp_path):

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run the paper's analyses at small scale (configs/analyses/), one after another, into runs/analyses.
+# Finished runs are skipped and interrupted ones resume, so this can be stopped and started again at will.
+# With arguments, only those analyses run: bash scripts/analyses.sh schedules temperature
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+ORDER=(teacher-size schedules temperature label-smoothing teacher-steps teacher-data-size teacher-overlap
+       teacher-shape teacher-domain student-size batch-size causal-chain generations domain-adaptation
+       several-teachers topk)
+for name in "${@:-${ORDER[@]}}"; do
+    echo "=== $(date -u +%H:%M:%S) $name"
+    .venv/bin/kinherit experiment "configs/analyses/$name.yaml"
+done
