@@ -12,6 +12,7 @@ on the weights.
 
     python benchmarks/step_cost.py --help
     python benchmarks/step_cost.py --configs causal-demo masked-demo --json step_cost.json
+    python benchmarks/step_cost.py --quick     # a few minutes: the demo configurations, fewer repeats
 """
 
 from __future__ import annotations
@@ -246,12 +247,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--quick", action="store_true",
+                        help="day-to-day check in a few minutes: the demo configurations, 3 timed steps, no memory")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "VARIANT"), help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
         child(*options.child, options.temperature)
         return
+    if options.quick:
+        options.configs = [name for name in options.configs if name.endswith("-demo")]
+        options.repeats, options.warmup, options.no_memory = min(options.repeats, 3), min(options.warmup, 2), True
     device = torch.device(options.device)
     peak = matmul_flops_per_second(device, options.matmul_size)
     results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
