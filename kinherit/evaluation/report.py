@@ -67,6 +67,14 @@ def _headline(compute: dict[str, Any], groups: dict[str, Any]) -> str:
             f"steps, {_percent(c['flops_fraction'])} of the FLOPs and {_percent(c['time_fraction'])} of the time")
 
 
+def _students(curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
+              runs: dict[str, Any]) -> dict[str, list[EvalPoint]]:
+    """The runs drawn as curves: every run with evaluations but the teachers, except a self-learned teacher that
+    is also a baseline (a chain of sizes)."""
+    baselines = {run.get("baseline") for run in runs.values()}
+    return {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and c}
+
+
 def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
                 compute: dict[str, Any], runs: dict[str, Any]) -> list[str]:
     """Validation loss against steps, training FLOPs and seconds (one panel each), saved as PNG."""
@@ -75,8 +83,7 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    baselines = {run.get("baseline") for run in runs.values()}  # a self-learned teacher can be a baseline too
-    students = {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and c}
+    students = _students(curves, teacher_losses, runs)
     if not students:
         return []
     axes_spec = [("step", "optimizer steps", 1.0), ("flops", "training FLOPs (x 1e12, teacher forwards charged)",
@@ -132,8 +139,7 @@ def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losse
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    baselines = {run.get("baseline") for run in runs.values()}
-    students = {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and c}
+    students = _students(curves, teacher_losses, runs)
     if len(students) < 3:
         return []
     figure, (left, right) = plt.subplots(1, 2, figsize=(15, 0.32 * len(students) + 4.5),
