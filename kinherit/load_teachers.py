@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kinherit.data.tokenizer import first_vocab_difference, load_tokenizer
@@ -13,6 +14,7 @@ from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models import is_checkpoint, load_model, model_kind
 from kinherit.options import InheritanceArguments
+from kinherit.sharded_load import load_sharded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,8 +38,12 @@ def parse_teacher_specs(specs: Sequence[str]) -> tuple[list[str], list[str | Non
 
 def load_teacher(path: str, student_tokenizer: PreTrainedTokenizerBase, student_kind: str,
                  student_tokenizer_path: str = "the student's tokenizer", dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load a frozen teacher after checking it shares the student's tokenizer and model kind."""
+                 device: torch.device | str = "cpu", trust_remote_code: bool = False,
+                 sharded: bool = False) -> PreTrainedModel:
+    """Load a frozen teacher after checking it shares the student's tokenizer and model kind.
+
+    `sharded` reads it straight into FSDP2 shards over the processes (`--teacher_placement shard`).
+    """
     if not is_checkpoint(path):
         raise KinheritError(f"teacher {path!r} is not a model checkpoint folder (no config.json there); "
                             "give the folder written by `kinherit pretrain` or `save_pretrained`")
@@ -50,7 +56,10 @@ def load_teacher(path: str, student_tokenizer: PreTrainedTokenizerBase, student_
     if difference is not None:
         raise KinheritError(f"teacher {path} uses another tokenizer than the student ({student_tokenizer_path}): "
                             f"{difference}. KI needs identical token ids; train the teacher with the same tokenizer")
-    teacher = load_model(path, trust_remote_code=trust_remote_code, dtype=dtype)
+    if sharded:
+        teacher = load_sharded(path, dtype, device, trust_remote_code)
+    else:
+        teacher = load_model(path, trust_remote_code=trust_remote_code, dtype=dtype)
     kind = model_kind(teacher.config)
     if kind != student_kind:
         raise KinheritError(f"teacher {path} is a {kind} LM but the student is a {student_kind} LM; a teacher must "
@@ -82,8 +91,9 @@ def build_teachers(inherit: InheritanceArguments, tokenizer: PreTrainedTokenizer
         return None
     paths, teacher_domains = parse_teacher_specs(inherit.teacher)
     dtype = resolve_dtype(inherit.teacher_dtype, device)
+    sharded = inherit.teacher_placement == "shard" and dist.is_initialized() and dist.get_world_size() > 1
     models = [load_teacher(path, tokenizer, kind, tokenizer_path, dtype=dtype, device=device,
-                           trust_remote_code=trust_remote_code) for path in paths]
+                           trust_remote_code=trust_remote_code, sharded=sharded) for path in paths]
     routes = None
     if teacher_domains[0] is not None:
         unknown = [d for d in teacher_domains if d not in domains]

@@ -274,6 +274,13 @@ def shard_layers(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `shard_layers` (FSDP2's `fully_shard`) has been applied to the model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def reshard_model(model: torch.nn.Module) -> None:
     """Free the gathered weights of a model sharded by `shard_layers` (nothing for other models)."""
     if hasattr(model, "reshard"):

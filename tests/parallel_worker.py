@@ -2,6 +2,8 @@
 
 - FSDP2: the KI loss and its gradients with a sharded student (and, by option, sharded teachers) against
   one unsharded copy that sees the whole global batch.
+- A teacher read straight into shards (`--teacher_placement shard`): the same outputs as the whole
+  checkpoint, while each process holds only its share of the weights.
 - DDP with a non-finite loss on one process only: both processes skip the batch.
 
 Usage: torchrun --nproc_per_node 2 parallel_worker.py TOKENIZER_DIR OUTPUT_DIR
@@ -21,7 +23,8 @@ from transformers import TrainingArguments
 from kinherit.data import BlockCollator, load_tokenizer
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
-from kinherit.models import load_model, shard_layers
+from kinherit.load_teachers import load_teacher
+from kinherit.models import load_model, reshard_model, shard_layers
 from kinherit.options import InheritanceArguments
 from kinherit.trainer import InheritanceTrainer
 
@@ -96,6 +99,26 @@ def run_case(preset: str, teacher_preset: str, placement: str, tokenizer, args) 
             "teacher_sharded": all(hasattr(p, "full_tensor") for p in teacher.parameters())}
 
 
+def sharded_load_case(preset: str, tokenizer, output_dir: str) -> dict:
+    """A checkpoint loaded shard by shard against the same checkpoint loaded whole."""
+    path = os.path.join(output_dir, f"saved-{preset}")
+    if dist.get_rank() == 0:
+        torch.manual_seed(2)
+        load_model(preset, tokenizer, 32).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    dist.barrier()
+    kind = "masked" if preset.startswith("roberta") else "causal"
+    sharded = load_teacher(path, tokenizer, kind, sharded=True)
+    whole = load_teacher(path, tokenizer, kind)
+    ids = batch_for(kind, tokenizer, 1)["input_ids"]
+    with torch.no_grad():
+        gap = (sharded(input_ids=ids).logits - whole(input_ids=ids).logits).abs().max().item()
+    reshard_model(sharded)
+    return {"preset": preset, "max_logit_gap": gap, "frozen": not any(p.requires_grad for p in sharded.parameters()),
+            "local_elements": sum(p.to_local().numel() for p in sharded.parameters()),
+            "elements": sum(p.numel() for p in whole.parameters())}
+
+
 def nonfinite_case(policy: str, tokenizer, args) -> dict:
     """DDP; the teacher gives NaN on process 1 only: both skip, then a healthy step syncs as usual."""
     rank = dist.get_rank()
@@ -143,6 +166,11 @@ def main() -> None:
         result = run_case(preset, teacher_preset, placement, tokenizer, args)
         if dist.get_rank() == 0:
             print("RESULT " + json.dumps(result), flush=True)
+    for preset in ("llama-2x64", "roberta-2x64"):
+        loaded = [None, None]
+        dist.all_gather_object(loaded, sharded_load_case(preset, tokenizer, sys.argv[2]))
+        if dist.get_rank() == 0:
+            print("LOADED " + json.dumps(loaded), flush=True)
     results = [None, None]
     dist.all_gather_object(results, nonfinite_case("skip", tokenizer, args))
     if dist.get_rank() == 0:

@@ -170,6 +170,17 @@ def test_fsdp2_sharded_student_and_teachers_match_one_unsharded_process(worker_o
         assert result["eval_loss"] == pytest.approx(result["whole_eval_loss"], rel=1e-5), result
 
 
+def test_a_teacher_loaded_shard_by_shard_equals_the_whole_one_at_half_the_weights(worker_output):
+    for loaded in lines(worker_output, "LOADED"):
+        assert [r["preset"] for r in loaded] in (["llama-2x64"] * 2, ["roberta-2x64"] * 2)
+        for rank in loaded:
+            assert rank["max_logit_gap"] == 0.0 and rank["frozen"], rank
+            # each process reads its rows only: at most half the elements, plus one row per parameter
+            assert rank["local_elements"] <= rank["elements"] / 2 + 64 * 200, rank
+        assert sum(r["local_elements"] for r in loaded) == loaded[0]["elements"], loaded
+    assert len(lines(worker_output, "LOADED")) == 2
+
+
 def test_a_nonfinite_loss_on_one_process_is_decided_on_by_all(worker_output):
     (skip,) = lines(worker_output, "NONFINITE")
     # both processes skip the batch with zero gradients, and the next step synchronises as usual

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import normalise_weights
 from kinherit.inheritance.targets import Target, TargetFn
-from kinherit.models import backbone_and_head, forward_as_body, reshard_model, shard_layers
+from kinherit.models import backbone_and_head, forward_as_body, is_sharded, reshard_model, shard_layers
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:
@@ -107,7 +107,8 @@ class TeacherSet:
     def shard(self) -> TeacherSet:
         """Shard every teacher over the processes (FSDP2) instead of holding a whole copy on each."""
         for model in self.models:
-            shard_layers(model)  # in place: the bodies and heads in self.parts are the same modules
+            if not is_sharded(model):  # a teacher loaded shard by shard is sharded already
+                shard_layers(model)  # in place: the bodies and heads in self.parts are the same modules
         return self
 
     def release(self) -> None:
