@@ -37,10 +37,7 @@ def worker(rank: int, mode: str, path: str, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     before = status_mb("VmRSS")
-    if mode == "whole-then-shard":
-        model = shard_layers(load_model(path))
-    else:
-        model = load_sharded(path, torch.float32)
+    model = shard_layers(load_model(path)) if mode == "whole-then-shard" else load_sharded(path, torch.float32)
     reshard_model(model)
     held = sum(p.to_local().numel() * p.element_size() for p in model.parameters()) / 2**20
     results.put({"mode": mode, "rank": rank, "peak_growth_mb": status_mb("VmHWM") - before, "held_mb": held})

@@ -6,7 +6,8 @@ whose `run.json` exists is done and skipped, a run with a checkpoint resumes fro
 is written at the end to `OUTPUT/reports/EXPERIMENT/`. Several experiments may share one output folder
 (with one tokenizer): a run of the same name is the same run, trained once, and its settings must agree.
 A run with `seeds: [...]` is repeated once per seed (`NAME-s0`, ...); its teachers and baseline are
-matched seed for seed when they are repeated too.
+matched seed for seed when they are repeated too. Runs given the same `group:` (for example `ki-s1`
+with `seed: 1` beside `ki`) are summarised together in the report as seeds of one arm.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ TOP_KEYS = {"name", "output_dir", "seed", "tokenizer", "corpora", "defaults", "r
 TOKENIZER_KEYS = {"corpus", "vocab_size", "path"}
 CORPUS_KEYS = {"source", "domain", "hf_config", "hf_split", *CORPUS_OPTIONS}
 # A run's own keys: what the runner resolves (teachers are run names, corpus names the experiment's corpora).
-RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "start", "seeds", "seed", "corpus", "description",
-            "evaluate", "finetune", "cache"}
+RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "start", "seeds", "seed", "group", "corpus",
+            "description", "evaluate", "finetune", "cache"}
 CACHES = "caches"  # OUTPUT/caches/KEY: teacher caches the runner built for runs with `cache:`
 # `cache:` options of a run: `kinherit cache-teacher`'s, less those the runner sets (where, and the masking seed)
 CACHE_KEYS = {f.name for f in fields(CacheArguments)} - {"output", "seed"}
@@ -213,11 +214,12 @@ def _expand_seeds(raw_runs: list[dict[str, Any]], default_seed: int) -> list[dic
     for run in raw_runs:
         seeds = run.get("seeds")
         if seeds is None:
-            expanded.append({**run, "_group": run["name"], "seed": run.get("seed", default_seed)})
+            expanded.append({**run, "_group": run.get("group", run["name"]), "seed": run.get("seed", default_seed)})
             continue
         for seed in seeds:
             copy_ = {k: v for k, v in run.items() if k != "seeds"}
-            copy_["name"], copy_["seed"], copy_["_group"] = f"{run['name']}-s{seed}", seed, run["name"]
+            copy_["name"], copy_["seed"] = f"{run['name']}-s{seed}", seed
+            copy_["_group"] = run.get("group", run["name"])
 
             def rename(ref: str, seed: int = seed, owner: str = run["name"]) -> str:
                 if ref in seeded:
@@ -254,7 +256,7 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
         raise KinheritError(f"{where}: seed must be an integer, got {run['seed']!r}")
     if "start" in run and ("grow" in run or "model" in run):
         raise KinheritError(f"{where}: start continues another run's model, so it excludes model and grow")
-    for key in ("baseline", "grow", "start"):
+    for key in ("baseline", "grow", "start", "group"):
         if key in run:
             _check_string(where, key, run[key])
     teachers = run.get("teachers", [])

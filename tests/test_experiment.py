@@ -99,6 +99,19 @@ def test_seeds_expand_and_pair_runs():
     assert experiment.runs["ki-s1"].seed == 1 and experiment.runs["ki-s1"].group == "ki"
 
 
+def test_a_group_joins_runs_seeded_by_hand_as_one_arm():
+    # a second seed added beside a run already trained keeps that run's name (it is not retrained)
+    runs = [{"name": "teacher", "model": "m"}, {"name": "scratch", "model": "m"},
+            {"name": "ki", "model": "m", "teachers": ["teacher"], "baseline": "scratch", "inherit_steps": 5},
+            {"name": "ki-s1", "model": "m", "seed": 1, "group": "ki", "teachers": ["teacher"], "baseline": "scratch",
+             "inherit_steps": 5}]
+    experiment = parse_experiment(with_runs(runs), output_dir="/tmp/unused")
+    assert experiment.runs["ki-s1"].group == experiment.runs["ki"].group == "ki"
+    assert experiment.runs["ki-s1"].seed == 1 and experiment.runs["scratch"].group == "scratch"
+    with pytest.raises(KinheritError, match="group must be a non-empty string"):
+        parse_experiment(with_runs([{"name": "a", "model": "m", "group": 3}]), output_dir="/tmp/unused")
+
+
 def test_yaml_file_errors(tmp_path):
     with pytest.raises(KinheritError, match="does not exist"):
         load_experiment(tmp_path / "none.yaml")
