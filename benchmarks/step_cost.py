@@ -37,7 +37,7 @@ from kinherit.atomic import write_json_atomic
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.inheritance.topk import TopKTarget
-from kinherit.lm import target_labels
+from kinherit.lm import target_labels, taught_positions
 from kinherit.models import load_model
 from kinherit.options import InheritanceArguments
 from kinherit.sealed import seal
@@ -65,6 +65,7 @@ CONFIGS = {
     "masked-demo": Pair("roberta-4x256", "roberta-2x128", 8192, 16, 128),
     "causal-32k": Pair("llama-4x256", "llama-2x128", 32768, 16, 512),
     "masked-32k": Pair("roberta-4x256", "roberta-2x128", 32768, 16, 512),
+    "causal-128k": Pair("llama-4x256", "llama-2x128", 131072, 8, 512),
 }
 VARIANTS = ("self", "ki", "ki_eager", "ki_cache", "naive")
 CACHE_K = 32  # top-K of the `ki_cache` variant
@@ -81,7 +82,8 @@ def stand_in_tokenizer(size: int) -> PreTrainedTokenizerFast:
 class Bench:
     """The models, one batch, and a step function per variant for one configuration."""
 
-    def __init__(self, pair: Pair, device: torch.device, temperature: float) -> None:
+    def __init__(self, pair: Pair, device: torch.device, temperature: float, cache_root: str | None = None,
+                 chunk_size: int | None = None) -> None:
         torch.manual_seed(0)
         tokenizer = stand_in_tokenizer(pair.vocab)
         self.pair, self.device = pair, device
@@ -99,34 +101,44 @@ class Bench:
         self.positions = int((labels != -100).sum()) if pair.masked else pair.batch * (pair.block - 1)
         self.temperature = temperature
         self.output_dir = tempfile.mkdtemp(prefix="kinherit-bench-")
+        self.cache_root = cache_root  # where the `ki_cache` variant's cache is (built there when missing)
+        self.chunk_size = chunk_size or InheritanceArguments().chunk_size
 
     def trainer(self, teacher: str | None, compiled: bool = True) -> InheritanceTrainer:
         """The trainer with the live teacher (`teacher="live"`), a teacher cache (`"cache"`), or none."""
         inherit = InheritanceArguments(inherit_schedule="constant", inherit_value=0.5, temperature=self.temperature,
-                                       compile_loss=compiled)
+                                       compile_loss=compiled, chunk_size=self.chunk_size)
         args = TrainingArguments(self.output_dir, report_to="none", use_cpu=self.device.type == "cpu")
         return InheritanceTrainer(model=self.student, args=args, inherit_args=inherit, vocab_size=self.pair.vocab,
                                   teachers=TeacherSet([self.teacher]) if teacher == "live" else None,
                                   teacher_cache=self.cache(CACHE_K) if teacher == "cache" else None)
 
     def cache(self, k: int) -> TeacherCache:
-        """A one-shard teacher cache on disk holding the teacher's top-K targets for this batch's positions."""
-        folder = Path(self.output_dir) / f"cache-{k}"
+        """A one-shard teacher cache on disk holding the teacher's top-K targets for this batch's positions.
+
+        Built as `kinherit cache-teacher` builds one: the teacher's head and softmax run one chunk of
+        positions at a time, so no [positions, V] tensor exists for all positions at once.
+        """
+        folder = Path(self.cache_root or self.output_dir) / f"cache-{k}"
         if not folder.exists():
-            folder.mkdir()
+            staging = folder.with_name(folder.name + ".partial")
+            staging.mkdir(parents=True)
             labels = target_labels(self.batch["labels"], "masked" if self.pair.masked else "causal")
-            positions = (labels != -100).nonzero().squeeze(-1)
             live = TeacherSet([self.teacher])
-            hidden, rows = live.hidden_states(self.batch["input_ids"], None, None)
-            target = TopKTarget.from_log_probs(live.target(positions, hidden, rows, self.temperature,
-                                                           self.pair.vocab).log_probs, k)
+            ids, log_probs = [], []
+            with live.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
+                for chunk in taught_positions(labels).split(InheritanceArguments().chunk_size):
+                    top = TopKTarget.from_log_probs(target_of(chunk).log_probs, k)
+                    ids.append(top.ids)
+                    log_probs.append(top.log_probs)
             counts = (labels.view(self.pair.batch, -1) != -100).sum(1).tolist()
-            write_shard(folder / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab,
-                        "float16")
+            write_shard(staging / "epoch0-shard00000.safetensors", TopKTarget(torch.cat(ids), torch.cat(log_probs)),
+                        counts, self.pair.vocab, "float16")
             settings = {"kind": "masked" if self.pair.masked else "causal", "epochs": 1, "blocks": self.pair.batch,
                         "blocks_per_shard": self.pair.batch, "top_k": k}
-            write_json_atomic(folder / MANIFEST_NAME, {"format": CACHE_FORMAT, "settings": settings})
-            seal(folder)
+            write_json_atomic(staging / MANIFEST_NAME, {"format": CACHE_FORMAT, "settings": settings})
+            seal(staging)
+            staging.rename(folder)
         return TeacherCache(folder)
 
     def step(self, variant: str):
@@ -196,19 +208,25 @@ def matmul_flops_per_second(device: torch.device, size: int, repeats: int = 5) -
     return 2 * size**3 / statistics.median(times)
 
 
-def peak_memory_mb(config: str, variant: str, device: torch.device, temperature: float) -> float:
-    """Peak memory of two steps of `variant`: CUDA allocator peak in process, else a child's max RSS."""
+def peak_memory_mb(config: str, variant: str, device: torch.device, temperature: float,
+                   cache_root: str) -> float:
+    """Peak memory of two steps of `variant` (or of building the cache, `cache_build`): CUDA allocator peak in
+    process, else a child's peak RSS. The `ki_cache` step reads a cache a `cache_build` child wrote before."""
     if device.type == "cuda":
-        bench = Bench(CONFIGS[config], device, temperature)
-        step = bench.step(variant)
+        bench = Bench(CONFIGS[config], device, temperature, cache_root)
         torch.cuda.reset_peak_memory_stats(device)
-        step()
-        step()
+        if variant == "cache_build":
+            bench.cache(CACHE_K)
+        else:
+            step = bench.step(variant)
+            step()
+            step()
         peak = torch.cuda.max_memory_allocated(device) / 2**20
-        del bench, step
+        del bench
         torch.cuda.empty_cache()
         return peak
-    command = [sys.executable, __file__, "--child", config, variant, "--temperature", str(temperature)]
+    command = [sys.executable, __file__, "--child", config, variant, "--temperature", str(temperature),
+               "--cache-root", cache_root]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory child for {config}/{variant} failed:\n{result.stderr[-2000:]}")
@@ -228,12 +246,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(config: str, variant: str, temperature: float) -> None:
-    """Run two steps of one variant and print this process's peak resident set size."""
-    bench = Bench(CONFIGS[config], torch.device("cpu"), temperature)
-    step = bench.step(variant)
-    step()
-    step()
+def child(config: str, variant: str, temperature: float, cache_root: str) -> None:
+    """Run two steps of one variant (or build the cache) and print this process's peak resident set size."""
+    bench = Bench(CONFIGS[config], torch.device("cpu"), temperature, cache_root)
+    if variant == "cache_build":
+        bench.cache(CACHE_K)
+    else:
+        step = bench.step(variant)
+        step()
+        step()
     print(json.dumps({"peak_mb": peak_rss_mb()}))
 
 
@@ -251,9 +272,10 @@ def main() -> None:
                         help="day-to-day check in a few minutes: the demo configurations, 3 timed steps, no memory")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--cache-root", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
-        child(*options.child, options.temperature)
+        child(*options.child, options.temperature, options.cache_root)
         return
     if options.quick:
         options.configs = [name for name in options.configs if name.endswith("-demo")]
@@ -285,7 +307,10 @@ def main() -> None:
             "self_fraction_of_matmul": student_flops / median["self"] / peak,
         }
         if not options.no_memory:
-            entry["peak_mb"] = {v: peak_memory_mb(config, v, device, options.temperature) for v in VARIANTS}
+            with tempfile.TemporaryDirectory(prefix="kinherit-bench-cache-") as cache_root:
+                # the cache is built first, in its own child, so that the `ki_cache` step's peak is the step's
+                entry["peak_mb"] = {v: peak_memory_mb(config, v, device, options.temperature, cache_root)
+                                    for v in ("cache_build", *VARIANTS)}
         results["configs"][config] = entry
         report(config, entry)
     if options.json:
@@ -302,6 +327,9 @@ def report(config: str, entry: dict) -> None:
         memory = entry.get("peak_mb", {}).get(variant)
         print(f"{variant:10s} {seconds['median']:9.3f} {seconds['min']:8.3f} {seconds['max']:8.3f} "
               f"{memory if memory is None else f'{memory:9.0f}'}")
+    if "cache_build" in entry.get("peak_mb", {}):
+        print(f"building the top-{entry['cache_k']} cache (its own process): "
+              f"peak {entry['peak_mb']['cache_build']:.0f} MB")
     print(f"bound {entry['bound']:.3f}  ki/self {entry['ki_over_self']:.3f} ({entry['ki_over_bound']:.3f} x bound)  "
           f"naive/ki {entry['naive_over_ki']:.2f}  eager/compiled {entry['eager_over_compiled']:.2f}  "
           f"cache(top-{entry['cache_k']})/ki {entry['cache_over_ki']:.2f}  "

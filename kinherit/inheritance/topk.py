@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms, subtract_target
+from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms
 
 TOP_K_MODES = ("tail", "renormalize")
 TopKMode = Literal["tail", "renormalize"]
@@ -88,35 +88,43 @@ class TopKTarget:
 
 def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
                  temperature: float, smoothing: float, renormalize: bool) -> tuple[torch.Tensor, ...]:
-    """CE sum, tau^2 * KL_K sum, agreements and d total / d z for float32 logits `z` (see the module docstring)."""
-    rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing)
-    grad = subtract_target(probs.mul_(1.0 - alpha), rows, labels, 1.0 - alpha, smoothing)
+    """CE sum, tau^2 * KL_K sum, agreements and d total / d z for float32 logits `z` (see the module docstring).
+
+    Written for `torch.compile` to fuse into few row-wise passes: the gradient is one [n, V] buffer
+    (the softmax's, updated in place), the top-K and label terms land in it through one scatter, and the
+    tail is found by setting the top-K of the tempered logits to -inf (a boolean [n, V] mask built by a
+    scatter costs more than the whole kernel on CPU).
+    """
+    _rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing)
     u = z / temperature
     lse = torch.logsumexp(u, dim=-1, keepdim=True)
     step = alpha * temperature
     agree = (top == ids[:, 0]).sum().float()
+    log_q_k = z.gather(1, ids) / temperature - lse
     if renormalize:  # p^ = p_k / sum_K p: d(tau^2 KL)/dz = tau * (q - p^)
         log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
         p_k = log_p.exp()
-        kl = (p_k * (log_p - (u.gather(1, ids) - lse))).sum()
-        grad = (grad + (u - lse).exp() * step).scatter_add(1, ids, -step * p_k)
-        return ce, kl * temperature**2, agree, grad
-    p_k = log_p.exp()
-    in_top = torch.zeros_like(u, dtype=torch.bool).scatter_(1, ids, True)
-    tail_lse = torch.logsumexp(u.masked_fill(in_top, float("-inf")), dim=-1, keepdim=True)
-    empty_tail = torch.isinf(tail_lse)  # K = V: no tail outcome
-    p_tail = torch.where(empty_tail, 0.0, (1.0 - p_k.sum(-1, keepdim=True)).clamp_min(0.0))
-    log_q_k = u.gather(1, ids) - lse
-    log_q_tail = torch.where(empty_tail, 0.0, tail_lse - lse)
-    kl_top = (p_k * (log_p - log_q_k)).sum(-1)
-    kl_tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0).squeeze(-1)
-    kl = (kl_top + kl_tail).sum()
-    # d(tau^2 KL_K)/dz = tau * (q - p~): p~ is p_k on the top-K, p_tail * q_j / q_tail on the tail
-    q = (u - lse).exp()
-    spread = torch.where(in_top, 0.0, (u - tail_lse).exp() * p_tail)
-    grad = grad + (q - spread) * step
-    grad = grad.scatter_add(1, ids, -step * p_k)
-    return ce, kl * temperature**2, agree, grad
+        kl = (p_k * (log_p - log_q_k)).sum()
+        grad = probs.mul_(1.0 - alpha).add_((u - lse).exp() * step)
+    else:
+        p_k = log_p.exp()
+        tail_u = u.scatter(1, ids, float("-inf"))  # the tempered logits off the teacher's top-K
+        tail_lse = torch.logsumexp(tail_u, dim=-1, keepdim=True)
+        empty_tail = torch.isinf(tail_lse)  # K = V: no tail outcome
+        p_tail = torch.where(empty_tail, 0.0, (1.0 - p_k.sum(-1, keepdim=True)).clamp_min(0.0))
+        log_q_tail = torch.where(empty_tail, 0.0, tail_lse - lse)
+        kl_top = (p_k * (log_p - log_q_k)).sum(-1)
+        kl_tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0).squeeze(-1)
+        kl = (kl_top + kl_tail).sum()
+        # d(tau^2 KL_K)/dz = tau * (q - p~): p~ is p_k on the top-K (scattered below), p_tail * q_j / q_tail on the
+        # tail, which is exp(tail_u - tail_lse) * p_tail and 0 on the top-K (exp(-inf))
+        shift = torch.where(empty_tail, 0.0, tail_lse)
+        grad = probs.mul_(1.0 - alpha).add_(step * ((u - lse).exp() - (tail_u - shift).exp() * p_tail))
+    if smoothing:  # the smoothed label's uniform part; its one-hot part is scattered with the top-K below
+        grad.sub_((1.0 - alpha) * smoothing / z.shape[-1])
+    index = torch.cat([labels[:, None], ids], 1)
+    values = torch.cat([(-(1.0 - alpha) * (1.0 - smoothing)).expand(z.shape[0], 1), -step * p_k], 1)
+    return ce, kl * temperature**2, agree, grad.scatter_add_(1, index, values)
 
 
 _COMPILED_TOPK = CompiledKernel(_topk_kernel)
