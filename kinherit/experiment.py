@@ -279,9 +279,9 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
 
 
 def _check_names(where: str, key: str, value: Any) -> None:
-    """A corpus or task name, or a non-empty list of them."""
+    """A corpus or task name, or a list of them (empty: none, overriding the defaults)."""
     if value is not None and not (isinstance(value, str) or (
-            isinstance(value, list) and value and all(isinstance(c, str) for c in value))):
+            isinstance(value, list) and all(isinstance(c, str) for c in value))):
         raise KinheritError(f"{where}: {key} must be a name or a list of names, got {value!r}")
 
 

@@ -58,6 +58,7 @@ def test_valid_experiment_orders_teachers_first():
     ({**BASE, "finetune_options": {"seeds": "many"}}, "finetune_options: .*--seeds.*invalid int value"),
     ({**BASE, "finetune_options": {"task": "x"}}, r"finetune_options \['task'\] are set by the experiment"),
     (with_runs([{"name": "a", "model": "m", "finetune": "no-such-task"}]), "neither a built-in task"),
+    (with_runs([{"name": "a", "model": "m", "finetune": [3]}]), "finetune must be a name or a list of names"),
     ({**BASE, "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 1.5}}},
      r"validation_fraction must be in \[0, 1\), got 1.5"),
 ])
@@ -110,6 +111,13 @@ def test_a_group_joins_runs_seeded_by_hand_as_one_arm():
     assert experiment.runs["ki-s1"].seed == 1 and experiment.runs["scratch"].group == "scratch"
     with pytest.raises(KinheritError, match="group must be a non-empty string"):
         parse_experiment(with_runs([{"name": "a", "model": "m", "group": 3}]), output_dir="/tmp/unused")
+
+
+def test_an_empty_list_overrides_the_defaults_tasks():
+    data = with_runs([{"name": "a", "model": "m"}, {"name": "b", "model": "m", "finetune": []}])
+    data["defaults"] = {**data.get("defaults", {}), "finetune": ["rotten-tomatoes"]}
+    experiment = parse_experiment(data, output_dir="/tmp/unused")
+    assert experiment.runs["a"].finetune == ["rotten-tomatoes"] and experiment.runs["b"].finetune == []
 
 
 def test_yaml_file_errors(tmp_path):
