@@ -208,12 +208,12 @@ def matmul_flops_per_second(device: torch.device, size: int, repeats: int = 5) -
     return 2 * size**3 / statistics.median(times)
 
 
-def peak_memory_mb(config: str, variant: str, device: torch.device, temperature: float,
+def peak_memory_mb(config: str, variant: str, device: torch.device, options: argparse.Namespace,
                    cache_root: str) -> float:
     """Peak memory of two steps of `variant` (or of building the cache, `cache_build`): CUDA allocator peak in
     process, else a child's peak RSS. The `ki_cache` step reads a cache a `cache_build` child wrote before."""
     if device.type == "cuda":
-        bench = Bench(CONFIGS[config], device, temperature, cache_root)
+        bench = Bench(CONFIGS[config], device, options.temperature, cache_root, options.chunk_size)
         torch.cuda.reset_peak_memory_stats(device)
         if variant == "cache_build":
             bench.cache(CACHE_K)
@@ -225,8 +225,10 @@ def peak_memory_mb(config: str, variant: str, device: torch.device, temperature:
         del bench
         torch.cuda.empty_cache()
         return peak
-    command = [sys.executable, __file__, "--child", config, variant, "--temperature", str(temperature),
+    command = [sys.executable, __file__, "--child", config, variant, "--temperature", str(options.temperature),
                "--cache-root", cache_root]
+    if options.chunk_size:
+        command += ["--chunk-size", str(options.chunk_size)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory child for {config}/{variant} failed:\n{result.stderr[-2000:]}")
@@ -246,9 +248,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(config: str, variant: str, temperature: float, cache_root: str) -> None:
+def child(config: str, variant: str, options: argparse.Namespace) -> None:
     """Run two steps of one variant (or build the cache) and print this process's peak resident set size."""
-    bench = Bench(CONFIGS[config], torch.device("cpu"), temperature, cache_root)
+    bench = Bench(CONFIGS[config], torch.device("cpu"), options.temperature, options.cache_root, options.chunk_size)
     if variant == "cache_build":
         bench.cache(CACHE_K)
     else:
@@ -265,6 +267,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compilation included)")
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--chunk-size", type=int, help="positions per chunk of the fused head and loss "
+                        "(default: kinherit's, --chunk_size of kinherit pretrain)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--matmul-size", type=int, default=2048)
@@ -275,7 +279,7 @@ def main() -> None:
     parser.add_argument("--cache-root", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
-        child(*options.child, options.temperature, options.cache_root)
+        child(*options.child, options)
         return
     if options.quick:
         options.configs = [name for name in options.configs if name.endswith("-demo")]
@@ -283,12 +287,13 @@ def main() -> None:
     device = torch.device(options.device)
     peak = matmul_flops_per_second(device, options.matmul_size)
     results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "chunk_size": options.chunk_size or InheritanceArguments().chunk_size,
                "temperature": options.temperature, "matmul_flops_per_second": peak, "configs": {}}
     print(f"device {device}, {torch.get_num_threads()} threads; {options.matmul_size}^3 float32 matmul: "
           f"{peak / 1e9:.1f} GFLOP/s")
     for config in options.configs:
         pair = CONFIGS[config]
-        bench = Bench(pair, device, options.temperature)
+        bench = Bench(pair, device, options.temperature, chunk_size=options.chunk_size)
         bound, student_flops, teacher_flops = bench.bound()
         times = {variant: time_steps(bench, variant, options.warmup, options.repeats) for variant in VARIANTS}
         del bench
@@ -309,7 +314,7 @@ def main() -> None:
         if not options.no_memory:
             with tempfile.TemporaryDirectory(prefix="kinherit-bench-cache-") as cache_root:
                 # the cache is built first, in its own child, so that the `ki_cache` step's peak is the step's
-                entry["peak_mb"] = {v: peak_memory_mb(config, v, device, options.temperature, cache_root)
+                entry["peak_mb"] = {v: peak_memory_mb(config, v, device, options, cache_root)
                                     for v in ("cache_build", *VARIANTS)}
         results["configs"][config] = entry
         report(config, entry)
