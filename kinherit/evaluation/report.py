@@ -188,18 +188,24 @@ def plot_finetuning(folder: Path, finetuning: dict[str, dict[str, Any]]) -> list
     names = sorted({name for results in finetuning.values() for name in results})
     figure, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(finetuning) * len(names) / 2 + 2), 4.5))
     width = 0.8 / len(names)
+    low, high = 1.0, 0.0  # the axis spans the bars and the majority class, so that differences show
     for i, name in enumerate(names):
         xs = [t + (i - (len(names) - 1) / 2) * width for t in range(len(finetuning))]
         means = [results[name]["accuracy"]["mean"] if name in results else 0.0 for results in finetuning.values()]
         stds = [results[name]["accuracy"]["std"] if name in results else 0.0 for results in finetuning.values()]
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+        for x, mean, std in zip(xs, means, stds, strict=True):
+            if mean:
+                ax.text(x, mean + std + 0.003, f"{mean:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
+                low, high = min(low, mean - std), max(high, mean + std)
     for t, results in enumerate(finetuning.values()):
         majority = next(iter(results.values()))["majority_test_accuracy"]
+        low = min(low, majority)
         ax.hlines(majority, t - 0.45, t + 0.45, colors="black", linestyles="--", linewidth=1,
                   label="majority class" if t == 0 else None)
     ax.set_xticks(range(len(finetuning)), list(finetuning))
     ax.set_ylabel("test accuracy (mean +- std over seeds)")
-    ax.set_ylim(0.0, 1.0)
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.08))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Downstream accuracy after fine-tuning")
