@@ -37,7 +37,7 @@ from kinherit.atomic import write_json_atomic
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.inheritance.topk import TopKTarget
-from kinherit.lm import target_labels, taught_positions
+from kinherit.lm import chunk_positions, target_labels, taught_positions
 from kinherit.models import load_model
 from kinherit.options import InheritanceArguments
 from kinherit.sealed import seal
@@ -102,7 +102,7 @@ class Bench:
         self.temperature = temperature
         self.output_dir = tempfile.mkdtemp(prefix="kinherit-bench-")
         self.cache_root = cache_root  # where the `ki_cache` variant's cache is (built there when missing)
-        self.chunk_size = chunk_size or InheritanceArguments().chunk_size
+        self.chunk_size = chunk_positions(chunk_size, pair.vocab)
 
     def trainer(self, teacher: str | None, compiled: bool = True) -> InheritanceTrainer:
         """The trainer with the live teacher (`teacher="live"`), a teacher cache (`"cache"`), or none."""
@@ -127,7 +127,7 @@ class Bench:
             live = TeacherSet([self.teacher])
             ids, log_probs = [], []
             with live.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
-                for chunk in taught_positions(labels).split(InheritanceArguments().chunk_size):
+                for chunk in taught_positions(labels).split(self.chunk_size):
                     top = TopKTarget.from_log_probs(target_of(chunk).log_probs, k)
                     ids.append(top.ids)
                     log_probs.append(top.log_probs)
@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compilation included)")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--chunk-size", type=int, help="positions per chunk of the fused head and loss "
-                        "(default: kinherit's, --chunk_size of kinherit pretrain)")
+                        "(default: kinherit's for the vocabulary, as --chunk_size of kinherit pretrain)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--matmul-size", type=int, default=2048)
@@ -287,7 +287,6 @@ def main() -> None:
     device = torch.device(options.device)
     peak = matmul_flops_per_second(device, options.matmul_size)
     results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "chunk_size": options.chunk_size or InheritanceArguments().chunk_size,
                "temperature": options.temperature, "matmul_flops_per_second": peak, "configs": {}}
     print(f"device {device}, {torch.get_num_threads()} threads; {options.matmul_size}^3 float32 matmul: "
           f"{peak / 1e9:.1f} GFLOP/s")
@@ -296,10 +295,11 @@ def main() -> None:
         bench = Bench(pair, device, options.temperature, chunk_size=options.chunk_size)
         bound, student_flops, teacher_flops = bench.bound()
         times = {variant: time_steps(bench, variant, options.warmup, options.repeats) for variant in VARIANTS}
+        chunk = bench.chunk_size
         del bench
         median = {variant: statistics.median(t) for variant, t in times.items()}
         entry = {
-            "pair": pair.__dict__, "bound": bound, "student_step_flops": student_flops,
+            "pair": pair.__dict__, "chunk_size": chunk, "bound": bound, "student_step_flops": student_flops,
             "teacher_forward_flops": teacher_flops,
             "seconds": {v: {"median": median[v], "min": min(t), "max": max(t)} for v, t in times.items()},
             "ki_over_self": median["ki"] / median["self"],

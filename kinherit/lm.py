@@ -15,9 +15,23 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
+from kinherit.errors import KinheritError
 from kinherit.models import backbone_and_head, forward_as_body, reshard_model
 
 IGNORE_INDEX = -100
+CHUNK_BYTES = 128 * 2**20  # the default chunk keeps one float32 [positions, V] tensor within this
+MAX_CHUNK = 1024  # ... and holds at most this many positions (more buys no speed)
+MIN_CHUNK = 64
+
+
+def chunk_positions(chunk_size: int | None, vocab: int) -> int:
+    """Positions per chunk: `chunk_size` when given, else as many as keep a float32 [positions, vocab] tensor
+    within 128 MB (1,024 up to a 32,768-token vocabulary, 256 at 131,072), between 64 and 1,024."""
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
+        return chunk_size
+    return max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_BYTES // (4 * max(vocab, 1))))
 
 
 def target_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:
@@ -40,9 +54,11 @@ def taught_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def taught_logits(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int, vocab: int, kind: str,
-                  autocast=contextlib.nullcontext) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def taught_logits(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int | None, vocab: int,
+                  kind: str, autocast=contextlib.nullcontext) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`(logits, labels)` of `model` over `dataset`, chunk by chunk (float32 `[n, vocab]`), taught positions only.
+
+    `chunk_size` positions per chunk (None: `chunk_positions`' default for the vocabulary).
 
     The model is called as a module, so a model sharded with FSDP2 gathers its weights; it is left in the
     mode it had.
@@ -58,14 +74,14 @@ def taught_logits(model: PreTrainedModel, dataset, collator, batch_size: int, ch
             with autocast(), forward_as_body(model, body):
                 hidden = model(input_ids=input_ids)
                 hidden = hidden.reshape(-1, hidden.shape[-1])
-            for chunk in taught_positions(labels).split(chunk_size):
+            for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab)):
                 yield head(hidden[chunk])[:, :vocab].float(), labels[chunk]
     finally:
         reshard_model(model)  # a sharded model frees the weights its root gathered
         model.train(was_training)
 
 
-def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int, vocab: int,
+def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int | None, vocab: int,
                     kind: str, autocast=contextlib.nullcontext) -> tuple[float, int]:
     """Mean cross-entropy per taught position of `model` over `dataset`, and the number of positions."""
     total, count = 0.0, 0

@@ -144,7 +144,9 @@ class InheritanceArguments:
         "help": "Time constant (steps) of the exponential schedule."})
     inherit_margin: float = field(default=0.0, metadata={
         "help": "Adaptive schedule: stop once the student's validation loss is this much below the teacher's."})
-    chunk_size: int = field(default=1024, metadata={"help": "Positions per chunk of the fused head and loss."})
+    chunk_size: int | None = field(default=None, metadata={
+        "help": "Positions per chunk of the fused head and loss (default: as many as keep one float32 "
+                "[positions, vocabulary] tensor within 128 MB, at most 1024: 1024 up to 32k tokens, 256 at 128k)."})
     fused_loss: bool = field(default=True, metadata={
         "help": "Closed-form gradient of CE + forward KL per chunk (False: autograd, slower, same result)."})
     compile_loss: bool = field(default=True, metadata={
@@ -174,7 +176,7 @@ class InheritanceArguments:
             raise KinheritError(f"--teacher_placement {self.teacher_placement!r} is not one of {', '.join(PLACEMENTS)}")
         if self.nonfinite not in NONFINITE:
             raise KinheritError(f"--nonfinite {self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise KinheritError(f"--chunk_size must be positive, got {self.chunk_size}")
         if self.teacher_weights and len(self.teacher_weights) != len(self.teacher):
             raise KinheritError(f"{len(self.teacher_weights)} --teacher_weights for {len(self.teacher)} --teacher; "
@@ -334,7 +336,8 @@ class EvaluateArguments:
         "help": "Start of that slice of the training documents (default: the run's)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where packed blocks are cached."})
     batch_size: int = field(default=32, metadata={"help": "Blocks per forward pass."})
-    chunk_size: int = field(default=1024, metadata={"help": "Positions per chunk of the LM head."})
+    chunk_size: int | None = field(default=None, metadata={
+        "help": "Positions per chunk of the LM head (default: as for kinherit pretrain, from the vocabulary)."})
     temperatures: list[float] = field(default_factory=list, metadata={
         "help": "Also report the mean entropy (nats) of the model's predictions softened by each temperature tau, "
                 "softmax(z / tau): how sharp a target it would be for KI at that tau."})
@@ -344,7 +347,8 @@ class EvaluateArguments:
     def __post_init__(self) -> None:
         _check([(bool(self.corpus), "--corpus needs at least one source"),
                 (self.split in SPLITS, f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}"),
-                (self.batch_size > 0 and self.chunk_size > 0, "--batch_size and --chunk_size must be positive"),
+                (self.batch_size > 0 and (self.chunk_size is None or self.chunk_size > 0),
+                 "--batch_size and --chunk_size must be positive"),
                 (all(tau > 0 for tau in self.temperatures), f"--temperatures must be positive, got "
                                                             f"{self.temperatures}")])
 

@@ -9,6 +9,8 @@ import torch
 
 from kinherit.errors import KinheritError
 from kinherit.inheritance import InheritanceLoss
+from kinherit.inheritance import loss as loss_module
+from kinherit.lm import chunk_positions
 
 V = 23
 
@@ -100,6 +102,23 @@ def test_chunked_equals_unchunked():
         grads.append(s.grad)
     assert values[0] == pytest.approx(values[1], rel=1e-6) and values[1] == pytest.approx(values[2], rel=1e-6)
     assert torch.allclose(grads[0], grads[2], atol=1e-7) and torch.allclose(grads[1], grads[2], atol=1e-7)
+
+
+def test_the_default_chunk_bounds_its_tensors_by_bytes(monkeypatch):
+    # one float32 [positions, V] tensor within 128 MB, 64 to 1024 positions; an explicit size wins
+    assert [chunk_positions(None, v) for v in (8192, 32768, 131072, 262144, 10**7)] == [1024, 1024, 256, 128, 64]
+    assert chunk_positions(300, 131072) == 300
+    with pytest.raises(KinheritError, match="chunk_size must be at least 1"):
+        InheritanceLoss(chunk_size=0)
+    # the loss splits by the default for its vocabulary (the budget shrunk to 4 positions of V logits)
+    monkeypatch.setattr("kinherit.lm.CHUNK_BYTES", 4 * V * 4)
+    monkeypatch.setattr("kinherit.lm.MIN_CHUNK", 1)
+    seen = []
+    real = loss_module.chunked_loss
+    monkeypatch.setattr(loss_module, "chunked_loss", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
+    student, teachers, labels = make(11, shape=(4, 16))
+    InheritanceLoss(temperature=1.5)(student, teachers[0], labels, alpha=0.5)
+    assert seen == [4]
 
 
 def test_fully_ignored_batch_is_finite_zero():

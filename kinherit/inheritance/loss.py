@@ -26,7 +26,7 @@ from kinherit.inheritance.chunking import ChunkResult, chunked_loss
 from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
 from kinherit.inheritance.targets import Target, TargetFn, self_learning_terms
 from kinherit.inheritance.topk import TopKMode, TopKTarget, check_top_k
-from kinherit.lm import taught_positions
+from kinherit.lm import chunk_positions, taught_positions
 
 
 @dataclass
@@ -66,15 +66,15 @@ class InheritanceLoss:
     """
 
     def __init__(self, temperature: float = 2.0, divergence: str = "forward_kl", beta: float = 0.5,
-                 chunk_size: int = 1024, vocab_size: int | None = None, fused: bool = True,
+                 chunk_size: int | None = None, vocab_size: int | None = None, fused: bool = True,
                  compiled: bool = False, label_smoothing: float = 0.0, top_k: int | None = None,
                  top_k_mode: TopKMode = "tail") -> None:
         validate_options(temperature, divergence, beta)
         check_top_k(top_k, top_k_mode)
         self.top_k = top_k
         self.top_k_mode = top_k_mode
-        if chunk_size < 1:
-            raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
+        if chunk_size is not None:
+            chunk_positions(chunk_size, 1)  # refuses a size below 1 now, not at the first step
         if not 0.0 <= label_smoothing < 1.0:
             raise KinheritError(f"label smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
@@ -110,7 +110,10 @@ class InheritanceLoss:
                     target = self.restrict(targets(chunk))
             return self.chunk(logits, target, labels[chunk], alpha)
 
-        total, stats = chunked_loss(compute, positions, self.chunk_size, [hidden], list(params), n_stats=3)
+        # the logits' width sets the default chunk: the vocabulary, else the head's largest output dimension
+        width = vocab or max((p.shape[0] for p in params), default=hidden.shape[-1])
+        total, stats = chunked_loss(compute, positions, chunk_positions(self.chunk_size, width), [hidden], list(params),
+                                    n_stats=3)
         ce, ki, agree = stats.tolist()
         return LossSums(total=total, self_loss=ce, ki_loss=ki, agreements=agree, positions=positions.numel())
 
