@@ -150,6 +150,13 @@ def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losse
         late = [p for p in curve if p.step >= 0.4 * curve[-1].step]
         left.plot([p.step for p in late], [p.loss for p in late], marker="o", markersize=2.5,
                   color=colours[i % len(colours)], linestyle=styles[(i // len(colours)) % len(styles)], label=name)
+    ended = [(name, c["inheritance_end_step"], c["val_loss_at_inheritance_end"]) for name, c in compute.items()
+             if name in students and c.get("inheritance_end_step") is not None
+             and c["inheritance_end_step"] < students[name][-1].step]  # a switch before the end of the run
+    for j, (name, step, loss) in enumerate(ended):
+        left.plot([step], [loss], marker="D", markersize=7, markeredgecolor="black", linestyle="none",
+                  color=colours[list(students).index(name) % len(colours)],
+                  label="where inheritance ended" if j == 0 else None)
     left.set_xlabel("optimizer steps (second half of each run, or more)")
     left.set_ylabel("validation loss (nats per token)")
     left.grid(alpha=0.3)
