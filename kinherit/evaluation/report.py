@@ -131,15 +131,16 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
 
 
 def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
-                 compute: dict[str, Any], runs: dict[str, Any]) -> list[str]:
+                 compute: dict[str, Any], runs: dict[str, Any], finished: set[str]) -> list[str]:
     """For experiments of many students: the second half of every student's curve (left) and each one's final
-    validation loss against its baseline's (right), where differences of a few hundredths stay legible."""
+    validation loss against its baseline's (right), where differences of a few hundredths stay legible.
+    Only `finished` runs are drawn: an unfinished run's last loss is not its final one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    students = _students(curves, teacher_losses, runs)
+    students = {n: c for n, c in _students(curves, teacher_losses, runs).items() if n in finished}
     if len(students) < 3:
         return []
     figure, (left, right) = plt.subplots(1, 2, figsize=(15, 0.32 * len(students) + 4.5),
@@ -166,7 +167,8 @@ def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losse
     right.barh(range(len(names)), finals, color=[colours[list(students).index(n) % len(colours)] for n in names])
     for y, value in enumerate(finals):
         right.annotate(f"{value:.3f}", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-    for k, baseline in enumerate(sorted({c["baseline"] for c in compute.values()})):
+    drawn = sorted({c["baseline"] for n, c in compute.items() if n in students and c["baseline"] in finished})
+    for k, baseline in enumerate(drawn):
         right.axvline(curves[baseline][-1].loss, color="black", linestyle=styles[k % len(styles)], linewidth=1,
                       label=f"{baseline} final")
     right.set_yticks(range(len(names)), names, fontsize=8)
@@ -288,7 +290,8 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
             for task, result in json.loads(path.read_text()).items():
                 finetuning.setdefault(task, {})[name] = result
     plots = (plot_curves(target, curves, teacher_losses, compute, runs)
-             + plot_summary(target, curves, teacher_losses, compute, runs) + plot_finetuning(target, finetuning))
+             + plot_summary(target, curves, teacher_losses, compute, runs, {n for n, s in summaries.items() if s})
+             + plot_finetuning(target, finetuning))
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
