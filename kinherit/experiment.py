@@ -12,7 +12,9 @@ with `seed: 1` beside `ki`) are summarised together in the report as seeds of on
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import logging
@@ -21,6 +23,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -616,6 +619,25 @@ def finetune_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
               f"{result['accuracy']['std']:.4f} over {len(result['test'])} seeds", flush=True)
 
 
+@contextlib.contextmanager
+def run_lock(output_dir: Path, name: str) -> Iterator[None]:
+    """Hold run `name` of a shared output folder while training it (an exclusive `flock` on
+    `OUTPUT/runs/.locks/NAME.lock`): a second experiment that shares the run waits for it, then finds it done
+    (or resumes what was interrupted), instead of training it at the same time into the same folder."""
+    folder = output_dir / "runs" / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"    waiting for run {name!r}: another process is training it", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
     """Run every unfinished run of the experiment in dependency order, then write the report."""
     from kinherit.evaluation.report import write_report
@@ -626,51 +648,52 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
     ensure_tokenizer(experiment)
     order = experiment.order(only)
     for position, name in enumerate(order, start=1):
-        spec = experiment.runs[name]
-        run_dir = experiment.output_dir / "runs" / name
-        fingerprint_file = run_dir / "spec.json"
-        fingerprint = run_fingerprint(spec, experiment.launcher)
-        if fingerprint_file.exists() and json.loads(fingerprint_file.read_text())["fingerprint"] != fingerprint:
-            raise KinheritError(f"run {name!r} in {run_dir} was made with other settings than the YAML now gives; "
-                                "delete that folder to redo it, or give the changed run a new name")
-        if (run_dir / RUN_MARKER).exists():
-            print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
+        with run_lock(experiment.output_dir, name):
+            spec = experiment.runs[name]
+            run_dir = experiment.output_dir / "runs" / name
+            fingerprint_file = run_dir / "spec.json"
+            fingerprint = run_fingerprint(spec, experiment.launcher)
+            if fingerprint_file.exists() and json.loads(fingerprint_file.read_text())["fingerprint"] != fingerprint:
+                raise KinheritError(f"run {name!r} in {run_dir} was made with other settings than the YAML now gives; "
+                                    "delete that folder to redo it, or give the changed run a new name")
+            if (run_dir / RUN_MARKER).exists():
+                print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
+                evaluate_run(experiment, spec, run_dir)
+                finetune_run(experiment, spec, run_dir)
+                continue
+            settings = run_settings(experiment, spec)
+            last = last_good_checkpoint(run_dir)
+            settings["resume_from_checkpoint"] = last
+            if spec.grow:
+                settings["model"] = str(run_dir / GROWN)
+            if spec.cache is not None:
+                settings = cached_teachers(experiment, spec, settings)
+            arguments = run_arguments(experiment, spec, settings)  # every value is checked before anything is written
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
+            if spec.grow:
+                grow_start(experiment, spec, run_dir)
+            teachers = f" inheriting from {', '.join(spec.teacher_runs())}" if spec.teacher_runs() else ""
+            teachers += f", grown from {spec.grow}" if spec.grow else ""
+            resumed = f", resuming {Path(last).name}" if last else ""
+            print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {arguments[3].max_steps} steps"
+                  f"{teachers}{resumed}", flush=True)
+            arguments_file = run_dir / LAUNCH_FILE
+            command = experiment.launch_command(arguments_file)
+            if command is None:
+                summary = pretrain(*arguments)
+            else:
+                write_json_atomic(arguments_file, settings)
+                print(f"    {shlex.join(command)}", flush=True)
+                if subprocess.run(command).returncode != 0:
+                    raise KinheritError(f"run {name!r} failed under the launcher (see its output above); re-run the "
+                                        "experiment to resume it from its last checkpoint")
+                summary = json.loads((run_dir / RUN_MARKER).read_text())
+            loss = summary["final_val_loss"]
+            evaluated = f"validation loss {loss:.4f} (ppl {math.exp(loss):.1f})" if loss is not None else "trained"
+            print(f"[{position}/{len(order)}] {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
             evaluate_run(experiment, spec, run_dir)
             finetune_run(experiment, spec, run_dir)
-            continue
-        settings = run_settings(experiment, spec)
-        last = last_good_checkpoint(run_dir)
-        settings["resume_from_checkpoint"] = last
-        if spec.grow:
-            settings["model"] = str(run_dir / GROWN)
-        if spec.cache is not None:
-            settings = cached_teachers(experiment, spec, settings)
-        arguments = run_arguments(experiment, spec, settings)  # every value is checked before anything is written
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
-        if spec.grow:
-            grow_start(experiment, spec, run_dir)
-        teachers = f" inheriting from {', '.join(spec.teacher_runs())}" if spec.teacher_runs() else ""
-        teachers += f", grown from {spec.grow}" if spec.grow else ""
-        resumed = f", resuming {Path(last).name}" if last else ""
-        print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {arguments[3].max_steps} steps"
-              f"{teachers}{resumed}", flush=True)
-        arguments_file = run_dir / LAUNCH_FILE
-        command = experiment.launch_command(arguments_file)
-        if command is None:
-            summary = pretrain(*arguments)
-        else:
-            write_json_atomic(arguments_file, settings)
-            print(f"    {shlex.join(command)}", flush=True)
-            if subprocess.run(command).returncode != 0:
-                raise KinheritError(f"run {name!r} failed under the launcher (see its output above); re-run the "
-                                    "experiment to resume it from its last checkpoint")
-            summary = json.loads((run_dir / RUN_MARKER).read_text())
-        loss = summary["final_val_loss"]
-        evaluated = f"validation loss {loss:.4f} (ppl {math.exp(loss):.1f})" if loss is not None else "trained"
-        print(f"[{position}/{len(order)}] {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
-        evaluate_run(experiment, spec, run_dir)
-        finetune_run(experiment, spec, run_dir)
     report = write_report(experiment.output_dir, experiment.name)
     print(report["headline"], flush=True)
     print(f"report: {report_folder(experiment.output_dir, experiment.name) / 'report.md'}", flush=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 
 import pytest
 import yaml
 
 from kinherit.errors import KinheritError
 from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, crossing, summarise
-from kinherit.experiment import load_experiment, parse_experiment, run_arguments, run_experiment
+from kinherit.experiment import load_experiment, parse_experiment, run_arguments, run_experiment, run_lock
 
 BASE = {"name": "x", "corpora": {"wiki": {"source": "wikipedia"}},
         "runs": [{"name": "teacher", "model": "llama-2x64"},
@@ -310,3 +311,24 @@ def test_inherit_keys_reach_the_inheritance_arguments(tmp_path):
                              output_dir=str(tmp_path))
     defaults = run_arguments(plain, plain.runs["ki"])[2]
     assert (defaults.temperature, defaults.compile_loss, defaults.inherit_schedule) == (2.0, True, "linear")
+
+
+def test_a_shared_run_is_trained_by_one_process_at_a_time(tmp_path, capsys):
+    # a second experiment reaching a run that another one is training waits for it (then finds it done)
+    order = []
+
+    def second():
+        with run_lock(tmp_path, "teacher"):
+            order.append("second")
+
+    with run_lock(tmp_path, "teacher"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()
+        order.append("first")
+    thread.join(10)
+    assert order == ["first", "second"]
+    assert "waiting for run 'teacher': another process is training it" in capsys.readouterr().out
+    with run_lock(tmp_path, "other"), run_lock(tmp_path, "teacher"):  # other runs are not held up
+        pass
