@@ -208,6 +208,16 @@ def matmul_flops_per_second(device: torch.device, size: int, repeats: int = 5) -
     return 2 * size**3 / statistics.median(times)
 
 
+def measured_work(bench: Bench, variant: str) -> None:
+    """What a peak-memory measurement runs: building the cache (`cache_build`), or two steps of `variant`."""
+    if variant == "cache_build":
+        bench.cache(CACHE_K)
+        return
+    step = bench.step(variant)
+    step()
+    step()
+
+
 def peak_memory_mb(config: str, variant: str, device: torch.device, options: argparse.Namespace,
                    cache_root: str) -> float:
     """Peak memory of two steps of `variant` (or of building the cache, `cache_build`): CUDA allocator peak in
@@ -215,12 +225,7 @@ def peak_memory_mb(config: str, variant: str, device: torch.device, options: arg
     if device.type == "cuda":
         bench = Bench(CONFIGS[config], device, options.temperature, cache_root, options.chunk_size)
         torch.cuda.reset_peak_memory_stats(device)
-        if variant == "cache_build":
-            bench.cache(CACHE_K)
-        else:
-            step = bench.step(variant)
-            step()
-            step()
+        measured_work(bench, variant)
         peak = torch.cuda.max_memory_allocated(device) / 2**20
         del bench
         torch.cuda.empty_cache()
@@ -251,12 +256,7 @@ def peak_rss_mb() -> float:
 def child(config: str, variant: str, options: argparse.Namespace) -> None:
     """Run two steps of one variant (or build the cache) and print this process's peak resident set size."""
     bench = Bench(CONFIGS[config], torch.device("cpu"), options.temperature, options.cache_root, options.chunk_size)
-    if variant == "cache_build":
-        bench.cache(CACHE_K)
-    else:
-        step = bench.step(variant)
-        step()
-        step()
+    measured_work(bench, variant)
     print(json.dumps({"peak_mb": peak_rss_mb()}))
 
 

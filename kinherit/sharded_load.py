@@ -8,6 +8,7 @@ shard plus one parameter's rows, not the whole teacher.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -47,7 +48,8 @@ def load_sharded(source: str, dtype: torch.dtype, device: torch.device | str = "
     model.to_empty(device=device)  # allocates each process's shard only (buffers are put back below)
     files = weight_files(source)
     prefix = model.base_model_prefix
-    with torch.no_grad():
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        handles = {file: stack.enter_context(safe_open(str(file), "pt")) for file in set(files.values())}
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
         for name, param in model.named_parameters():
@@ -58,7 +60,6 @@ def load_sharded(source: str, dtype: torch.dtype, device: torch.device | str = "
             local = param.to_local()
             if local.shape[0]:
                 start = param.device_mesh.get_local_rank() * -(-param.shape[0] // param.device_mesh.size())
-                with safe_open(str(files[stored]), "pt") as handle:
-                    rows = handle.get_slice(stored)[start:start + local.shape[0]]
+                rows = handles[files[stored]].get_slice(stored)[start:start + local.shape[0]]
                 local.copy_(rows.to(local.dtype))
     return model
