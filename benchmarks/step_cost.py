@@ -7,8 +7,8 @@ compiled) loss kernel, the KI step reading the teacher's top-K targets from a te
 instead of running the teacher, and a naive KD step as it is commonly written (full-vocabulary logits at
 every position from the models' standard forward, then `F.kl_div`). Peak memory of each step is
 measured in a separate child process by maximum resident set size on CPU, and by
-`torch.cuda.max_memory_allocated` on CUDA. Models are randomly initialised: timings do not depend
-on the weights.
+`torch.cuda.max_memory_allocated` on CUDA, over a steady step (after a warm-up step that compiles).
+Models are randomly initialised: timings do not depend on the weights.
 
     python benchmarks/step_cost.py --help
     python benchmarks/step_cost.py --configs causal-demo masked-demo --json step_cost.json
@@ -25,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -87,8 +89,8 @@ class Bench:
         torch.manual_seed(0)
         tokenizer = stand_in_tokenizer(pair.vocab)
         self.pair, self.device = pair, device
+        self.tokenizer = tokenizer
         self.student = load_model(pair.student, tokenizer, pair.block).to(device)
-        self.teacher = freeze(load_model(pair.teacher, tokenizer, pair.block)).to(device)
         generator = torch.Generator().manual_seed(0)
         ids = torch.randint(5, pair.vocab, (pair.batch, pair.block), generator=generator)
         labels = ids.clone()
@@ -103,6 +105,12 @@ class Bench:
         self.output_dir = tempfile.mkdtemp(prefix="kinherit-bench-")
         self.cache_root = cache_root  # where the `ki_cache` variant's cache is (built there when missing)
         self.chunk_size = chunk_positions(chunk_size, pair.vocab)
+
+    @cached_property
+    def teacher(self) -> torch.nn.Module:
+        """The frozen teacher, loaded on first use: a process that only steps on the cache never holds it."""
+        torch.manual_seed(1)
+        return freeze(load_model(self.pair.teacher, self.tokenizer, self.pair.block)).to(self.device)
 
     def trainer(self, teacher: str | None, compiled: bool = True) -> InheritanceTrainer:
         """The trainer with the live teacher (`teacher="live"`), a teacher cache (`"cache"`), or none."""
@@ -208,24 +216,26 @@ def matmul_flops_per_second(device: torch.device, size: int, repeats: int = 5) -
     return 2 * size**3 / statistics.median(times)
 
 
-def measured_work(bench: Bench, variant: str) -> None:
-    """What a peak-memory measurement runs: building the cache (`cache_build`), or two steps of `variant`."""
+def measured_work(bench: Bench, variant: str, reset_peak: Callable[[], None]) -> None:
+    """What a peak-memory measurement runs: building the cache (`cache_build`), or one warm-up step of
+    `variant` (compiling its kernel) and, after `reset_peak`, the steady step whose peak is reported."""
     if variant == "cache_build":
         bench.cache(CACHE_K)
         return
     step = bench.step(variant)
     step()
+    reset_peak()
     step()
 
 
 def peak_memory_mb(config: str, variant: str, device: torch.device, options: argparse.Namespace,
                    cache_root: str) -> float:
-    """Peak memory of two steps of `variant` (or of building the cache, `cache_build`): CUDA allocator peak in
+    """Peak memory of a steady step of `variant` (or of building the cache, `cache_build`): CUDA allocator peak in
     process, else a child's peak RSS. The `ki_cache` step reads a cache a `cache_build` child wrote before."""
     if device.type == "cuda":
         bench = Bench(CONFIGS[config], device, options.temperature, cache_root, options.chunk_size)
         torch.cuda.reset_peak_memory_stats(device)
-        measured_work(bench, variant)
+        measured_work(bench, variant, lambda: torch.cuda.reset_peak_memory_stats(device))
         peak = torch.cuda.max_memory_allocated(device) / 2**20
         del bench
         torch.cuda.empty_cache()
@@ -253,10 +263,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak resident set size afresh from its current size (Linux's clear_refs "5"),
+    so that a step's peak excludes the warm-up step's one-time compilation. Elsewhere the peak is kept."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        print("warning: cannot reset the peak RSS here; the peak includes the warm-up step", file=sys.stderr)
+
+
 def child(config: str, variant: str, options: argparse.Namespace) -> None:
-    """Run two steps of one variant (or build the cache) and print this process's peak resident set size."""
+    """Run a warm-up and a steady step of one variant (or build the cache) and print the peak resident set size."""
     bench = Bench(CONFIGS[config], torch.device("cpu"), options.temperature, options.cache_root, options.chunk_size)
-    measured_work(bench, variant)
+    measured_work(bench, variant, reset_peak_rss)
     print(json.dumps({"peak_mb": peak_rss_mb()}))
 
 
