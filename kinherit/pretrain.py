@@ -147,6 +147,8 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
     resume = _resume_checkpoint(training_args)
     if resume is None:
         claim_output_dir(output_dir, getattr(training_args, "overwrite_output_dir", False), training_args)
+    else:  # the first process evaluated at step 0; evaluating "on start" again would repeat the checkpoint's step
+        training_args.eval_on_start = False
     # Each machine's first process trains the tokenizer and packs the blocks; the others then read them.
     with training_args.main_process_first(local=True, desc="preparing the tokenizer and data blocks"):
         corpus = load_corpus(data.corpus_specs())

@@ -34,7 +34,7 @@ def main(settings: dict) -> None:
     args = KinheritTrainingArguments(
         output_dir=settings["output_dir"], max_steps=settings["max_steps"], eval_steps=4, logging_steps=4,
         save_steps=8, save_total_limit=1, report_to="none", disable_tqdm=True, per_device_train_batch_size=32,
-        learning_rate=2e-3, seed=3, use_cpu=True, dataloader_num_workers=0,
+        learning_rate=2e-3, seed=3, use_cpu=True, dataloader_num_workers=0, eval_on_start=True,  # as the runner
         resume_from_checkpoint=settings.get("resume"))
     data = small_data(settings["tokenizer"], settings["cache"])
     inherit = InheritanceArguments(teacher=[settings["teacher"]], inherit_steps=settings["max_steps"] - 4,

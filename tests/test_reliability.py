@@ -61,7 +61,9 @@ def test_sigkilled_ki_run_resumes_to_the_same_curve(tmp_path_factory, tokenizer_
     assert 1 < json.loads((cut / "checkpoint-16" / "trainer_state.json").read_text())["epoch"] < 2
     run_worker(output_dir=str(cut), resume="auto", **common)
     whole, resumed = records(tmp_path / "whole", "eval_loss"), records(cut, "eval_loss")
-    assert sorted(resumed) == sorted(whole) == list(range(4, STEPS + 1, 4))
+    assert sorted(resumed) == sorted(whole) == list(range(0, STEPS + 1, 4))
+    evaluated = [r["step"] for r in map(json.loads, (cut / "log.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    assert evaluated == list(range(0, STEPS + 1, 4))  # one record per step: the resumed run does not evaluate at once
     for step, loss in whole.items():
         assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), f"validation loss differs at step {step}"
     assert records(cut, "inherit/alpha") == pytest.approx(records(tmp_path / "whole", "inherit/alpha"))
