@@ -638,10 +638,58 @@ def run_lock(output_dir: Path, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def train_run(experiment: Experiment, name: str, counter: str) -> Path:
+    """Train one run of the experiment (resuming an interrupted one) unless it is done; returns its folder.
+    `counter` ("[i/n]") prefixes its progress lines."""
+    from kinherit.pretrain import RUN_MARKER, pretrain
+
+    spec = experiment.runs[name]
+    run_dir = experiment.output_dir / "runs" / name
+    fingerprint_file = run_dir / "spec.json"
+    fingerprint = run_fingerprint(spec, experiment.launcher)
+    if fingerprint_file.exists() and json.loads(fingerprint_file.read_text())["fingerprint"] != fingerprint:
+        raise KinheritError(f"run {name!r} in {run_dir} was made with other settings than the YAML now gives; "
+                            "delete that folder to redo it, or give the changed run a new name")
+    if (run_dir / RUN_MARKER).exists():
+        print(f"{counter} {name}: done, skipped", flush=True)
+        return run_dir
+    settings = run_settings(experiment, spec)
+    last = last_good_checkpoint(run_dir)
+    settings["resume_from_checkpoint"] = last
+    if spec.grow:
+        settings["model"] = str(run_dir / GROWN)
+    if spec.cache is not None:
+        settings = cached_teachers(experiment, spec, settings)
+    arguments = run_arguments(experiment, spec, settings)  # every value is checked before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
+    if spec.grow:
+        grow_start(experiment, spec, run_dir)
+    teachers = f" inheriting from {', '.join(spec.teacher_runs())}" if spec.teacher_runs() else ""
+    teachers += f", grown from {spec.grow}" if spec.grow else ""
+    resumed = f", resuming {Path(last).name}" if last else ""
+    print(f"{counter} {name}: {spec.settings['model']}, {arguments[3].max_steps} steps"
+          f"{teachers}{resumed}", flush=True)
+    arguments_file = run_dir / LAUNCH_FILE
+    command = experiment.launch_command(arguments_file)
+    if command is None:
+        summary = pretrain(*arguments)
+    else:
+        write_json_atomic(arguments_file, settings)
+        print(f"    {shlex.join(command)}", flush=True)
+        if subprocess.run(command).returncode != 0:
+            raise KinheritError(f"run {name!r} failed under the launcher (see its output above); re-run the "
+                                "experiment to resume it from its last checkpoint")
+        summary = json.loads((run_dir / RUN_MARKER).read_text())
+    loss = summary["final_val_loss"]
+    evaluated = f"validation loss {loss:.4f} (ppl {math.exp(loss):.1f})" if loss is not None else "trained"
+    print(f"{counter} {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
+    return run_dir
+
+
 def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
     """Run every unfinished run of the experiment in dependency order, then write the report."""
     from kinherit.evaluation.report import write_report
-    from kinherit.pretrain import RUN_MARKER, pretrain
 
     experiment = load_experiment(path, output_dir)
     prepare_output(experiment)
@@ -649,51 +697,9 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
     order = experiment.order(only)
     for position, name in enumerate(order, start=1):
         with run_lock(experiment.output_dir, name):
-            spec = experiment.runs[name]
-            run_dir = experiment.output_dir / "runs" / name
-            fingerprint_file = run_dir / "spec.json"
-            fingerprint = run_fingerprint(spec, experiment.launcher)
-            if fingerprint_file.exists() and json.loads(fingerprint_file.read_text())["fingerprint"] != fingerprint:
-                raise KinheritError(f"run {name!r} in {run_dir} was made with other settings than the YAML now gives; "
-                                    "delete that folder to redo it, or give the changed run a new name")
-            if (run_dir / RUN_MARKER).exists():
-                print(f"[{position}/{len(order)}] {name}: done, skipped", flush=True)
-                evaluate_run(experiment, spec, run_dir)
-                finetune_run(experiment, spec, run_dir)
-                continue
-            settings = run_settings(experiment, spec)
-            last = last_good_checkpoint(run_dir)
-            settings["resume_from_checkpoint"] = last
-            if spec.grow:
-                settings["model"] = str(run_dir / GROWN)
-            if spec.cache is not None:
-                settings = cached_teachers(experiment, spec, settings)
-            arguments = run_arguments(experiment, spec, settings)  # every value is checked before anything is written
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(fingerprint_file, {"fingerprint": fingerprint})
-            if spec.grow:
-                grow_start(experiment, spec, run_dir)
-            teachers = f" inheriting from {', '.join(spec.teacher_runs())}" if spec.teacher_runs() else ""
-            teachers += f", grown from {spec.grow}" if spec.grow else ""
-            resumed = f", resuming {Path(last).name}" if last else ""
-            print(f"[{position}/{len(order)}] {name}: {spec.settings['model']}, {arguments[3].max_steps} steps"
-                  f"{teachers}{resumed}", flush=True)
-            arguments_file = run_dir / LAUNCH_FILE
-            command = experiment.launch_command(arguments_file)
-            if command is None:
-                summary = pretrain(*arguments)
-            else:
-                write_json_atomic(arguments_file, settings)
-                print(f"    {shlex.join(command)}", flush=True)
-                if subprocess.run(command).returncode != 0:
-                    raise KinheritError(f"run {name!r} failed under the launcher (see its output above); re-run the "
-                                        "experiment to resume it from its last checkpoint")
-                summary = json.loads((run_dir / RUN_MARKER).read_text())
-            loss = summary["final_val_loss"]
-            evaluated = f"validation loss {loss:.4f} (ppl {math.exp(loss):.1f})" if loss is not None else "trained"
-            print(f"[{position}/{len(order)}] {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
-            evaluate_run(experiment, spec, run_dir)
-            finetune_run(experiment, spec, run_dir)
+            run_dir = train_run(experiment, name, f"[{position}/{len(order)}]")
+            evaluate_run(experiment, experiment.runs[name], run_dir)
+            finetune_run(experiment, experiment.runs[name], run_dir)
     report = write_report(experiment.output_dir, experiment.name)
     print(report["headline"], flush=True)
     print(f"report: {report_folder(experiment.output_dir, experiment.name) / 'report.md'}", flush=True)

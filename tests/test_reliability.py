@@ -41,9 +41,12 @@ def run_worker(**settings) -> int:
     return done.returncode
 
 
+def log_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
 def records(run_dir: Path, key: str) -> dict[int, float]:
-    lines = (run_dir / "log.jsonl").read_text().splitlines()
-    return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
+    return {r["step"]: r[key] for r in log_lines(run_dir) if key in r}
 
 
 def test_sigkilled_ki_run_resumes_to_the_same_curve(tmp_path_factory, tokenizer_dir, masked_teacher):
@@ -62,7 +65,7 @@ def test_sigkilled_ki_run_resumes_to_the_same_curve(tmp_path_factory, tokenizer_
     run_worker(output_dir=str(cut), resume="auto", **common)
     whole, resumed = records(tmp_path / "whole", "eval_loss"), records(cut, "eval_loss")
     assert sorted(resumed) == sorted(whole) == list(range(0, STEPS + 1, 4))
-    evaluated = [r["step"] for r in map(json.loads, (cut / "log.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    evaluated = [r["step"] for r in log_lines(cut) if "eval_loss" in r]
     assert evaluated == list(range(0, STEPS + 1, 4))  # one record per step: the resumed run does not evaluate at once
     for step, loss in whole.items():
         assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), f"validation loss differs at step {step}"
