@@ -39,7 +39,7 @@ from kinherit.atomic import write_json_atomic
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.inheritance.topk import TopKTarget
-from kinherit.lm import chunk_positions, target_labels, taught_positions
+from kinherit.lm import TEACHER_TENSORS, chunk_positions, target_labels, taught_positions
 from kinherit.models import load_model
 from kinherit.options import InheritanceArguments
 from kinherit.sealed import seal
@@ -104,7 +104,7 @@ class Bench:
         self.temperature = temperature
         self.output_dir = tempfile.mkdtemp(prefix="kinherit-bench-")
         self.cache_root = cache_root  # where the `ki_cache` variant's cache is (built there when missing)
-        self.chunk_size = chunk_positions(chunk_size, pair.vocab)
+        self.chunk_size = chunk_size  # None: each step takes kinherit's default for what its chunks hold
 
     @cached_property
     def teacher(self) -> torch.nn.Module:
@@ -135,7 +135,7 @@ class Bench:
             live = TeacherSet([self.teacher])
             ids, log_probs = [], []
             with live.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
-                for chunk in taught_positions(labels).split(self.chunk_size):
+                for chunk in taught_positions(labels).split(chunk_positions(self.chunk_size, self.pair.vocab)):
                     top = TopKTarget.from_log_probs(target_of(chunk).log_probs, k)
                     ids.append(top.ids)
                     log_probs.append(top.log_probs)
@@ -315,7 +315,8 @@ def main() -> None:
         bench = Bench(pair, device, options.temperature, chunk_size=options.chunk_size)
         bound, student_flops, teacher_flops = bench.bound()
         times = {variant: time_steps(bench, variant, options.warmup, options.repeats) for variant in VARIANTS}
-        chunk = bench.chunk_size
+        chunk = {"self": chunk_positions(bench.chunk_size, pair.vocab),
+                 "ki": chunk_positions(bench.chunk_size, pair.vocab, TEACHER_TENSORS)}
         del bench
         median = {variant: statistics.median(t) for variant, t in times.items()}
         entry = {

@@ -105,20 +105,24 @@ def test_chunked_equals_unchunked():
 
 
 def test_the_default_chunk_bounds_its_tensors_by_bytes(monkeypatch):
-    # one float32 [positions, V] tensor within 128 MB, 64 to 1024 positions; an explicit size wins
+    # two float32 [positions, V] tensors (three with a teacher) within 256 MB, 64 to 1024 positions;
+    # an explicit size wins
     assert [chunk_positions(None, v) for v in (8192, 32768, 131072, 262144, 10**7)] == [1024, 1024, 256, 128, 64]
-    assert chunk_positions(300, 131072) == 300
+    assert [chunk_positions(None, v, 3) for v in (8192, 21845, 32768, 131072)] == [1024, 1024, 682, 170]
+    assert chunk_positions(300, 131072, 3) == 300
     with pytest.raises(KinheritError, match="chunk_size must be at least 1"):
         InheritanceLoss(chunk_size=0)
-    # the loss splits by the default for its vocabulary (the budget shrunk to 4 positions of V logits)
-    monkeypatch.setattr("kinherit.lm.CHUNK_BYTES", 4 * V * 4)
+    # the loss splits by the default for its vocabulary and tensors (the budget shrunk to 12 rows of V logits:
+    # 4 positions with a teacher, 6 without)
+    monkeypatch.setattr("kinherit.lm.CHUNK_BYTES", 12 * V * 4)
     monkeypatch.setattr("kinherit.lm.MIN_CHUNK", 1)
     seen = []
     real = loss_module.chunked_loss
     monkeypatch.setattr(loss_module, "chunked_loss", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
     student, teachers, labels = make(11, shape=(4, 16))
     InheritanceLoss(temperature=1.5)(student, teachers[0], labels, alpha=0.5)
-    assert seen == [4]
+    InheritanceLoss(temperature=1.5)(student, None, labels, alpha=0.0)
+    assert seen == [4, 6]
 
 
 def test_fully_ignored_batch_is_finite_zero():

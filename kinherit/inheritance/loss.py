@@ -26,7 +26,7 @@ from kinherit.inheritance.chunking import ChunkResult, chunked_loss
 from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
 from kinherit.inheritance.targets import Target, TargetFn, self_learning_terms
 from kinherit.inheritance.topk import TopKMode, TopKTarget, check_top_k
-from kinherit.lm import chunk_positions, taught_positions
+from kinherit.lm import SELF_TENSORS, TEACHER_TENSORS, chunk_positions, taught_positions
 
 
 @dataclass
@@ -110,10 +110,11 @@ class InheritanceLoss:
                     target = self.restrict(targets(chunk))
             return self.chunk(logits, target, labels[chunk], alpha)
 
-        # the logits' width sets the default chunk: the vocabulary, else the head's largest output dimension
+        # the default chunk: by the logits' width (the vocabulary, else the head's largest output dimension)
+        # and by how many such tensors a chunk holds (a teacher's target is one more)
         width = vocab or max((p.shape[0] for p in params), default=hidden.shape[-1])
-        total, stats = chunked_loss(compute, positions, chunk_positions(self.chunk_size, width), [hidden], list(params),
-                                    n_stats=3)
+        size = chunk_positions(self.chunk_size, width, SELF_TENSORS if targets is None else TEACHER_TENSORS)
+        total, stats = chunked_loss(compute, positions, size, [hidden], list(params), n_stats=3)
         ce, ki, agree = stats.tolist()
         return LossSums(total=total, self_loss=ce, ki_loss=ki, agreements=agree, positions=positions.numel())
 
