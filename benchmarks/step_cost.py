@@ -1,13 +1,14 @@
 """Cost of a KI training step against self-learning and a naive KD step: time, FLOP bound and peak memory.
 
 For each configuration (a masked and a causal pair, demo-sized and large) this times, in one process
-after warm-up, the self-learning step (our own fast path: logits only at valid positions, fused
-head and loss in chunks), our KI step (the same plus the teacher), the KI step with the eager (not
-compiled) loss kernel, the KI step reading the teacher's top-K targets from a teacher cache on disk
-instead of running the teacher, and a naive KD step as it is commonly written (full-vocabulary logits at
-every position from the models' standard forward, then `F.kl_div`). Peak memory of each step is
-measured in a separate child process by maximum resident set size on CPU, and by
-`torch.cuda.max_memory_allocated` on CUDA, over a steady step (after a warm-up step that compiles).
+after warm-up and in turns (one step of each per round), the self-learning step (our own fast path:
+logits only at valid positions, fused head and loss in chunks), our KI step (the same plus the teacher),
+the KI step with the eager (not compiled) loss kernel, the KI step reading the teacher's top-K targets
+from a teacher cache on disk instead of running the teacher, and a naive KD step as it is commonly
+written (full-vocabulary logits at every position from the models' standard forward, then `F.kl_div`).
+Peak memory of each step is measured in a separate child process by maximum resident set size on CPU,
+and by `torch.cuda.max_memory_allocated` on CUDA, over a steady step (after a warm-up step that
+compiles).
 Models are randomly initialised: timings do not depend on the weights.
 
     python benchmarks/step_cost.py --help
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -186,19 +187,29 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(bench: Bench, variant: str, warmup: int, repeats: int) -> list[float]:
-    """Seconds per step of `variant` over `repeats` repetitions after `warmup` untimed ones."""
-    step = bench.step(variant)
+def time_rounds(bench: Bench, variants: Sequence[str], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each variant, timed in turns: each of `repeats` rounds runs one step of every
+    variant, after `warmup` untimed rounds (compilation included). A machine whose speed drifts during the
+    run (this kind moved by 20% within minutes) then slows every variant alike, and the ratios are taken
+    within rounds."""
+    steps = {variant: bench.step(variant) for variant in variants}
     for _ in range(warmup):
-        step()
-    synchronise(bench.device)
-    times = []
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
     for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        synchronise(bench.device)
-        times.append(time.perf_counter() - started)
+        for variant, step in steps.items():
+            synchronise(bench.device)
+            started = time.perf_counter()
+            step()
+            synchronise(bench.device)
+            times[variant].append(time.perf_counter() - started)
     return times
+
+
+def ratio(times: dict[str, list[float]], top: str, bottom: str) -> float:
+    """Median over rounds of `top`'s step time over `bottom`'s in the same round."""
+    return statistics.median(a / b for a, b in zip(times[top], times[bottom], strict=True))
 
 
 def matmul_flops_per_second(device: torch.device, size: int, repeats: int = 5) -> float:
@@ -284,8 +295,9 @@ def main() -> None:
     """Parse options, measure every configuration, print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per variant (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compilation included)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed rounds, one step of each variant per round (medians and in-round ratios reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compilation included)")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--chunk-size", type=int, help="positions per chunk of the fused head and loss "
                         "(default: kinherit's for the vocabulary, as --chunk_size of kinherit pretrain)")
@@ -314,7 +326,7 @@ def main() -> None:
         pair = CONFIGS[config]
         bench = Bench(pair, device, options.temperature, chunk_size=options.chunk_size)
         bound, student_flops, teacher_flops = bench.bound()
-        times = {variant: time_steps(bench, variant, options.warmup, options.repeats) for variant in VARIANTS}
+        times = time_rounds(bench, VARIANTS, options.warmup, options.repeats)
         chunk = {"self": chunk_positions(bench.chunk_size, pair.vocab),
                  "ki": chunk_positions(bench.chunk_size, pair.vocab, TEACHER_TENSORS)}
         del bench
@@ -323,11 +335,11 @@ def main() -> None:
             "pair": pair.__dict__, "chunk_size": chunk, "bound": bound, "student_step_flops": student_flops,
             "teacher_forward_flops": teacher_flops,
             "seconds": {v: {"median": median[v], "min": min(t), "max": max(t)} for v, t in times.items()},
-            "ki_over_self": median["ki"] / median["self"],
-            "ki_over_bound": median["ki"] / median["self"] / bound,
-            "naive_over_ki": median["naive"] / median["ki"],
-            "eager_over_compiled": median["ki_eager"] / median["ki"],
-            "cache_over_ki": median["ki_cache"] / median["ki"],
+            "ki_over_self": ratio(times, "ki", "self"),
+            "ki_over_bound": ratio(times, "ki", "self") / bound,
+            "naive_over_ki": ratio(times, "naive", "ki"),
+            "eager_over_compiled": ratio(times, "ki_eager", "ki"),
+            "cache_over_ki": ratio(times, "ki_cache", "ki"),
             "cache_k": CACHE_K,
             "self_flops_per_second": student_flops / median["self"],
             "self_fraction_of_matmul": student_flops / median["self"] / peak,
@@ -339,6 +351,9 @@ def main() -> None:
                                     for v in ("cache_build", *VARIANTS)}
         results["configs"][config] = entry
         report(config, entry)
+    results["matmul_flops_per_second_after"] = matmul_flops_per_second(device, options.matmul_size)
+    print(f"\n{options.matmul_size}^3 float32 matmul after the run: "
+          f"{results['matmul_flops_per_second_after'] / 1e9:.1f} GFLOP/s")
     if options.json:
         write_json_atomic(Path(options.json), results)
 
