@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.chunking import ChunkResult, chunked_loss
+from kinherit.inheritance.chunking import ChunkResult, chunked_loss, linear_into
 from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
 from kinherit.inheritance.targets import Target, TargetFn, self_learning_terms
 from kinherit.inheritance.topk import TopKMode, TopKTarget, check_top_k
@@ -98,10 +98,14 @@ class InheritanceLoss:
         positions = taught_positions(labels)
         names, params = zip(*head.named_parameters(), strict=True) if head is not None else ((), ())
         vocab = self.vocab_size  # None: every logit row
+        linear = type(head) is torch.nn.Linear and all(type(p.detach()) is torch.Tensor for p in params)
 
-        def compute(chunk, row_leaves, shared_leaves):
+        def compute(chunk, row_leaves, shared_leaves, shared_grads):
             logits = row_leaves[0]
-            if head is not None:
+            if linear:  # a plain linear head (not a sharded one) accumulates its gradient in place
+                bias, bias_grad = (shared_leaves[1], shared_grads[1]) if len(params) > 1 else (None, None)
+                logits = linear_into(logits, shared_leaves[0], bias, vocab, shared_grads[0], bias_grad)
+            elif head is not None:
                 logits = torch.func.functional_call(head, dict(zip(names, shared_leaves, strict=True)), (logits,))
             logits = logits[:, :vocab]
             target = None
