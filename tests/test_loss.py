@@ -264,3 +264,21 @@ def test_head_gradients_through_sums_match_float64_reference(path, head_kind):
         assert p.grad.dtype == p.dtype
         assert torch.allclose(p.grad.double(), ref_head[name].grad, atol=1e-6, rtol=1e-4), name
     assert (linear.weight.grad[V:] == 0).all()
+
+
+def test_linear_head_with_bfloat16_logits_accumulates_like_autograd():
+    # low-precision logits take the product in their own dtype (no float32 copy of the [positions, V]
+    # gradient) and add it to the float32 accumulator, as autograd's path does
+    g = torch.Generator().manual_seed(4)
+    head = torch.nn.Linear(8, V, bias=False).to(torch.bfloat16)
+    hidden = torch.randn(12, 8, generator=g).to(torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, V, (12,), generator=g)
+    grads = []
+    for plain in (False, True):
+        head.zero_grad(set_to_none=True)
+        h = hidden.detach().clone().requires_grad_()
+        module = torch.nn.Sequential(head) if plain else head  # a Sequential is not a plain Linear: autograd
+        InheritanceLoss(chunk_size=5).sums(h, labels, 0.0, None, module).total.backward()
+        grads.append((head.weight.grad.float(), h.grad.float()))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-2, rtol=1e-2)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-2, rtol=1e-2)

@@ -31,8 +31,10 @@ class _LinearInto(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         weight_grad, bias_grad = ctx.accumulators
-        if weight_grad is not None:  # one GEMM with beta = 1: no fresh [V, H] product, no second pass to add it
-            weight_grad.addmm_(grad.t().float(), x.float())
+        if weight_grad is not None and grad.dtype == torch.float32:  # one GEMM with beta = 1: no [V, H] product
+            weight_grad.addmm_(grad.t(), x.float())
+        elif weight_grad is not None:  # low-precision logits: no float32 copy of the [positions, V] gradient
+            weight_grad.add_(grad.t() @ x.to(grad.dtype))
         if bias_grad is not None:
             bias_grad.add_(grad.float().sum(0))
         grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
