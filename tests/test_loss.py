@@ -11,6 +11,7 @@ import torch
 from kinherit.errors import KinheritError
 from kinherit.inheritance import InheritanceLoss
 from kinherit.inheritance import loss as loss_module
+from kinherit.inheritance.chunking import ChunkBuffers
 from kinherit.lm import chunk_positions
 
 V = 23
@@ -229,11 +230,14 @@ def test_failed_compilation_falls_back_to_the_same_result(monkeypatch):
     assert kernel.failed and fallback.item() == eager.item()
 
 
+@pytest.mark.parametrize("taught", [True, False])
 @pytest.mark.parametrize("path", ["autograd", "fused"])
 @pytest.mark.parametrize("head_kind", ["linear", "linear-bias", "mlp"])
-def test_head_gradients_through_sums_match_float64_reference(path, head_kind):
+def test_head_gradients_through_sums_match_float64_reference(path, head_kind, taught):
     # the head runs per chunk: a plain linear head adds its weight gradient into the accumulator in place,
-    # any other head goes through autograd; both must give the reference's gradients, padded rows cut
+    # any other head goes through autograd; both must give the reference's gradients, padded rows cut.
+    # Five chunks (the last one short) share the logits and gradient buffers: a chunk that read another's
+    # leftovers would break the match
     g = torch.Generator().manual_seed(3)
     hidden_size, padded = 6, V + 3
     linear = torch.nn.Linear(hidden_size, padded, bias=head_kind == "linear-bias")
@@ -251,12 +255,15 @@ def test_head_gradients_through_sums_match_float64_reference(path, head_kind):
     def targets(chunk):
         return loss_module.Target.from_logits([teacher[chunk]], [1.0], 2.0)
 
-    sums = loss.sums(hidden, labels, 0.6, targets, head)
+    sums = loss.sums(hidden, labels, 0.6 if taught else 0.0, targets if taught else None, head)
     sums.total.backward()
     ref_head = {n: p.detach().double().requires_grad_() for n, p in head.named_parameters()}
     ref_hidden = hidden.detach().double().requires_grad_()
     logits = torch.func.functional_call(copy.deepcopy(head).double(), ref_head, (ref_hidden,))[:, :V]
-    total, _, _ = reference(logits, [teacher], [1.0], labels, 0.6, 2.0, "forward_kl")
+    if taught:
+        total, _, _ = reference(logits, [teacher], [1.0], labels, 0.6, 2.0, "forward_kl")
+    else:
+        total = -torch.log_softmax(logits[3:], -1)[torch.arange(18), labels[3:]].mean()
     (total * int((labels != -100).sum())).backward()
     assert sums.total.item() == pytest.approx(total.item() * 18, rel=1e-5)
     assert torch.allclose(hidden.grad.double(), ref_hidden.grad, atol=1e-6, rtol=1e-4)
@@ -282,3 +289,36 @@ def test_linear_head_with_bfloat16_logits_accumulates_like_autograd():
         grads.append((head.weight.grad.float(), h.grad.float()))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-2, rtol=1e-2)
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-2, rtol=1e-2)
+
+
+def test_chunk_buffers_hand_out_one_tensor_per_name_and_remake_it_when_too_small():
+    buffers = ChunkBuffers()
+    first = buffers.get("logits", 4, 5, torch.float32, torch.device("cpu"))
+    shorter = buffers.get("logits", 3, 5, torch.float32, torch.device("cpu"))
+    assert shorter.shape == (3, 5) and shorter.data_ptr() == first.data_ptr()
+    assert buffers.get("grad", 3, 5, torch.float32, torch.device("cpu")).data_ptr() != first.data_ptr()
+    longer = buffers.get("logits", 6, 5, torch.float32, torch.device("cpu"))
+    assert longer.shape == (6, 5)
+    assert buffers.get("logits", 6, 5, torch.bfloat16, torch.device("cpu")).dtype == torch.bfloat16
+
+
+def test_teacher_logits_of_successive_chunks_share_a_buffer_and_are_exact(tokenizer):
+    # a plain linear teacher head writes each chunk's logits into one reused buffer; the targets must be
+    # exactly those of the head applied to that chunk, whatever the previous chunk left there
+    from kinherit.inheritance.teachers import TeacherSet, freeze
+    from kinherit.models import load_model
+
+    torch.manual_seed(0)
+    teacher = freeze(load_model("llama-1x64", tokenizer, 16))
+    ids = torch.randint(5, len(tokenizer), (2, 16), generator=torch.Generator().manual_seed(1))
+    labels = ids.reshape(-1)
+    with torch.no_grad():
+        full = teacher(input_ids=ids).logits.reshape(-1, len(tokenizer))
+    teachers = TeacherSet([teacher])
+    with teachers.targets({"input_ids": ids}, labels, 1.0, len(tokenizer)) as target_of:
+        first = target_of(torch.arange(0, 12))
+        pointer, first_scores = first.scores.data_ptr(), first.scores.clone()
+        second = target_of(torch.arange(12, 20))
+        assert second.scores.data_ptr() == pointer
+        assert torch.allclose(first_scores, full[:12], atol=1e-5)
+        assert torch.allclose(second.scores, full[12:20], atol=1e-5)

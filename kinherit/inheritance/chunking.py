@@ -15,6 +15,41 @@ import torch
 from kinherit.errors import KinheritError
 
 ChunkResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
+
+
+class ChunkBuffers:
+    """[positions, V] tensors made once per loss call and reused by every chunk, by name.
+
+    On CPU a fresh tensor of this size (above glibc's largest mmap threshold, 32 MiB) is a new mapping
+    whose pages fault in and are zeroed on first touch, chunk after chunk: at V = 32k that was about a
+    sixth of a training step. A reused one is already resident. (On GPU the caching allocator reuses
+    memory anyway; there the buffers change nothing.)
+    """
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, rows: int, columns: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The first `rows` rows of buffer `name`, made (or remade larger) on demand; contents undefined."""
+        held = self.tensors.get(name)
+        if held is None or held.shape[0] < rows or held.shape[1] != columns or held.dtype != dtype \
+                or held.device != device:
+            held = self.tensors[name] = torch.empty(rows, columns, dtype=dtype, device=device)
+        return held[:rows]
+
+
+def plain_linear(head: torch.nn.Module) -> bool:
+    """Whether `head` is an `nn.Linear` with ordinary tensors (not a sharded DTensor) as parameters."""
+    return type(head) is torch.nn.Linear and all(type(p.detach()) is torch.Tensor for p in head.parameters())
+
+
+def linear_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  out: torch.Tensor | None) -> torch.Tensor:
+    """`x @ weight.T + bias` written into `out` (a reused chunk buffer) when given, else into a new tensor."""
+    if out is None:
+        return torch.nn.functional.linear(x, weight, bias)
+    torch.matmul(x, weight.t(), out=out)
+    return out if bias is None else out.add_(bias)
 ChunkFn = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]], ChunkResult]
 
 
@@ -22,10 +57,11 @@ class _LinearInto(torch.autograd.Function):
     """`x @ weight.T + bias` whose weight and bias gradients are added into float32 accumulators, not returned."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, weight_grad, bias_grad):
+    def forward(ctx, x, weight, bias, weight_grad, bias_grad, buffers):
         ctx.save_for_backward(x, weight)
         ctx.accumulators = (weight_grad, bias_grad)
-        return torch.nn.functional.linear(x, weight, bias)
+        out = None if buffers is None else buffers.get("logits", x.shape[0], weight.shape[0], x.dtype, x.device)
+        return linear_logits(x, weight, bias, out)
 
     @staticmethod
     def backward(ctx, grad):
@@ -38,21 +74,23 @@ class _LinearInto(torch.autograd.Function):
         if bias_grad is not None:
             bias_grad.add_(grad.float().sum(0))
         grad_x = (grad @ weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None,
-                weight_grad: torch.Tensor | None, bias_grad: torch.Tensor | None) -> torch.Tensor:
+                weight_grad: torch.Tensor | None, bias_grad: torch.Tensor | None,
+                buffers: ChunkBuffers | None = None) -> torch.Tensor:
     """The logits `x @ weight[:rows].T + bias[:rows]` of a linear head, whose gradients go into the given
     float32 accumulators in place (None: not wanted) while the gradient reaches `x` through autograd.
 
     Inside a chunk loop this saves, per chunk, a fresh [V, H] tensor and a pass to add it: at V = 128k
-    that is 128 MB written and 384 MB moved for each chunk.
+    that is 128 MB written and 384 MB moved for each chunk. With `buffers` the logits are written into
+    the reused "logits" buffer (valid until the next chunk), not a fresh tensor.
     """
     cut = slice(None, rows)
     return _LinearInto.apply(x, weight.detach()[cut], None if bias is None else bias.detach()[cut],
                              None if weight_grad is None else weight_grad[cut],
-                             None if bias_grad is None else bias_grad[cut])
+                             None if bias_grad is None else bias_grad[cut], buffers)
 
 
 class _ChunkedLoss(torch.autograd.Function):

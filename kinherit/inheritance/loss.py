@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.chunking import ChunkResult, chunked_loss, linear_into
+from kinherit.inheritance.chunking import ChunkBuffers, ChunkResult, chunked_loss, linear_into, plain_linear
 from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
 from kinherit.inheritance.targets import Target, TargetFn, self_learning_terms
 from kinherit.inheritance.topk import TopKMode, TopKTarget, check_top_k
@@ -98,13 +98,14 @@ class InheritanceLoss:
         positions = taught_positions(labels)
         names, params = zip(*head.named_parameters(), strict=True) if head is not None else ((), ())
         vocab = self.vocab_size  # None: every logit row
-        linear = type(head) is torch.nn.Linear and all(type(p.detach()) is torch.Tensor for p in params)
+        linear = head is not None and plain_linear(head)
+        buffers = ChunkBuffers()  # the chunks' [positions, V] tensors, made once for all chunks
 
         def compute(chunk, row_leaves, shared_leaves, shared_grads):
             logits = row_leaves[0]
             if linear:  # a plain linear head (not a sharded one) accumulates its gradient in place
                 bias, bias_grad = (shared_leaves[1], shared_grads[1]) if len(params) > 1 else (None, None)
-                logits = linear_into(logits, shared_leaves[0], bias, vocab, shared_grads[0], bias_grad)
+                logits = linear_into(logits, shared_leaves[0], bias, vocab, shared_grads[0], bias_grad, buffers)
             elif head is not None:
                 logits = torch.func.functional_call(head, dict(zip(names, shared_leaves, strict=True)), (logits,))
             logits = logits[:, :vocab]
@@ -112,7 +113,7 @@ class InheritanceLoss:
             if targets is not None:
                 with torch.no_grad():
                     target = self.restrict(targets(chunk))
-            return self.chunk(logits, target, labels[chunk], alpha)
+            return self.chunk(logits, target, labels[chunk], alpha, buffers)
 
         # the default chunk: by the logits' width (the vocabulary, else the head's largest output dimension)
         # and by how many such tensors a chunk holds (a teacher's target is one more)
@@ -132,15 +133,17 @@ class InheritanceLoss:
                                          self.top_k_mode)
 
     def chunk(self, logits: torch.Tensor, target: Target | TopKTarget | None, labels: torch.Tensor,
-               alpha: float) -> ChunkResult:
-        """One chunk's `(output, grad_output, loss, stats)` for `chunked_loss`; stats = (CE, KI, agreements)."""
+              alpha: float, buffers: ChunkBuffers | None = None) -> ChunkResult:
+        """One chunk's `(output, grad_output, loss, stats)` for `chunked_loss`; stats = (CE, KI, agreements).
+        The closed-form gradient goes into the reused "grad" buffer of `buffers` when given."""
         closed_form = self.divergence == "forward_kl" and (self.fused or isinstance(target, TopKTarget))
         if closed_form:
+            out = None if buffers is None else buffers.get("grad", *logits.shape, torch.float32, logits.device)
             if target is None:
-                ce, ki, agree, grad = self_learning_terms(logits.detach(), labels, self.label_smoothing)
+                ce, ki, agree, grad = self_learning_terms(logits.detach(), labels, self.label_smoothing, out)
             else:
                 ce, ki, agree, grad = target.forward_kl_terms(logits.detach(), labels, alpha, self.temperature,
-                                                              self.compiled, self.label_smoothing)
+                                                              self.compiled, self.label_smoothing, out)
             loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
             return logits, grad.to(logits.dtype), loss, torch.stack([ce, ki, agree])
         if isinstance(target, TopKTarget):

@@ -9,23 +9,27 @@ from collections.abc import Callable
 import torch
 
 
-def softmax_lse_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(softmax, logsumexp, argmax) of float32 rows with one exponential pass."""
+def softmax_lse_argmax(scores: torch.Tensor, out: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(softmax, logsumexp, argmax) of float32 rows with one exponential pass; the softmax written into
+    `out` when given (a reused chunk buffer), else into a new tensor."""
     peak, top = scores.max(-1, keepdim=True)
-    probs = (scores - peak).exp_()
+    probs = (scores - peak).exp_() if out is None else torch.sub(scores, peak, out=out).exp_()
     total = probs.sum(-1, keepdim=True)
     probs.div_(total)
     return probs, (peak + total.log()).squeeze(-1), top.squeeze(-1)
 
 
-def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
-    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs.
+def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
+                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs
+    (the softmax in `out` when given).
 
     With label smoothing eps the target is (1 - eps) onehot + eps / V, so CE = (1 - eps) (lse - z_y) +
     eps (lse - mean_v z_v) (as `F.cross_entropy(..., label_smoothing=eps)`).
     """
     rows = torch.arange(z.shape[0], device=z.device)
-    probs, lse, top = softmax_lse_argmax(z)
+    probs, lse, top = softmax_lse_argmax(z, out)
     if smoothing == 0.0:
         return rows, probs, lse, top, (lse - z[rows, labels]).sum()
     ce = (1.0 - smoothing) * (lse - z[rows, labels]) + smoothing * (lse - z.mean(-1))

@@ -36,9 +36,11 @@ class TeacherSource(Protocol):
 
 
 def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
-                       alpha: torch.Tensor, temperature: float, smoothing: float) -> tuple[torch.Tensor, ...]:
-    """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below)."""
-    rows, probs, lse, top, ce = cross_entropy_terms(z, labels, smoothing)
+                       alpha: torch.Tensor, temperature: float, smoothing: float,
+                       out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below);
+    the gradient written into `out` when given."""
+    rows, probs, lse, top, ce = cross_entropy_terms(z, labels, smoothing, out)
     target = scores.float() if scale == 1.0 else scores.float() * scale
     p, target_lse, target_top = softmax_lse_argmax(target)
     if temperature == 1.0:
@@ -61,10 +63,12 @@ _COMPILED_KERNEL = CompiledKernel(_forward_kl_kernel)
 
 
 @torch.no_grad()
-def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
-    """(CE sum, 0, 0, d CE / d logits) in closed form: softmax(z) - the (smoothed) one-hot label."""
+def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
+                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """(CE sum, 0, 0, d CE / d logits) in closed form: softmax(z) - the (smoothed) one-hot label, the
+    gradient written into `out` when given (a reused float32 chunk buffer)."""
     z = logits.float()
-    rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels, smoothing)
+    rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels, smoothing, out)
     subtract_target(probs, rows, labels, 1.0, smoothing)
     zero = z.new_zeros(())
     return ce, zero, zero, probs
@@ -108,7 +112,8 @@ class Target:
 
     @torch.no_grad()
     def forward_kl_terms(self, logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
-                         compiled: bool = False, smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
+                         compiled: bool = False, smoothing: float = 0.0,
+                         out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The forward-KL loss terms and their gradient with respect to the logits, in closed form.
 
         Returns (CE sum, tau^2 * KL sum, top-1 agreements, d total / d logits) for
@@ -117,7 +122,8 @@ class Target:
         d CE / dz = softmax(z) - onehot and d tau^2 KL / dz = tau * (softmax(z / tau) - p_T).
         This makes a few passes over the [chunk, V] tensor where autograd makes several dozen;
         `compiled` fuses them further with `torch.compile`. `smoothing` smooths the CE's one-hot label.
+        The gradient is written into `out` (a reused float32 [chunk, V] buffer) when given.
         """
         args = (logits.float(), self.scores, self.scale, labels, torch.tensor(alpha, device=logits.device),
-                temperature, smoothing)
+                temperature, smoothing, out)
         return _COMPILED_KERNEL(*args) if compiled else _forward_kl_kernel(*args)

@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from kinherit.errors import KinheritError
+from kinherit.inheritance.chunking import ChunkBuffers, linear_logits, plain_linear
 from kinherit.inheritance.divergences import normalise_weights
 from kinherit.inheritance.targets import Target, TargetFn
 from kinherit.models import backbone_and_head, forward_as_body, is_sharded, reshard_model, shard_layers
@@ -77,10 +78,11 @@ class TeacherSet:
 
     @torch.no_grad()
     def target(self, positions: torch.Tensor, hidden: list[torch.Tensor | None], row_teacher: torch.Tensor | None,
-               temperature: float, vocab: int) -> Target:
-        """The tempered float32 target distribution [len(positions), vocab] at flattened positions."""
+               temperature: float, vocab: int, buffers: ChunkBuffers | None = None) -> Target:
+        """The tempered float32 target distribution [len(positions), vocab] at flattened positions (a plain
+        linear head writes each teacher's logits into a reused buffer of `buffers`, valid until the next chunk)."""
         if self.routes is None:
-            logits = [head(h[positions])[:, :vocab] for (_body, head), h in zip(self.parts, hidden, strict=True)]
+            logits = [self.logits(index, h[positions], buffers)[:, :vocab] for index, h in enumerate(hidden)]
             return Target.from_logits(logits, self.weights, temperature)
         owners = row_teacher[positions]
         parts = []
@@ -90,13 +92,22 @@ class TeacherSet:
                 parts.append((rows, Target.from_logits([head(h[positions[rows]])[:, :vocab]], [1.0], temperature)))
         return Target.assemble(parts, positions.numel())
 
+    def logits(self, index: int, states: torch.Tensor, buffers: ChunkBuffers | None) -> torch.Tensor:
+        """Teacher `index`'s logits at `states` ([positions, H]), in a reused buffer where its head is plain linear."""
+        head = self.parts[index][1]
+        if buffers is None or not plain_linear(head):
+            return head(states)
+        out = buffers.get(f"teacher{index}", states.shape[0], head.weight.shape[0], states.dtype, states.device)
+        return linear_logits(states, head.weight, head.bias, out)
+
     @contextlib.contextmanager
     def targets(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, temperature: float,
                 vocab: int) -> Iterator[TargetFn]:
         """The teachers run once on the batch; targets are then made per chunk from their hidden states."""
         hidden, row_teacher = self.hidden_states(inputs["input_ids"], inputs.get("attention_mask"),
                                                  inputs.get("domain_id"))
-        yield lambda positions: self.target(positions, hidden, row_teacher, temperature, vocab)
+        buffers = ChunkBuffers()
+        yield lambda positions: self.target(positions, hidden, row_teacher, temperature, vocab, buffers)
         self.release()
 
     def to(self, device: torch.device | str) -> TeacherSet:

@@ -71,14 +71,15 @@ class TopKTarget:
 
     @torch.no_grad()
     def forward_kl_terms(self, logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
-                         compiled: bool = False, smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
+                         compiled: bool = False, smoothing: float = 0.0,
+                         out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits), total = (1 - alpha) CE + alpha tau^2 KL_K.
 
         The same contract as `Target.forward_kl_terms`, for a top-K target; `compiled` runs the kernel through
-        `torch.compile` (eager fallback with a warning).
+        `torch.compile` (eager fallback with a warning); the gradient is written into `out` when given.
         """
         args = (logits.float(), self.ids.long(), self.log_probs.float(), labels,
-                torch.tensor(alpha, device=logits.device), temperature, smoothing, self.mode == "renormalize")
+                torch.tensor(alpha, device=logits.device), temperature, smoothing, self.mode == "renormalize", out)
         return _COMPILED_TOPK(*args) if compiled else _topk_kernel(*args)
 
     def tail_mass(self) -> torch.Tensor:
@@ -87,15 +88,16 @@ class TopKTarget:
 
 
 def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
-                 temperature: float, smoothing: float, renormalize: bool) -> tuple[torch.Tensor, ...]:
+                 temperature: float, smoothing: float, renormalize: bool,
+                 out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """CE sum, tau^2 * KL_K sum, agreements and d total / d z for float32 logits `z` (see the module docstring).
 
     Written for `torch.compile` to fuse into few row-wise passes: the gradient is one [n, V] buffer
     (the softmax's, updated in place), the top-K and label terms land in it through one scatter, and the
     tail is found by setting the top-K of the tempered logits to -inf (a boolean [n, V] mask built by a
-    scatter costs more than the whole kernel on CPU).
+    scatter costs more than the whole kernel on CPU). That buffer is `out` when given.
     """
-    _rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing)
+    _rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing, out)
     u = z / temperature
     lse = torch.logsumexp(u, dim=-1, keepdim=True)
     step = alpha * temperature
