@@ -15,6 +15,7 @@ import torch
 from kinherit.errors import KinheritError
 
 ChunkResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
+ChunkFn = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]], ChunkResult]
 
 
 class ChunkBuffers:
@@ -50,7 +51,6 @@ def linear_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return torch.nn.functional.linear(x, weight, bias)
     torch.matmul(x, weight.t(), out=out)
     return out if bias is None else out.add_(bias)
-ChunkFn = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]], ChunkResult]
 
 
 class _LinearInto(torch.autograd.Function):
