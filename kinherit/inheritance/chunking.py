@@ -2,8 +2,9 @@
 
 Only one chunk's float32 [positions, vocabulary] tensors exist at a time, not even among the tensors
 saved for backward: each chunk's gradient is computed while its intermediates are alive, then they are
-freed, and the backward pass only scales the stored gradients. A plain linear head (`linear_into`) adds its
-weight's gradient into the accumulator in place, so no [V, H] tensor is made per chunk either.
+freed or, where the loss keeps them in `ChunkBuffers`, overwritten by the next chunk, and the backward
+pass only scales the stored gradients. A plain linear head (`linear_into`) adds its weight's gradient into
+the accumulator in place, so no [V, H] tensor is made per chunk either.
 """
 
 from __future__ import annotations
