@@ -12,6 +12,7 @@ from kinherit.errors import KinheritError
 from kinherit.inheritance import InheritanceLoss
 from kinherit.inheritance import loss as loss_module
 from kinherit.inheritance.chunking import ChunkBuffers
+from kinherit.inheritance.rowwise import paired_softmaxes
 from kinherit.lm import chunk_positions
 
 V = 23
@@ -56,6 +57,25 @@ def make(seed, shape=(3, 7), n_teachers=1, ignore=True):
 
 # The three ways of computing the gradient: autograd, the closed form, and the closed form compiled.
 PATHS = {"autograd": {"fused": False}, "fused": {"fused": True}, "compiled": {"fused": True, "compiled": True}}
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 3.0])
+def test_paired_softmaxes_match_float64_at_every_temperature(tau):
+    """The plain and tempered softmaxes (squared from one another at tau = 2 and 1/2) and their logsumexps equal
+    float64 ones, also for rows whose spread makes the squared exponentials underflow."""
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 300, generator=g) * 3
+    z[0] *= 40  # a spread of hundreds of nats: exp((z - m) / 2)^2 underflows where exp(z - m) does
+    z[1] = 7.0  # a flat row
+    out = torch.empty(6, 300)
+    probs, lse, top, tempered, tempered_lse = paired_softmaxes(z.clone(), tau, out)
+    zd = z.double()
+    assert torch.allclose(probs.double(), torch.softmax(zd, -1), atol=1e-7, rtol=1e-5)
+    assert torch.allclose(tempered.double(), torch.softmax(zd / tau, -1), atol=1e-7, rtol=1e-5)
+    assert torch.allclose(lse.double(), torch.logsumexp(zd, -1), rtol=1e-6)
+    assert torch.allclose(tempered_lse.double(), torch.logsumexp(zd / tau, -1), rtol=1e-6)
+    assert torch.equal(top, z.argmax(-1))
+    assert probs.data_ptr() == out.data_ptr()
 
 
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "tvd"])

@@ -20,20 +20,60 @@ def softmax_lse_argmax(scores: torch.Tensor, out: torch.Tensor | None = None
     return probs, (peak + total.log()).squeeze(-1), top.squeeze(-1)
 
 
-def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
-                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs
-    (the softmax in `out` when given).
+def paired_softmaxes(z: torch.Tensor, temperature: float, out: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, ...]:
+    """(softmax, logsumexp, argmax, tempered softmax, tempered logsumexp) of float32 rows `z` at tau = 1 and
+    at `temperature`; the plain softmax written into `out` when given.
+
+    At tau = 2 and tau = 1/2 (the reference code's default and a common sharp setting) one distribution's
+    unnormalised exponentials are the square of the other's, exp(z - m) = exp((z - m) / 2)^2: two exponentials
+    per logit instead of three, which is what the dense KI kernel spends most of its time on. At tau = 1 both
+    are one tensor.
+    """
+    if temperature not in (2.0, 0.5):
+        probs, lse, top = softmax_lse_argmax(z, out)
+        if temperature == 1.0:
+            return probs, lse, top, probs, lse
+        tempered, tempered_lse, _ = softmax_lse_argmax(z / temperature)
+        return probs, lse, top, tempered, tempered_lse
+    peak, top = z.max(-1, keepdim=True)
+    shifted = torch.sub(z, peak, out=out)
+    if temperature == 2.0:  # exp((z - m) / 2), squared in place into the plain exponentials
+        tempered = shifted.mul_(0.5).exp_()
+        tempered_total = tempered.sum(-1, keepdim=True)
+        tempered = tempered / tempered_total
+        probs = shifted.square_()
+    else:  # exp(z - m), squared into the tempered exponentials exp(2 (z - m))
+        probs = shifted.exp_()
+        tempered = probs.square()
+        tempered_total = tempered.sum(-1, keepdim=True)
+        tempered.div_(tempered_total)
+    total = probs.sum(-1, keepdim=True)
+    probs.div_(total)
+    lse = (peak + total.log()).squeeze(-1)
+    tempered_lse = (peak / temperature + tempered_total.log()).squeeze(-1)
+    return probs, lse, top.squeeze(-1), tempered, tempered_lse
+
+
+def cross_entropy_sum(z: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor,
+                      smoothing: float = 0.0) -> torch.Tensor:
+    """The CE summed over float32 logit rows `z` with logsumexp `lse`.
 
     With label smoothing eps the target is (1 - eps) onehot + eps / V, so CE = (1 - eps) (lse - z_y) +
     eps (lse - mean_v z_v) (as `F.cross_entropy(..., label_smoothing=eps)`).
     """
+    if smoothing == 0.0:
+        return (lse - z[rows, labels]).sum()
+    return ((1.0 - smoothing) * (lse - z[rows, labels]) + smoothing * (lse - z.mean(-1))).sum()
+
+
+def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
+                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs
+    (the softmax in `out` when given)."""
     rows = torch.arange(z.shape[0], device=z.device)
     probs, lse, top = softmax_lse_argmax(z, out)
-    if smoothing == 0.0:
-        return rows, probs, lse, top, (lse - z[rows, labels]).sum()
-    ce = (1.0 - smoothing) * (lse - z[rows, labels]) + smoothing * (lse - z.mean(-1))
-    return rows, probs, lse, top, ce.sum()
+    return rows, probs, lse, top, cross_entropy_sum(z, rows, labels, lse, smoothing)
 
 
 def subtract_target(grad: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | float,

@@ -19,7 +19,14 @@ import torch.nn.functional as F
 
 from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import mixture_log_probs, tempered_log_probs
-from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms, softmax_lse_argmax, subtract_target
+from kinherit.inheritance.rowwise import (
+    CompiledKernel,
+    cross_entropy_sum,
+    cross_entropy_terms,
+    paired_softmaxes,
+    softmax_lse_argmax,
+    subtract_target,
+)
 from kinherit.inheritance.topk import TopKTarget
 
 TargetFn = Callable[[torch.Tensor], "Target | TopKTarget"]
@@ -40,15 +47,12 @@ def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labe
                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below);
     the gradient written into `out` when given."""
-    rows, probs, lse, top, ce = cross_entropy_terms(z, labels, smoothing, out)
+    rows = torch.arange(z.shape[0], device=z.device)
+    probs, lse, top, q, q_lse = paired_softmaxes(z, temperature, out)
+    ce = cross_entropy_sum(z, rows, labels, lse, smoothing)
     target = scores.float() if scale == 1.0 else scores.float() * scale
     p, target_lse, target_top = softmax_lse_argmax(target)
-    if temperature == 1.0:
-        q, q_lse, tempered = probs, lse, z
-    else:
-        tempered = z / temperature
-        q, q_lse, _ = softmax_lse_argmax(tempered)
-    dot = torch.einsum("ij,ij->i", p, target) - torch.einsum("ij,ij->i", p, tempered)
+    dot = torch.einsum("ij,ij->i", p, target) - torch.einsum("ij,ij->i", p, z) / temperature
     kl = (dot - target_lse + q_lse).sum()
     agree = (top == target_top).sum().float()
     step = alpha * temperature
