@@ -45,37 +45,41 @@ def three_exponentials(z, scores, scale, labels, alpha, temperature, smoothing, 
     return ce, kl * temperature**2, agree, grad
 
 
-kernels = {"two": targets._COMPILED_KERNEL, "three": CompiledKernel(three_exponentials)}
-config, repeats = sys.argv[1], int(sys.argv[2])
-tau = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
-bench = Bench(CONFIGS[config], torch.device("cpu"), tau)
-steps = {kind: bench.step(kind) for kind in ("self", "ki")}
-variants = ["self", "ki-two", "ki-three"]
+def main() -> None:
+    kernels = {"two": targets._COMPILED_KERNEL, "three": CompiledKernel(three_exponentials)}
+    config, repeats = sys.argv[1], int(sys.argv[2])
+    tau = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
+    bench = Bench(CONFIGS[config], torch.device("cpu"), tau)
+    steps = {kind: bench.step(kind) for kind in ("self", "ki")}
+    variants = ["self", "ki-two", "ki-three"]
+
+    def run(variant: str) -> float:
+        if variant != "self":
+            targets._COMPILED_KERNEL = kernels[variant[3:]]
+        started = time.perf_counter()
+        steps[variant[:2] if variant != "self" else "self"]()
+        return time.perf_counter() - started
+
+    before = matmul_flops_per_second(torch.device("cpu"), 2048) / 1e9
+    for variant in variants:  # warm-up round (compiles the kernels)
+        run(variant)
+    times = {variant: [] for variant in variants}
+    for _ in range(repeats):
+        for variant in variants:
+            times[variant].append(run(variant))
+
+    def in_round(top: str, bottom: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[top], times[bottom], strict=True))
 
 
-def run(variant: str) -> float:
-    if variant != "self":
-        targets._COMPILED_KERNEL = kernels[variant[3:]]
-    started = time.perf_counter()
-    steps[variant[:2] if variant != "self" else "self"]()
-    return time.perf_counter() - started
+    print(json.dumps({"config": config, "tau": tau,
+                      "median": {name: statistics.median(t) for name, t in times.items()},
+                      "two_over_three": in_round("ki-two", "ki-three"),
+                      "ki_over_self": {mode: in_round(f"ki-{mode}", "self") for mode in ("two", "three")},
+                      "rounds": times,
+                      "matmul_gflops_before_after": [before,
+                                                     matmul_flops_per_second(torch.device("cpu"), 2048) / 1e9]}))
 
 
-before = matmul_flops_per_second(torch.device("cpu"), 2048) / 1e9
-for variant in variants:  # warm-up round (compiles the kernels)
-    run(variant)
-times = {variant: [] for variant in variants}
-for _ in range(repeats):
-    for variant in variants:
-        times[variant].append(run(variant))
-
-
-def in_round(top: str, bottom: str) -> float:
-    return statistics.median(a / b for a, b in zip(times[top], times[bottom], strict=True))
-
-
-print(json.dumps({"config": config, "tau": tau, "median": {name: statistics.median(t) for name, t in times.items()},
-                  "two_over_three": in_round("ki-two", "ki-three"),
-                  "ki_over_self": {mode: in_round(f"ki-{mode}", "self") for mode in ("two", "three")},
-                  "rounds": times,
-                  "matmul_gflops_before_after": [before, matmul_flops_per_second(torch.device("cpu"), 2048) / 1e9]}))
+if __name__ == "__main__":
+    main()
