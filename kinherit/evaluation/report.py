@@ -197,12 +197,15 @@ def plot_finetuning(folder: Path, finetuning: dict[str, dict[str, Any]]) -> list
     names = sorted({name for results in finetuning.values() for name in results})
     figure, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(finetuning) * len(names) / 2 + 2), 4.5))
     width = 0.8 / len(names)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    hatches = ["", "//", ".."]  # past the colour cycle, bars differ by hatching as curves do by line style
     low, high = 1.0, 0.0  # the axis spans the bars and the majority class, so that differences show
     for i, name in enumerate(names):
         xs = [t + (i - (len(names) - 1) / 2) * width for t in range(len(finetuning))]
         means = [results[name]["accuracy"]["mean"] if name in results else 0.0 for results in finetuning.values()]
         stds = [results[name]["accuracy"]["std"] if name in results else 0.0 for results in finetuning.values()]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=name, color=colours[i % len(colours)],
+               hatch=hatches[(i // len(colours)) % len(hatches)], edgecolor="white")
         for x, mean, std in zip(xs, means, stds, strict=True):
             if mean:
                 ax.text(x, mean + std + 0.003, f"{mean:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
