@@ -21,7 +21,7 @@ from kinherit.models import backbone_and_head, forward_as_body, reshard_model
 IGNORE_INDEX = -100
 CHUNK_BYTES = 256 * 2**20  # the default chunk keeps its float32 [positions, V] tensors together within this
 MAX_CHUNK = 1024  # ... and holds at most this many positions (more buys no speed)
-SELF_TENSORS = 2  # [positions, V] tensors a self-learning chunk holds: the logits and their gradient
+SELF_TENSORS = 2  # [positions, V] tensors a self-learning chunk is sized for: the logits and their gradient
 TEACHER_TENSORS = 3  # ... and a chunk with a teacher: its logits (or the cache's scattered top-K) as well
 MIN_CHUNK = 64
 
@@ -29,8 +29,9 @@ MIN_CHUNK = 64
 def chunk_positions(chunk_size: int | None, vocab: int, tensors: int = SELF_TENSORS) -> int:
     """Positions per chunk: `chunk_size` when given, else as many as keep the chunk's `tensors` float32
     [positions, vocab] tensors within 256 MB, between 64 and 1,024: without a teacher 1,024 up to a
-    32,768-token vocabulary and 256 at 131,072; with one (three tensors) 682 and 170, so that a KI chunk
-    holds no more bytes than a self-learning one."""
+    32,768-token vocabulary and 256 at 131,072; with one (three tensors) 682 and 170. The eager kernels
+    (self-learning, the uncompiled KI kernel) write the gradient over the logits, so they hold one tensor
+    fewer than they are sized for: a self-learning chunk half its budget."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")

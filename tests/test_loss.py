@@ -251,13 +251,17 @@ def test_failed_compilation_falls_back_to_the_same_result(monkeypatch):
 
 
 @pytest.mark.parametrize("taught", [True, False])
-@pytest.mark.parametrize("path", ["autograd", "fused"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("head_kind", ["linear", "linear-bias", "mlp"])
-def test_head_gradients_through_sums_match_float64_reference(path, head_kind, taught):
+def test_head_gradients_through_sums_match_float64_reference(path, head_kind, taught, monkeypatch):
     # the head runs per chunk: a plain linear head adds its weight gradient into the accumulator in place,
     # any other head goes through autograd; both must give the reference's gradients, padded rows cut.
     # Five chunks (the last one short) share the logits and gradient buffers: a chunk that read another's
-    # leftovers would break the match
+    # leftovers would break the match. The eager closed-form kernels write a linear head's gradient over its
+    # logits (no gradient buffer is asked for); the compiled KI kernel and any other head use a buffer of its own
+    asked = set()
+    real_get = ChunkBuffers.get
+    monkeypatch.setattr(ChunkBuffers, "get", lambda self, name, *a: asked.add(name) or real_get(self, name, *a))
     g = torch.Generator().manual_seed(3)
     hidden_size, padded = 6, V + 3
     linear = torch.nn.Linear(hidden_size, padded, bias=head_kind == "linear-bias")
@@ -291,6 +295,9 @@ def test_head_gradients_through_sums_match_float64_reference(path, head_kind, ta
         assert p.grad.dtype == p.dtype
         assert torch.allclose(p.grad.double(), ref_head[name].grad, atol=1e-6, rtol=1e-4), name
     assert (linear.weight.grad[V:] == 0).all()
+    over_logits = path == "fused" or path == "compiled" and not taught  # eager kernels
+    expected = ({"logits"} if head_kind != "mlp" else set()) | ({"grad"} if path != "autograd" else set())
+    assert asked == expected - ({"grad"} if over_logits and head_kind != "mlp" else set())
 
 
 def test_linear_head_with_bfloat16_logits_accumulates_like_autograd():

@@ -40,6 +40,17 @@ class ChunkBuffers:
         return held[:rows]
 
 
+def unguarded(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`'s memory under a version counter of its own, so that autograd does not see writes through it.
+
+    For logits that no graph saved (a linear head's output is not needed by its backward): the closed-form
+    gradient overwrites them in place and is then fed back as their gradient. Through a plain `detach()`
+    autograd would refuse the view a custom Function returned as modified in place.
+    """
+    alias = tensor.new_empty(0)
+    return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride())
+
+
 def plain_linear(head: torch.nn.Module) -> bool:
     """Whether `head` is an `nn.Linear` with ordinary tensors (not a sharded DTensor) as parameters."""
     return type(head) is torch.nn.Linear and all(type(p.detach()) is torch.Tensor for p in head.parameters())

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.chunking import ChunkBuffers, ChunkResult, chunked_loss, linear_into, plain_linear
+from kinherit.inheritance.chunking import (
+    ChunkBuffers,
+    ChunkResult,
+    chunked_loss,
+    linear_into,
+    plain_linear,
+    unguarded,
+)
 from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
 from kinherit.inheritance.targets import Target, TargetFn, self_learning_terms
 from kinherit.inheritance.topk import TopKMode, TopKTarget, check_top_k
@@ -113,7 +120,9 @@ class InheritanceLoss:
             if targets is not None:
                 with torch.no_grad():
                     target = self.restrict(targets(chunk))
-            return self.chunk(logits, target, labels[chunk], alpha, buffers)
+            # the closed-form gradient may overwrite logits that nothing else reads: the head's reused buffer, or
+            # (no head) the chunk's own rows; another head's autograd graph may have saved its output
+            return self.chunk(logits, target, labels[chunk], alpha, buffers, writable=linear or head is None)
 
         # the default chunk: by the logits' width (the vocabulary, else the head's largest output dimension)
         # and by how many such tensors a chunk holds (a teacher's target is one more)
@@ -133,16 +142,28 @@ class InheritanceLoss:
                                          self.top_k_mode)
 
     def chunk(self, logits: torch.Tensor, target: Target | TopKTarget | None, labels: torch.Tensor,
-              alpha: float, buffers: ChunkBuffers | None = None) -> ChunkResult:
+              alpha: float, buffers: ChunkBuffers | None = None, writable: bool = False) -> ChunkResult:
         """One chunk's `(output, grad_output, loss, stats)` for `chunked_loss`; stats = (CE, KI, agreements).
-        The closed-form gradient goes into the reused "grad" buffer of `buffers` when given."""
+
+        An eager kernel (self-learning, `compiled=False`) writes the closed-form gradient over the float32
+        logits when `writable` (nothing else reads them) or when they are a float32 copy of low-precision ones:
+        one [positions, V] tensor fewer per chunk. Else, and for a compiled kernel, it goes into the reused
+        "grad" buffer of `buffers` when given: `torch.compile` writes over an input it also reads through a
+        temporary and a copy, which would cost one tensor more, not one less."""
         closed_form = self.divergence == "forward_kl" and (self.fused or isinstance(target, TopKTarget))
         if closed_form:
-            out = None if buffers is None else buffers.get("grad", *logits.shape, torch.float32, logits.device)
-            if target is None:
-                ce, ki, agree, grad = self_learning_terms(logits.detach(), labels, self.label_smoothing, out)
+            z = logits.detach().float()
+            eager = not (self.compiled and target is not None)  # a compiled kernel reads z in several loops
+            if eager and logits.dtype != torch.float32:  # z is a copy
+                out = z
+            elif eager and writable:
+                z = out = unguarded(logits)
             else:
-                ce, ki, agree, grad = target.forward_kl_terms(logits.detach(), labels, alpha, self.temperature,
+                out = None if buffers is None else buffers.get("grad", *z.shape, torch.float32, z.device)
+            if target is None:
+                ce, ki, agree, grad = self_learning_terms(z, labels, self.label_smoothing, out)
+            else:
+                ce, ki, agree, grad = target.forward_kl_terms(z, labels, alpha, self.temperature,
                                                               self.compiled, self.label_smoothing, out)
             loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
             return logits, grad.to(logits.dtype), loss, torch.stack([ce, ki, agree])

@@ -23,18 +23,18 @@ def softmax_lse_argmax(scores: torch.Tensor, out: torch.Tensor | None = None
 def paired_softmaxes(z: torch.Tensor, temperature: float, out: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, ...]:
     """(softmax, logsumexp, argmax, tempered softmax, tempered logsumexp) of float32 rows `z` at tau = 1 and
-    at `temperature`; the plain softmax written into `out` when given.
+    at `temperature`; the plain softmax written into `out` when given, which may be `z` itself (read first).
 
     At tau = 2 and tau = 1/2 (the reference code's default and a common sharp setting) one distribution's
     unnormalised exponentials are the square of the other's, exp(z - m) = exp((z - m) / 2)^2: two exponentials
     per logit instead of three, which is what the dense KI kernel spends most of its time on. At tau = 1 both
     are one tensor.
     """
-    if temperature not in (2.0, 0.5):
+    if temperature not in (2.0, 0.5):  # the tempered softmax first: `out` may be `z` itself
+        tempered, tempered_lse, _ = softmax_lse_argmax(z / temperature) if temperature != 1.0 else (None, None, None)
         probs, lse, top = softmax_lse_argmax(z, out)
         if temperature == 1.0:
             return probs, lse, top, probs, lse
-        tempered, tempered_lse, _ = softmax_lse_argmax(z / temperature)
         return probs, lse, top, tempered, tempered_lse
     peak, top = z.max(-1, keepdim=True)
     shifted = torch.sub(z, peak, out=out)
@@ -55,25 +55,22 @@ def paired_softmaxes(z: torch.Tensor, temperature: float, out: torch.Tensor | No
     return probs, lse, top.squeeze(-1), tempered, tempered_lse
 
 
-def cross_entropy_sum(z: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor,
-                      smoothing: float = 0.0) -> torch.Tensor:
-    """The CE summed over float32 logit rows `z` with logsumexp `lse`.
-
-    With label smoothing eps the target is (1 - eps) onehot + eps / V, so CE = (1 - eps) (lse - z_y) +
-    eps (lse - mean_v z_v) (as `F.cross_entropy(..., label_smoothing=eps)`).
-    """
-    if smoothing == 0.0:
-        return (lse - z[rows, labels]).sum()
-    return ((1.0 - smoothing) * (lse - z[rows, labels]) + smoothing * (lse - z.mean(-1))).sum()
+def label_logits(z: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Per row, the logit the CE's target picks out: z_y, or with label smoothing eps (target (1 - eps) onehot +
+    eps / V) (1 - eps) z_y + eps mean_v z_v, so that CE = sum(lse - label_logits) (as `F.cross_entropy(...,
+    label_smoothing=eps)`). Read before a kernel overwrites `z` with its gradient."""
+    picked = z[rows, labels]
+    return picked if smoothing == 0.0 else (1.0 - smoothing) * picked + smoothing * z.mean(-1)
 
 
 def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
                         out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs
-    (the softmax in `out` when given)."""
+    (the softmax in `out` when given, which may be `z` itself)."""
     rows = torch.arange(z.shape[0], device=z.device)
+    picked = label_logits(z, rows, labels, smoothing)
     probs, lse, top = softmax_lse_argmax(z, out)
-    return rows, probs, lse, top, cross_entropy_sum(z, rows, labels, lse, smoothing)
+    return rows, probs, lse, top, (lse - picked).sum()
 
 
 def subtract_target(grad: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | float,

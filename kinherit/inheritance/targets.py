@@ -21,8 +21,8 @@ from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import mixture_log_probs, tempered_log_probs
 from kinherit.inheritance.rowwise import (
     CompiledKernel,
-    cross_entropy_sum,
     cross_entropy_terms,
+    label_logits,
     paired_softmaxes,
     softmax_lse_argmax,
     subtract_target,
@@ -46,13 +46,14 @@ def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labe
                        alpha: torch.Tensor, temperature: float, smoothing: float,
                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below);
-    the gradient written into `out` when given."""
+    the gradient written into `out` when given, which may be `z` itself: every read of `z` comes first."""
     rows = torch.arange(z.shape[0], device=z.device)
-    probs, lse, top, q, q_lse = paired_softmaxes(z, temperature, out)
-    ce = cross_entropy_sum(z, rows, labels, lse, smoothing)
     target = scores.float() if scale == 1.0 else scores.float() * scale
     p, target_lse, target_top = softmax_lse_argmax(target)
+    picked = label_logits(z, rows, labels, smoothing)
     dot = torch.einsum("ij,ij->i", p, target) - torch.einsum("ij,ij->i", p, z) / temperature
+    probs, lse, top, q, q_lse = paired_softmaxes(z, temperature, out)
+    ce = (lse - picked).sum()
     kl = (dot - target_lse + q_lse).sum()
     agree = (top == target_top).sum().float()
     step = alpha * temperature
@@ -70,7 +71,7 @@ _COMPILED_KERNEL = CompiledKernel(_forward_kl_kernel)
 def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
                         out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """(CE sum, 0, 0, d CE / d logits) in closed form: softmax(z) - the (smoothed) one-hot label, the
-    gradient written into `out` when given (a reused float32 chunk buffer)."""
+    gradient written into `out` when given (a reused float32 chunk buffer, or the logits themselves)."""
     z = logits.float()
     rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels, smoothing, out)
     subtract_target(probs, rows, labels, 1.0, smoothing)

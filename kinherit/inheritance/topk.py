@@ -95,14 +95,15 @@ def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels
     Written for `torch.compile` to fuse into few row-wise passes: the gradient is one [n, V] buffer
     (the softmax's, updated in place), the top-K and label terms land in it through one scatter, and the
     tail is found by setting the top-K of the tempered logits to -inf (a boolean [n, V] mask built by a
-    scatter costs more than the whole kernel on CPU). That buffer is `out` when given.
+    scatter costs more than the whole kernel on CPU). That buffer is `out` when given, which may be `z` itself.
     """
-    _rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing, out)
-    u = z / temperature
+    u = z / temperature  # every read of z before its softmax goes into `out`, which may be z itself
     lse = torch.logsumexp(u, dim=-1, keepdim=True)
+    log_q_k = u.gather(1, ids) - lse
+    vocab = z.shape[-1]
+    _rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing, out)
     step = alpha * temperature
     agree = (top == ids[:, 0]).sum().float()
-    log_q_k = z.gather(1, ids) / temperature - lse
     if renormalize:  # p^ = p_k / sum_K p: d(tau^2 KL)/dz = tau * (q - p^)
         log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
         p_k = log_p.exp()
@@ -123,9 +124,9 @@ def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels
         shift = torch.where(empty_tail, 0.0, tail_lse)
         grad = probs.mul_(1.0 - alpha).add_(step * ((u - lse).exp() - (tail_u - shift).exp() * p_tail))
     if smoothing:  # the smoothed label's uniform part; its one-hot part is scattered with the top-K below
-        grad.sub_((1.0 - alpha) * smoothing / z.shape[-1])
+        grad.sub_((1.0 - alpha) * smoothing / vocab)
     index = torch.cat([labels[:, None], ids], 1)
-    values = torch.cat([(-(1.0 - alpha) * (1.0 - smoothing)).expand(z.shape[0], 1), -step * p_k], 1)
+    values = torch.cat([(-(1.0 - alpha) * (1.0 - smoothing)).expand(ids.shape[0], 1), -step * p_k], 1)
     return ce, kl * temperature**2, agree, grad.scatter_add_(1, index, values)
 
 
