@@ -30,11 +30,12 @@ def paired_softmaxes(z: torch.Tensor, temperature: float, out: torch.Tensor | No
     per logit instead of three, which is what the dense KI kernel spends most of its time on. At tau = 1 both
     are one tensor.
     """
-    if temperature not in (2.0, 0.5):  # the tempered softmax first: `out` may be `z` itself
-        tempered, tempered_lse, _ = softmax_lse_argmax(z / temperature) if temperature != 1.0 else (None, None, None)
+    if temperature == 1.0:
         probs, lse, top = softmax_lse_argmax(z, out)
-        if temperature == 1.0:
-            return probs, lse, top, probs, lse
+        return probs, lse, top, probs, lse
+    if temperature not in (2.0, 0.5):  # the tempered softmax first: `out` may be `z` itself
+        tempered, tempered_lse, _ = softmax_lse_argmax(z / temperature)
+        probs, lse, top = softmax_lse_argmax(z, out)
         return probs, lse, top, tempered, tempered_lse
     peak, top = z.max(-1, keepdim=True)
     shifted = torch.sub(z, peak, out=out)

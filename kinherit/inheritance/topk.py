@@ -100,7 +100,6 @@ def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels
     u = z / temperature  # every read of z before its softmax goes into `out`, which may be z itself
     lse = torch.logsumexp(u, dim=-1, keepdim=True)
     log_q_k = u.gather(1, ids) - lse
-    vocab = z.shape[-1]
     _rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing, out)
     step = alpha * temperature
     agree = (top == ids[:, 0]).sum().float()
@@ -124,9 +123,9 @@ def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels
         shift = torch.where(empty_tail, 0.0, tail_lse)
         grad = probs.mul_(1.0 - alpha).add_(step * ((u - lse).exp() - (tail_u - shift).exp() * p_tail))
     if smoothing:  # the smoothed label's uniform part; its one-hot part is scattered with the top-K below
-        grad.sub_((1.0 - alpha) * smoothing / vocab)
+        grad.sub_((1.0 - alpha) * smoothing / z.shape[-1])
     index = torch.cat([labels[:, None], ids], 1)
-    values = torch.cat([(-(1.0 - alpha) * (1.0 - smoothing)).expand(ids.shape[0], 1), -step * p_k], 1)
+    values = torch.cat([(-(1.0 - alpha) * (1.0 - smoothing)).expand(z.shape[0], 1), -step * p_k], 1)
     return ce, kl * temperature**2, agree, grad.scatter_add_(1, index, values)
 
 
