@@ -39,7 +39,7 @@ from kinherit.atomic import write_json_atomic
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.inheritance.topk import TopKTarget
-from kinherit.lm import TEACHER_TENSORS, chunk_positions, target_labels, taught_positions
+from kinherit.lm import SCORING_TENSORS, TEACHER_TENSORS, chunk_positions, target_labels, taught_positions
 from kinherit.models import load_model
 from kinherit.options import InheritanceArguments
 from kinherit.sealed import seal
@@ -135,7 +135,8 @@ class Bench:
             live = TeacherSet([self.teacher])
             ids, log_probs = [], []
             with live.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
-                for chunk in taught_positions(labels).split(chunk_positions(self.chunk_size, self.pair.vocab)):
+                for chunk in taught_positions(labels).split(chunk_positions(self.chunk_size, self.pair.vocab,
+                                                                           SCORING_TENSORS)):
                     top = TopKTarget.from_log_probs(target_of(chunk).log_probs, k)
                     ids.append(top.ids)
                     log_probs.append(top.log_probs)

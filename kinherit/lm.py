@@ -21,17 +21,16 @@ from kinherit.models import backbone_and_head, forward_as_body, reshard_model
 IGNORE_INDEX = -100
 CHUNK_BYTES = 256 * 2**20  # the default chunk keeps its float32 [positions, V] tensors together within this
 MAX_CHUNK = 1024  # ... and holds at most this many positions (more buys no speed)
-SELF_TENSORS = 2  # [positions, V] tensors a self-learning chunk is sized for: the logits and their gradient
-TEACHER_TENSORS = 3  # ... and a chunk with a teacher: its logits (or the cache's scattered top-K) as well
+SELF_TENSORS = 1  # [positions, V] tensors a self-learning chunk holds: its logits (the gradient is written over them)
+TEACHER_TENSORS = 2  # ... and a chunk with a teacher: the teacher's logits as well (a top-K cache holds fewer)
+SCORING_TENSORS = 2  # a chunk scored without a gradient (evaluation, a cache build): logits and their log-softmax
 MIN_CHUNK = 64
 
 
 def chunk_positions(chunk_size: int | None, vocab: int, tensors: int = SELF_TENSORS) -> int:
     """Positions per chunk: `chunk_size` when given, else as many as keep the chunk's `tensors` float32
     [positions, vocab] tensors within 256 MB, between 64 and 1,024: without a teacher 1,024 up to a
-    32,768-token vocabulary and 256 at 131,072; with one (three tensors) 682 and 170. The eager kernels
-    (self-learning, the uncompiled KI kernel) write the gradient over the logits, so they hold one tensor
-    fewer than they are sized for: a self-learning chunk half its budget."""
+    65,536-token vocabulary and 512 at 131,072; with one (two tensors) 1,024 up to 32,768 and 256 at 131,072."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -79,7 +78,7 @@ def taught_logits(model: PreTrainedModel, dataset, collator, batch_size: int, ch
             with autocast(), forward_as_body(model, body):
                 hidden = model(input_ids=input_ids)
                 hidden = hidden.reshape(-1, hidden.shape[-1])
-            for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab)):
+            for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab, SCORING_TENSORS)):
                 yield head(hidden[chunk])[:, :vocab].float(), labels[chunk]
     finally:
         reshard_model(model)  # a sharded model frees the weights its root gathered

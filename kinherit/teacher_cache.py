@@ -46,7 +46,7 @@ from kinherit.data.tokenizer import tokenizer_fingerprint
 from kinherit.errors import KinheritError
 from kinherit.inheritance.targets import TargetFn
 from kinherit.inheritance.topk import TopKTarget
-from kinherit.lm import IGNORE_INDEX, chunk_positions, target_labels, taught_positions, validation_loss
+from kinherit.lm import IGNORE_INDEX, SCORING_TENSORS, chunk_positions, target_labels, taught_positions, validation_loss
 from kinherit.load_teachers import build_teachers, parse_teacher_specs
 from kinherit.models import load_config, model_kind
 from kinherit.options import CacheArguments, DataArguments, InheritanceArguments
@@ -181,7 +181,7 @@ def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kin
         labels = target_labels(batch["labels"], kind)
         counts += (labels != IGNORE_INDEX).view(len(rows), -1).sum(1).tolist()
         with teachers.targets(batch, labels, temperature, vocab) as target_of:
-            for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab)):
+            for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab, SCORING_TENSORS)):
                 top = TopKTarget.from_log_probs(target_of(chunk).log_probs, min(top_k, vocab))
                 ids.append(top.ids.cpu())
                 log_probs.append(top.log_probs.cpu())

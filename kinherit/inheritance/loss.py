@@ -145,18 +145,15 @@ class InheritanceLoss:
               alpha: float, buffers: ChunkBuffers | None = None, writable: bool = False) -> ChunkResult:
         """One chunk's `(output, grad_output, loss, stats)` for `chunked_loss`; stats = (CE, KI, agreements).
 
-        An eager kernel (self-learning, `compiled=False`) writes the closed-form gradient over the float32
-        logits when `writable` (nothing else reads them) or when they are a float32 copy of low-precision ones:
-        one [positions, V] tensor fewer per chunk. Else, and for a compiled kernel, it goes into the reused
-        "grad" buffer of `buffers` when given: `torch.compile` writes over an input it also reads through a
-        temporary and a copy, which would cost one tensor more, not one less."""
+        The closed-form kernels write the gradient over the float32 logits when `writable` (nothing else reads
+        them) or when they are a float32 copy of low-precision ones: one [positions, V] tensor fewer per chunk.
+        Else it goes into the reused "grad" buffer of `buffers` when given."""
         closed_form = self.divergence == "forward_kl" and (self.fused or isinstance(target, TopKTarget))
         if closed_form:
             z = logits.detach().float()
-            eager = not (self.compiled and target is not None)  # a compiled kernel reads z in several loops
-            if eager and logits.dtype != torch.float32:  # z is a copy
+            if logits.dtype != torch.float32:  # z is a copy
                 out = z
-            elif eager and writable:
+            elif writable:
                 z = out = unguarded(logits)
             else:
                 out = None if buffers is None else buffers.get("grad", *z.shape, torch.float32, z.device)

@@ -23,8 +23,7 @@ from kinherit.inheritance.rowwise import (
     CompiledKernel,
     cross_entropy_terms,
     label_logits,
-    paired_softmaxes,
-    softmax_lse_argmax,
+    paired_logsumexp,
     subtract_target,
 )
 from kinherit.inheritance.topk import TopKTarget
@@ -42,29 +41,54 @@ class TeacherSource(Protocol):
         ...
 
 
-def _forward_kl_kernel(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
-                       alpha: torch.Tensor, temperature: float, smoothing: float,
-                       out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """CE sum, tau^2 * KL sum, agreements and d total / d z for float32 student logits `z` (see below);
-    the gradient written into `out` when given, which may be `z` itself: every read of `z` comes first."""
-    rows = torch.arange(z.shape[0], device=z.device)
+def _forward_kl_statistics(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
+                           temperature: float, smoothing: float) -> tuple[torch.Tensor, ...]:
+    """(CE sum, tau^2 * KL sum, top-1 agreements) of float32 student logits `z` against P_T = softmax(scores *
+    scale), and the per-row logsumexps the gradient needs (student at 1 and at tau, teacher): reads only."""
     target = scores.float() if scale == 1.0 else scores.float() * scale
-    p, target_lse, target_top = softmax_lse_argmax(target)
-    picked = label_logits(z, rows, labels, smoothing)
-    dot = torch.einsum("ij,ij->i", p, target) - torch.einsum("ij,ij->i", p, z) / temperature
-    probs, lse, top, q, q_lse = paired_softmaxes(z, temperature, out)
-    ce = (lse - picked).sum()
-    kl = (dot - target_lse + q_lse).sum()
+    target_peak, target_top = target.max(-1, keepdim=True)
+    weights = (target - target_peak).exp_()  # P_T unnormalised
+    target_total = weights.sum(-1, keepdim=True)
+    target_lse = target_peak + target_total.log()
+    # sum_v p_T (target - z / tau), the cross term of KL(P_T || P_S^tau)
+    dot = (torch.einsum("ij,ij->i", weights, target)
+           - torch.einsum("ij,ij->i", weights, z) / temperature) / target_total.squeeze(-1)
+    del target, weights  # the eager kernel frees the teacher's temporaries before the student's
+    peak, top = z.max(-1, keepdim=True)
+    lse, tempered_lse = paired_logsumexp(z, peak, temperature)
+    rows = torch.arange(z.shape[0], device=z.device)
+    ce = (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum()
+    kl = (dot - target_lse.squeeze(-1) + tempered_lse.squeeze(-1)).sum()
     agree = (top == target_top).sum().float()
+    return ce, kl * temperature**2, agree, lse, tempered_lse, target_lse
+
+
+def _forward_kl_gradient_(z: torch.Tensor, scores: torch.Tensor, scale: float, lse: torch.Tensor,
+                          tempered_lse: torch.Tensor, target_lse: torch.Tensor, alpha: torch.Tensor,
+                          temperature: float) -> torch.Tensor:
+    """Overwrite float32 logits `z` with (1 - alpha) softmax(z) + alpha tau (softmax(z / tau) - P_T): d total / dz
+    but for the label term, from the row logsumexps of `_forward_kl_statistics`. Element by element, so that
+    `torch.compile` writes it over z in one fused pass with no [chunk, V] temporary."""
     step = alpha * temperature
-    # At tau = 1 the tempered softmax is the plain one: both terms share one tensor.
-    grad = probs.mul_(1.0 - alpha + step) if temperature == 1.0 else probs.mul_(1.0 - alpha).add_(q.mul_(step))
-    grad.sub_(p.mul_(step))
-    subtract_target(grad, rows, labels, 1.0 - alpha, smoothing)
-    return ce, kl * temperature**2, agree, grad
+    teacher = (scores.float() * scale).sub_(target_lse).exp_().mul_(step)
+    if temperature == 1.0:
+        z.sub_(lse).exp_().mul_(1.0 - alpha + step)
+    elif temperature == 2.0:  # softmax(z) = softmax(z / 2)^2 exp(2 lse_2 - lse): a square, not an exponential
+        tempered = z.mul_(0.5).sub_(tempered_lse).exp_()
+        plain = tempered.square().mul_((2.0 * tempered_lse - lse).exp() * (1.0 - alpha))
+        z.mul_(step).add_(plain)
+    elif temperature == 0.5:  # softmax(2 z) = softmax(z)^2 exp(2 lse - lse_1/2)
+        plain = z.sub_(lse).exp_()
+        tempered = plain.square().mul_((2.0 * lse - tempered_lse).exp() * step)
+        z.mul_(1.0 - alpha).add_(tempered)
+    else:
+        tempered = (z / temperature).sub_(tempered_lse).exp_().mul_(step)
+        z.sub_(lse).exp_().mul_(1.0 - alpha).add_(tempered)
+    return z.sub_(teacher)
 
 
-_COMPILED_KERNEL = CompiledKernel(_forward_kl_kernel)
+_COMPILED_STATISTICS = CompiledKernel(_forward_kl_statistics)
+_COMPILED_GRADIENT = CompiledKernel(_forward_kl_gradient_)
 
 
 @torch.no_grad()
@@ -125,10 +149,22 @@ class Target:
         total = (1 - alpha) * CE + alpha * tau^2 * KL(P_T^tau || P_S^tau), using
         KL = sum_v p_T * (scores_T - z / tau) - lse_T + lse(z / tau),
         d CE / dz = softmax(z) - onehot and d tau^2 KL / dz = tau * (softmax(z / tau) - p_T).
-        This makes a few passes over the [chunk, V] tensor where autograd makes several dozen;
-        `compiled` fuses them further with `torch.compile`. `smoothing` smooths the CE's one-hot label.
-        The gradient is written into `out` (a reused float32 [chunk, V] buffer) when given.
+        Two steps: row statistics that only read the logits, then the gradient element by element, written
+        over `out` (a reused float32 [chunk, V] buffer, or the float32 logits themselves; a new tensor when
+        None). This makes a few passes over the [chunk, V] tensor where autograd makes several dozen;
+        `compiled` fuses each step with `torch.compile`, which then holds no [chunk, V] temporary at all.
+        `smoothing` smooths the CE's one-hot label.
         """
-        args = (logits.float(), self.scores, self.scale, labels, torch.tensor(alpha, device=logits.device),
-                temperature, smoothing, out)
-        return _COMPILED_KERNEL(*args) if compiled else _forward_kl_kernel(*args)
+        z = logits.float()
+        statistics, gradient = (_COMPILED_STATISTICS, _COMPILED_GRADIENT) if compiled else \
+            (_forward_kl_statistics, _forward_kl_gradient_)
+        ce, kl, agree, lse, tempered_lse, target_lse = statistics(z, self.scores, self.scale, labels, temperature,
+                                                                  smoothing)
+        if out is None:
+            out = z.clone()
+        elif out is not z:
+            out.copy_(z)
+        alpha_t = torch.tensor(alpha, device=z.device)
+        grad = gradient(out, self.scores, self.scale, lse, tempered_lse, target_lse, alpha_t, temperature)
+        rows = torch.arange(z.shape[0], device=z.device)
+        return ce, kl, agree, subtract_target(grad, rows, labels, 1.0 - alpha, smoothing)

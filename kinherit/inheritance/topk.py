@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.rowwise import CompiledKernel, cross_entropy_terms
+from kinherit.inheritance.rowwise import CompiledKernel, label_logits, paired_logsumexp
 
 TOP_K_MODES = ("tail", "renormalize")
 TopKMode = Literal["tail", "renormalize"]
@@ -75,58 +75,79 @@ class TopKTarget:
                          out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits), total = (1 - alpha) CE + alpha tau^2 KL_K.
 
-        The same contract as `Target.forward_kl_terms`, for a top-K target; `compiled` runs the kernel through
-        `torch.compile` (eager fallback with a warning); the gradient is written into `out` when given.
+        The same contract as `Target.forward_kl_terms`, for a top-K target: row statistics that only read the
+        logits, then the gradient written over `out` (which may be the float32 logits themselves; a new tensor
+        when None). The tail is found by setting the top-K of `out` to -inf (a boolean [n, V] mask would cost
+        a tensor and, built by a scatter on CPU, more time than the whole kernel); the top-K and label terms
+        land through one scatter. `compiled` runs the [n, V] passes through `torch.compile`, which then holds
+        no [n, V] temporary (eager fallback with a warning).
         """
-        args = (logits.float(), self.ids.long(), self.log_probs.float(), labels,
-                torch.tensor(alpha, device=logits.device), temperature, smoothing, self.mode == "renormalize", out)
-        return _COMPILED_TOPK(*args) if compiled else _topk_kernel(*args)
+        z = logits.float()
+        ids, log_p = self.ids.long(), self.log_probs.float()
+        kernels = _COMPILED if compiled else (_topk_statistics, _tail_logsumexp, _topk_gradient_)
+        ce, agree, lse, tempered_lse, z_k = kernels[0](z, ids, labels, temperature, smoothing)
+        if out is None:
+            out = z.clone()
+        elif out is not z:
+            out.copy_(z)
+        log_q_k = z_k / temperature - tempered_lse
+        step = alpha * temperature
+        if self.mode == "renormalize":  # p^ = p_k / sum_K p: d(tau^2 KL)/dz = tau * (q - p^)
+            log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
+            p_k = log_p.exp()
+            kl = (p_k * (log_p - log_q_k)).sum()
+            p_tail, shift = torch.zeros_like(lse), tempered_lse  # no tail term
+            top_values = -step * p_k  # the softmaxes' part at the top-K comes from the pass over all tokens
+        else:
+            p_k = log_p.exp()
+            tail_lse = kernels[1](out.scatter_(1, ids, float("-inf")), temperature)  # over the tempered tail
+            empty_tail = torch.isinf(tail_lse)  # K = V: no tail outcome
+            p_tail = torch.where(empty_tail, 0.0, (1.0 - p_k.sum(-1, keepdim=True)).clamp_min(0.0))
+            log_q_tail = torch.where(empty_tail, 0.0, tail_lse - tempered_lse)
+            kl_tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0)
+            kl = (p_k * (log_p - log_q_k)).sum() + kl_tail.sum()
+            shift = torch.where(empty_tail, tempered_lse, tail_lse)
+            # the top-K entries of `out` are -inf, so the pass over all tokens leaves them at the smoothing term:
+            # their whole gradient comes through the scatter
+            top_values = (1.0 - alpha) * (z_k - lse).exp() + step * (log_q_k.exp() - p_k)
+        alpha_t = torch.tensor(alpha, device=z.device)
+        grad = kernels[2](out, lse, tempered_lse, shift, p_tail, alpha_t, temperature, smoothing)
+        index = torch.cat([labels[:, None], ids], 1)
+        values = torch.cat([(-(1.0 - alpha) * (1.0 - smoothing)) * torch.ones_like(lse), top_values], 1)
+        return ce, kl * temperature**2, agree, grad.scatter_add_(1, index, values)
 
     def tail_mass(self) -> torch.Tensor:
         """p_tail per position: the teacher's probability outside its top-K (clamped at 0)."""
         return (1.0 - self.log_probs.exp().sum(-1)).clamp_min(0.0)
 
 
-def _topk_kernel(z: torch.Tensor, ids: torch.Tensor, log_p: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
-                 temperature: float, smoothing: float, renormalize: bool,
-                 out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """CE sum, tau^2 * KL_K sum, agreements and d total / d z for float32 logits `z` (see the module docstring).
-
-    Written for `torch.compile` to fuse into few row-wise passes: the gradient is one [n, V] buffer
-    (the softmax's, updated in place), the top-K and label terms land in it through one scatter, and the
-    tail is found by setting the top-K of the tempered logits to -inf (a boolean [n, V] mask built by a
-    scatter costs more than the whole kernel on CPU). That buffer is `out` when given, which may be `z` itself.
-    """
-    u = z / temperature  # every read of z before its softmax goes into `out`, which may be z itself
-    lse = torch.logsumexp(u, dim=-1, keepdim=True)
-    log_q_k = u.gather(1, ids) - lse
-    _rows, probs, _lse, top, ce = cross_entropy_terms(z, labels, smoothing, out)
-    step = alpha * temperature
-    agree = (top == ids[:, 0]).sum().float()
-    if renormalize:  # p^ = p_k / sum_K p: d(tau^2 KL)/dz = tau * (q - p^)
-        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
-        p_k = log_p.exp()
-        kl = (p_k * (log_p - log_q_k)).sum()
-        grad = probs.mul_(1.0 - alpha).add_((u - lse).exp() * step)
-    else:
-        p_k = log_p.exp()
-        tail_u = u.scatter(1, ids, float("-inf"))  # the tempered logits off the teacher's top-K
-        tail_lse = torch.logsumexp(tail_u, dim=-1, keepdim=True)
-        empty_tail = torch.isinf(tail_lse)  # K = V: no tail outcome
-        p_tail = torch.where(empty_tail, 0.0, (1.0 - p_k.sum(-1, keepdim=True)).clamp_min(0.0))
-        log_q_tail = torch.where(empty_tail, 0.0, tail_lse - lse)
-        kl_top = (p_k * (log_p - log_q_k)).sum(-1)
-        kl_tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-30).log() - log_q_tail), 0.0).squeeze(-1)
-        kl = (kl_top + kl_tail).sum()
-        # d(tau^2 KL_K)/dz = tau * (q - p~): p~ is p_k on the top-K (scattered below), p_tail * q_j / q_tail on the
-        # tail, which is exp(tail_u - tail_lse) * p_tail and 0 on the top-K (exp(-inf))
-        shift = torch.where(empty_tail, 0.0, tail_lse)
-        grad = probs.mul_(1.0 - alpha).add_(step * ((u - lse).exp() - (tail_u - shift).exp() * p_tail))
-    if smoothing:  # the smoothed label's uniform part; its one-hot part is scattered with the top-K below
-        grad.sub_((1.0 - alpha) * smoothing / z.shape[-1])
-    index = torch.cat([labels[:, None], ids], 1)
-    values = torch.cat([(-(1.0 - alpha) * (1.0 - smoothing)).expand(z.shape[0], 1), -step * p_k], 1)
-    return ce, kl * temperature**2, agree, grad.scatter_add_(1, index, values)
+def _topk_statistics(z: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, temperature: float,
+                     smoothing: float) -> tuple[torch.Tensor, ...]:
+    """(CE sum, top-1 agreements with the teacher, logsumexp of z and of z / tau ([n, 1]), the logits at the
+    teacher's top-K [n, K]) of float32 logits `z`: reads only."""
+    peak, top = z.max(-1, keepdim=True)
+    lse, tempered_lse = paired_logsumexp(z, peak, temperature)
+    rows = torch.arange(z.shape[0], device=z.device)
+    ce = (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum()
+    agree = (top.squeeze(-1) == ids[:, 0]).sum().float()
+    return ce, agree, lse, tempered_lse, z.gather(1, ids)
 
 
-_COMPILED_TOPK = CompiledKernel(_topk_kernel)
+def _tail_logsumexp(masked: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logsumexp(z / tau) over the tokens off the teacher's top-K (set to -inf in `masked`), [n, 1]."""
+    return torch.logsumexp(masked / temperature, dim=-1, keepdim=True)
+
+
+def _topk_gradient_(z: torch.Tensor, lse: torch.Tensor, tempered_lse: torch.Tensor, shift: torch.Tensor,
+                    p_tail: torch.Tensor, alpha: torch.Tensor, temperature: float, smoothing: float) -> torch.Tensor:
+    """Overwrite `z` with (1 - alpha) (softmax(z) - eps / V) + alpha tau (softmax(z / tau) - p_tail exp(z / tau -
+    shift)): the gradient off the top-K and the label (tail mode: the student's tail in its own proportions).
+    Element by element, so that `torch.compile` writes it over z in one fused pass."""
+    tempered = (z / temperature).sub_(tempered_lse).exp_().sub_((z / temperature).sub_(shift).exp_().mul_(p_tail))
+    plain = z.sub_(lse).exp_()
+    if smoothing:
+        plain.sub_(smoothing / z.shape[-1])
+    return plain.mul_(1.0 - alpha).add_(tempered.mul_(alpha * temperature))
+
+
+_COMPILED = tuple(CompiledKernel(kernel) for kernel in (_topk_statistics, _tail_logsumexp, _topk_gradient_))
