@@ -19,8 +19,8 @@ from kinherit.errors import KinheritError
 from kinherit.models import backbone_and_head, forward_as_body, reshard_model
 
 IGNORE_INDEX = -100
-CHUNK_BYTES = 256 * 2**20  # the default chunk keeps its float32 [positions, V] tensors together within this
-MAX_CHUNK = 1024  # ... and holds at most this many positions (more buys no speed)
+CHUNK_BYTES = 256 * 2**20  # the default chunk keeps one float32 [positions, V] tensor within this
+MAX_CHUNK = 1024  # ... and at most this many positions of it (more buys no speed)
 SELF_TENSORS = 1  # [positions, V] tensors a self-learning chunk holds: its logits (the gradient is written over them)
 TEACHER_TENSORS = 2  # ... and a chunk with a teacher: the teacher's logits as well (a top-K cache holds fewer)
 SCORING_TENSORS = 2  # a chunk scored without a gradient (evaluation, a cache build): logits and their log-softmax
@@ -28,14 +28,15 @@ MIN_CHUNK = 64
 
 
 def chunk_positions(chunk_size: int | None, vocab: int, tensors: int = SELF_TENSORS) -> int:
-    """Positions per chunk: `chunk_size` when given, else as many as keep the chunk's `tensors` float32
-    [positions, vocab] tensors within 256 MB, between 64 and 1,024: without a teacher 1,024 up to a
-    65,536-token vocabulary and 512 at 131,072; with one (two tensors) 1,024 up to 32,768 and 256 at 131,072."""
+    """Positions per chunk: `chunk_size` when given, else the positions of one float32 [positions, vocab] tensor
+    within 256 MB and 1,024 positions, shared among the chunk's `tensors` such tensors (at least 64), so that a
+    chunk with a teacher holds no more bytes than one without: 1,024 and 512 positions up to a 65,536-token
+    vocabulary, 512 and 256 at 131,072."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
         return chunk_size
-    return max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_BYTES // (4 * tensors * max(vocab, 1))))
+    return max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_BYTES // (4 * max(vocab, 1))) // tensors)
 
 
 def target_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:

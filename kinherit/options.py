@@ -146,8 +146,8 @@ class InheritanceArguments:
         "help": "Adaptive schedule: stop once the student's validation loss is this much below the teacher's."})
     chunk_size: int | None = field(default=None, metadata={
         "help": "Positions per chunk of the fused head and loss (default: as many as keep the chunk's float32 "
-                "[positions, vocabulary] tensors within 256 MB, at most 1024: without a teacher 1024 up to 64k "
-                "tokens and 512 at 128k, with one 1024 up to 32k and 256 at 128k)."})
+                "[positions, vocabulary] tensors within what one such tensor of at most 1024 positions and 256 MB "
+                "holds: without a teacher 1024 up to 64k tokens and 512 at 128k, with one half as many)."})
     fused_loss: bool = field(default=True, metadata={
         "help": "Closed-form gradient of CE + forward KL per chunk (False: autograd, slower, same result)."})
     compile_loss: bool = field(default=True, metadata={

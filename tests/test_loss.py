@@ -124,15 +124,15 @@ def test_chunked_equals_unchunked():
 
 
 def test_the_default_chunk_bounds_its_tensors_by_bytes(monkeypatch):
-    # one float32 [positions, V] tensor (two with a teacher) within 256 MB, 64 to 1024 positions;
-    # an explicit size wins
+    # one float32 [positions, V] tensor within 256 MB and 1024 positions, shared by a chunk's tensors (two with a
+    # teacher: the same bytes), at least 64 positions; an explicit size wins
     assert [chunk_positions(None, v) for v in (8192, 65536, 131072, 262144, 10**7)] == [1024, 1024, 512, 256, 64]
-    assert [chunk_positions(None, v, 2) for v in (8192, 32768, 65536, 131072)] == [1024, 1024, 512, 256]
+    assert [chunk_positions(None, v, 2) for v in (8192, 32768, 65536, 131072, 10**7)] == [512, 512, 512, 256, 64]
     assert chunk_positions(300, 131072, 2) == 300
     with pytest.raises(KinheritError, match="chunk_size must be at least 1"):
         InheritanceLoss(chunk_size=0)
     # the loss splits by the default for its vocabulary and tensors (the budget shrunk to 12 rows of V logits:
-    # 6 positions with a teacher, 12 without)
+    # 12 positions without a teacher, 6 with one)
     monkeypatch.setattr("kinherit.lm.CHUNK_BYTES", 12 * V * 4)
     monkeypatch.setattr("kinherit.lm.MIN_CHUNK", 1)
     seen = []
