@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -239,10 +240,15 @@ def measured_work(bench: Bench, variant: str, reset_peak: Callable[[], None]) ->
     step()
 
 
+LIVE_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # glibc: every block above 128 KiB mapped, returned when freed
+LIVE_VARIANTS = ("self", "ki", "ki_cache")  # the steps the memory targets compare
+
+
 def peak_memory_mb(config: str, variant: str, device: torch.device, options: argparse.Namespace,
-                   cache_root: str) -> float:
+                   cache_root: str, environment: dict[str, str] | None = None) -> float:
     """Peak memory of a steady step of `variant` (or of building the cache, `cache_build`): CUDA allocator peak in
-    process, else a child's peak RSS. The `ki_cache` step reads a cache a `cache_build` child wrote before."""
+    process, else a child's peak RSS (with `environment` added to the child's). The `ki_cache` step reads a cache
+    a `cache_build` child wrote before."""
     if device.type == "cuda":
         bench = Bench(CONFIGS[config], device, options.temperature, cache_root, options.chunk_size)
         torch.cuda.reset_peak_memory_stats(device)
@@ -255,7 +261,7 @@ def peak_memory_mb(config: str, variant: str, device: torch.device, options: arg
                "--cache-root", cache_root]
     if options.chunk_size:
         command += ["--chunk-size", str(options.chunk_size)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=os.environ | (environment or {}))
     if result.returncode != 0:
         raise RuntimeError(f"memory child for {config}/{variant} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
@@ -332,11 +338,13 @@ def main() -> None:
         times |= time_rounds(bench, ["naive"], 1, options.repeats)
         chunk = {"self": chunk_positions(bench.chunk_size, pair.vocab),
                  "ki": chunk_positions(bench.chunk_size, pair.vocab, TEACHER_TENSORS)}
+        teacher_mb = sum(p.numel() * p.element_size() for p in bench.teacher.parameters()) / 2**20
         del bench
         median = {variant: statistics.median(t) for variant, t in times.items()}
         ki_over_self = ratio(times, "ki", "self")
         entry = {
-            "pair": pair.__dict__, "chunk_size": chunk, "bound": bound, "student_step_flops": student_flops,
+            "pair": pair.__dict__, "chunk_size": chunk, "teacher_mb": teacher_mb, "bound": bound,
+            "student_step_flops": student_flops,
             "teacher_forward_flops": teacher_flops,
             "seconds": {v: {"median": median[v], "min": min(t), "max": max(t), "rounds": t} for v, t in times.items()},
             "ki_over_self": ki_over_self,
@@ -353,6 +361,9 @@ def main() -> None:
                 # the cache is built first, in its own child, so that the `ki_cache` step's peak is the step's
                 entry["peak_mb"] = {v: peak_memory_mb(config, v, device, options, cache_root)
                                     for v in ("cache_build", *VARIANTS)}
+                if device.type == "cpu":  # the heap's variance taken out: what the step's live tensors need
+                    entry["live_peak_mb"] = {v: peak_memory_mb(config, v, device, options, cache_root, LIVE_THRESHOLD)
+                                             for v in LIVE_VARIANTS}
         results["configs"][config] = entry
         report(config, entry)
     results["matmul_flops_per_second_after"] = matmul_flops_per_second(device, options.matmul_size)
@@ -360,6 +371,15 @@ def main() -> None:
           f"{results['matmul_flops_per_second_after'] / 1e9:.1f} GFLOP/s")
     if options.json:
         write_json_atomic(Path(options.json), results)
+
+
+def memory_targets(peaks: dict[str, float], teacher_mb: float, what: str) -> str:
+    """The memory targets on one set of peaks: KI within self + teacher weights + 10% of self, and the cached step
+    no heavier than the live one."""
+    limit = peaks["self"] * 1.1 + teacher_mb
+    within, lighter = ("met" if met else "MISSED" for met in (peaks["ki"] <= limit, peaks["ki_cache"] <= peaks["ki"]))
+    return (f"{what}: self {peaks['self']:.0f}, KI {peaks['ki']:.0f} against self + teacher ({teacher_mb:.0f} MB) "
+            f"+ 10% = {limit:.0f} ({within}); cached {peaks['ki_cache']:.0f} ({lighter}: at or below live KI)")
 
 
 def report(config: str, entry: dict) -> None:
@@ -375,6 +395,10 @@ def report(config: str, entry: dict) -> None:
     if "cache_build" in entry.get("peak_mb", {}):
         print(f"building the top-{entry['cache_k']} cache (its own process): "
               f"peak {entry['peak_mb']['cache_build']:.0f} MB")
+    live = " ".join(f"{name}={value}" for name, value in LIVE_THRESHOLD.items())
+    for key, what in (("peak_mb", "peak"), ("live_peak_mb", f"live tensors ({live})")):
+        if key in entry:
+            print(memory_targets(entry[key], entry["teacher_mb"], what))
     print(f"bound {entry['bound']:.3f}  ki/self {entry['ki_over_self']:.3f} ({entry['ki_over_bound']:.3f} x bound)  "
           f"naive/ki {entry['naive_over_ki']:.2f}  eager/compiled {entry['eager_over_compiled']:.2f}  "
           f"cache(top-{entry['cache_k']})/ki {entry['cache_over_ki']:.2f}  "
