@@ -43,6 +43,14 @@ def paired_logsumexp(z: torch.Tensor, peak: torch.Tensor, temperature: float) ->
     return peak + total.log(), peak / temperature + tempered_total.log()
 
 
+def logits_into(z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Where a kernel writes its gradient over the logits `z`: `out` holding a copy of them (`z` itself when
+    `out` is `z`; a new copy when None)."""
+    if out is None:
+        return z.clone()
+    return out if out is z else out.copy_(z)
+
+
 def label_logits(z: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """Per row, the logit the CE's target picks out: z_y, or with label smoothing eps (target (1 - eps) onehot +
     eps / V) (1 - eps) z_y + eps mean_v z_v, so that CE = sum(lse - label_logits) (as `F.cross_entropy(...,

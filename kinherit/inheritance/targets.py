@@ -23,6 +23,7 @@ from kinherit.inheritance.rowwise import (
     CompiledKernel,
     cross_entropy_terms,
     label_logits,
+    logits_into,
     paired_logsumexp,
     subtract_target,
 )
@@ -160,10 +161,7 @@ class Target:
             (_forward_kl_statistics, _forward_kl_gradient_)
         ce, kl, agree, lse, tempered_lse, target_lse = statistics(z, self.scores, self.scale, labels, temperature,
                                                                   smoothing)
-        if out is None:
-            out = z.clone()
-        elif out is not z:
-            out.copy_(z)
+        out = logits_into(z, out)
         alpha_t = torch.tensor(alpha, device=z.device)
         grad = gradient(out, self.scores, self.scale, lse, tempered_lse, target_lse, alpha_t, temperature)
         rows = torch.arange(z.shape[0], device=z.device)

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.rowwise import CompiledKernel, label_logits, paired_logsumexp
+from kinherit.inheritance.rowwise import CompiledKernel, label_logits, logits_into, paired_logsumexp
 
 TOP_K_MODES = ("tail", "renormalize")
 TopKMode = Literal["tail", "renormalize"]
@@ -86,10 +86,7 @@ class TopKTarget:
         ids, log_p = self.ids.long(), self.log_probs.float()
         kernels = _COMPILED if compiled else (_topk_statistics, _tail_logsumexp, _topk_gradient_)
         ce, agree, lse, tempered_lse, z_k = kernels[0](z, ids, labels, temperature, smoothing)
-        if out is None:
-            out = z.clone()
-        elif out is not z:
-            out.copy_(z)
+        out = logits_into(z, out)
         log_q_k = z_k / temperature - tempered_lse
         step = alpha * temperature
         if self.mode == "renormalize":  # p^ = p_k / sum_K p: d(tau^2 KL)/dz = tau * (q - p^)
