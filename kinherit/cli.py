@@ -69,7 +69,7 @@ def run_experiment(argv: Sequence[str]) -> int:
     from kinherit.options import ExperimentArguments
 
     (options,) = parse(argv, (ExperimentArguments,), "experiment", positional=("config",))
-    execute(options.config, output_dir=options.output_dir, only=options.only or None)
+    execute(options.config, output_dir=options.output_dir, only=options.only or None, finetune=options.finetune)
     return 0
 
 

@@ -687,8 +687,11 @@ def train_run(experiment: Experiment, name: str, counter: str) -> Path:
     return run_dir
 
 
-def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None) -> dict[str, Any]:
-    """Run every unfinished run of the experiment in dependency order, then write the report."""
+def run_experiment(path: str | Path, output_dir: str | None = None, only: list[str] | None = None,
+                   finetune: bool = True) -> dict[str, Any]:
+    """Run every unfinished run of the experiment in dependency order and score it on its `evaluate:` corpora,
+    write the report, then fine-tune the runs on their `finetune:` tasks (the slow part, last, so that every
+    loss is in a report first) and write it again. `finetune=False` stops before the fine-tuning."""
     from kinherit.evaluation.report import write_report
 
     experiment = load_experiment(path, output_dir)
@@ -699,7 +702,13 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
         with run_lock(experiment.output_dir, name):
             run_dir = train_run(experiment, name, f"[{position}/{len(order)}]")
             evaluate_run(experiment, experiment.runs[name], run_dir)
-            finetune_run(experiment, experiment.runs[name], run_dir)
+    tuned = [name for name in order if experiment.runs[name].finetune] if finetune else []
+    if tuned:
+        write_report(experiment.output_dir, experiment.name)
+        print(f"losses reported; fine-tuning {len(tuned)} runs", flush=True)
+    for name in tuned:
+        with run_lock(experiment.output_dir, name):
+            finetune_run(experiment, experiment.runs[name], experiment.output_dir / "runs" / name)
     report = write_report(experiment.output_dir, experiment.name)
     print(report["headline"], flush=True)
     print(f"report: {report_folder(experiment.output_dir, experiment.name) / 'report.md'}", flush=True)

@@ -303,6 +303,9 @@ class ExperimentArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Override the YAML's output_dir."})
     only: list[str] = field(default_factory=list, metadata={
         "help": "Run only these runs (and what they depend on)."})
+    finetune: bool = field(default=True, metadata={
+        "help": "Fine-tune the runs on their `finetune:` tasks once every run is trained and scored. "
+                "`--finetune false` stops at the losses; run again without it to add the downstream accuracy."})
 
 
 @dataclass

@@ -177,9 +177,14 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
     (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
-    report = run_experiment(path)
     root = tmp_path / "out"
     out = root / "reports" / "mini"
+    run_experiment(path, finetune=False)  # losses first: every run trained and scored, nothing fine-tuned
+    assert json.loads((out / "report.json").read_text())["finetune"] == {}
+    assert not (root / "runs" / "ki" / "finetune.json").exists() and "accuracy" not in capsys.readouterr().out
+    report = run_experiment(path)  # adds the fine-tuning: nothing is trained again
+    log = capsys.readouterr().out
+    assert log.count("done, skipped") == 4 and "fine-tuning 1 runs" in log and "accuracy" in log
     saved = json.loads((out / "report.json").read_text())
     entry = saved["compute_saved"]["ki"]
     for key in ("steps_fraction", "flops_fraction", "time_fraction", "baseline_final_val_loss", "ki_final_val_loss",
@@ -194,6 +199,7 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
         "wiki", "plays"}
     assert saved["evaluation"]["teacher"]["wiki"] == pytest.approx(saved["final_val_loss"]["teacher"], abs=1e-9)
     assert "## Validation loss on each corpus" in (out / "report.md").read_text()
+    assert (out / "evaluation.png").stat().st_size > 5_000 and "evaluation.png" in saved["plots"]
     # finetune: the run's downstream accuracy over the seeds, in the report's table and plot
     result = saved["finetune"]["task.jsonl"]["ki"]
     assert len(result["accuracy"]["values"]) == 2 and 0.0 <= result["accuracy"]["mean"] <= 1.0

@@ -185,6 +185,43 @@ def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losse
     return [name]
 
 
+def plot_evaluation(folder: Path, evaluation: dict[str, dict[str, float]]) -> list[str]:
+    """Each run's loss on every corpus its `evaluate:` lists, one panel per corpus (a domain-adapted model's
+    target and source domains side by side: what it gained and what it forgot), saved as PNG."""
+    corpora = sorted({corpus for losses in evaluation.values() for corpus in losses})
+    if len(corpora) < 2 or len(evaluation) < 2:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(evaluation)[::-1]  # the YAML's order, top to bottom
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = plt.subplots(1, len(corpora), figsize=(4.2 * len(corpora) + 1.5, 0.3 * len(names) + 1.8),
+                                sharey=True, squeeze=False)
+    for ax, corpus in zip(axes[0], corpora, strict=True):
+        rows = [(y, evaluation[n][corpus]) for y, n in enumerate(names) if corpus in evaluation[n]]
+        ax.barh([y for y, _ in rows], [v for _, v in rows],
+                color=[colours[(len(names) - 1 - y) % len(colours)] for y, _ in rows])
+        for y, value in rows:
+            ax.annotate(f"{value:.3f}", (value, y), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize=7)
+        values = [v for _, v in rows]
+        span = max(values) - min(values)
+        ax.set_xlim(min(values) - 0.15 * span - 0.05, max(values) + 0.3 * span + 0.05)  # differences stay legible
+        ax.set_title(corpus, fontsize=10)
+        ax.set_xlabel("validation loss (nats per token)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(names)), names, fontsize=8)
+    figure.suptitle("Validation loss on each corpus (`evaluate:`)", fontsize=10)
+    figure.tight_layout()
+    name = "evaluation.png"
+    save_figure_atomic(figure, folder / name, dpi=110)
+    plt.close(figure)
+    return [name]
+
+
 def plot_finetuning(folder: Path, finetuning: dict[str, dict[str, Any]]) -> list[str]:
     """Test accuracy per task and run, bars with the seeds' standard deviation, saved as PNG."""
     if not finetuning:
@@ -294,7 +331,7 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
                 finetuning.setdefault(task, {})[name] = result
     plots = (plot_curves(target, curves, teacher_losses, compute, runs)
              + plot_summary(target, curves, teacher_losses, compute, runs, {n for n, s in summaries.items() if s})
-             + plot_finetuning(target, finetuning))
+             + plot_evaluation(target, evaluation) + plot_finetuning(target, finetuning))
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
