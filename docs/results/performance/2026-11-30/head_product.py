@@ -1,0 +1,32 @@
+"""Throughput of the head products of the causal-32k step (hand-run): the teacher's [512, 128] x [128, 32768]
+and the student's [512, 256] x [256, 32768], written into a new tensor and into a reused one, and the teacher's
+product computed transposed ([32768, 128] x [128, 512]), beside the 2048^3 float32 matmul.
+Usage: python docs/results/performance/2026-11-30/head_product.py"""
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def rate(function, flops: float, repeats: int = 7) -> float:
+    """GFLOP/s of `function`, median of `repeats` calls after one untimed call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return flops / statistics.median(times) / 1e9
+
+
+a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+print(f"matmul 2048^3: {rate(lambda: a @ b, 2 * 2048**3):.1f} GFLOP/s")
+for inner in (128, 256):
+    h, w = torch.randn(512, inner), torch.randn(32768, inner)
+    out = torch.empty(512, 32768)
+    flops = 2 * 512 * inner * 32768
+    print(f"inner {inner}: new output {rate(lambda: F.linear(h, w), flops):.1f}, "
+          f"reused output {rate(lambda: torch.mm(h, w.t(), out=out), flops):.1f}, "
+          f"transposed {rate(lambda: F.linear(w, h), flops):.1f} GFLOP/s")
+print(f"matmul 2048^3: {rate(lambda: a @ b, 2 * 2048**3):.1f} GFLOP/s")
