@@ -272,6 +272,18 @@ def test_start_continues_another_runs_model_seed_by_seed(tmp_path):
         parse_experiment(data, output_dir=str(tmp_path))
 
 
+def test_report_curves_leave_out_teachers_and_the_runs_others_start_from():
+    from kinherit.evaluation.compute_saved import EvalPoint
+    from kinherit.evaluation.report import _students
+
+    curve = [EvalPoint(step=0, loss=6.0, flops=0.0, seconds=0.0), EvalPoint(step=10, loss=5.0, flops=1.0, seconds=1.0)]
+    runs = {"general": {"model": "llama-2x64"}, "teacher": {"model": "llama-1x64"},
+            "adapted": {"model": "run:general"}, "ki": {"model": "run:general", "teachers": ["teacher"],
+                                                        "baseline": "adapted"}}
+    drawn = _students({name: curve for name in runs}, {"teacher": 5.0}, runs)
+    assert list(drawn) == ["adapted", "ki"]  # the general model's pre-training has its own step axis
+
+
 def test_analyses_share_their_runs_consistently():
     """configs/analyses/ share one output folder: a run name means one run (same settings) in every analysis,
     with one tokenizer and one definition per corpus name, so that each shared run is trained once."""

@@ -70,9 +70,14 @@ def _headline(compute: dict[str, Any], groups: dict[str, Any]) -> str:
 def _students(curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
               runs: dict[str, Any]) -> dict[str, list[EvalPoint]]:
     """The runs drawn as curves: every run with evaluations but the teachers, except a self-learned teacher that
-    is also a baseline (a chain of sizes)."""
+    is also a baseline (a chain of sizes), and but the runs others start from (`start:`: a general model whose
+    pre-training would share the step axis with its post-training runs)."""
+    from kinherit.experiment import START
+
     baselines = {run.get("baseline") for run in runs.values()}
-    return {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and c}
+    starts = {str(run.get("model", ""))[len(START):] for run in runs.values()
+              if str(run.get("model", "")).startswith(START)}
+    return {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and n not in starts and c}
 
 
 def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
@@ -98,19 +103,18 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
             run = runs.get(name, {})
             kind = " + ".join([*(["grown"] if run.get("grow") else []), *(["KI"] if run.get("teachers") else [])])
             kind = kind or "self-learning"
+            reached = compute.get(name, {}).get("steps_fraction")
+            if reached is not None:  # the legend says it, so that any number of KI runs stays legible
+                kind += f"; {compute[name]['baseline']}'s final at {_percent(reached)} of the steps"
             ax.plot([getattr(p, attr) * scale for p in curve], [p.loss for p in curve], marker="o", markersize=2.5,
                     color=colours[i % len(colours)], label=f"{name} ({kind})")
         for j, (name, loss) in enumerate(teacher_losses.items()):
             ax.axhline(loss, color="grey", linestyle=["--", ":", "-."][j % 3], linewidth=1,
                        label=f"teacher '{name}' final ({loss:.2f})")
-        for k, (name, c) in enumerate(compute.items()):
+        for c in compute.values():
             ax.axhline(c["baseline_final_val_loss"], color="black", linewidth=0.6, alpha=0.5)
             if c["steps_fraction"] is not None and attr == "step":
                 ax.axvline(c["reached_at_step"], color="black", linewidth=0.6, alpha=0.5)
-                # one line per KI run, stacked, so that several seeds stay legible
-                ax.annotate(f"{name}: baseline's final at {_percent(c['steps_fraction'])} of the steps",
-                            (c["reached_at_step"], c["baseline_final_val_loss"]), textcoords="offset points",
-                            xytext=(10, 60 + 13 * k), fontsize=8.5)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         ax.set_ylim(min(finals) - 0.15, top)
@@ -120,7 +124,7 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     secondary.set_yticks(ticks)
     secondary.set_yticklabels([f"{math.exp(t):.0f}" for t in ticks])
     secondary.set_ylabel("validation perplexity")
-    axes[0].legend(fontsize=8, loc="upper right")
+    axes[0].legend(fontsize=8, loc="best")
     has_ki = any(runs.get(name, {}).get("teachers") for name in students)
     figure.suptitle("Validation loss: Knowledge Inheritance vs self-learning" if has_ki else "Validation loss")
     figure.tight_layout()
