@@ -128,3 +128,14 @@ def test_pretrain_arguments_from_one_json_file(tmp_path):
         parse_pretrain_args([str(path)])
     with pytest.raises(KinheritError, match="cannot read the arguments file"):
         parse_pretrain_args([str(tmp_path / "missing.json")])
+
+
+def test_cli_experiment_passes_finetune_false_to_the_runner(monkeypatch):
+    import kinherit.experiment
+
+    calls = []
+    monkeypatch.setattr(kinherit.experiment, "run_experiment", lambda *args, **kwargs: calls.append(kwargs))
+    assert main(["experiment", "x.yaml", "--finetune", "false"]) == 0
+    assert main(["experiment", "x.yaml", "--only", "a"]) == 0
+    assert calls == [{"output_dir": None, "only": None, "finetune": False},
+                     {"output_dir": None, "only": ["a"], "finetune": True}]
