@@ -48,11 +48,14 @@ def tempered_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor
 
 
 def mixture_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """log sum_i w_i p_i, from the teachers' log-probabilities (zero-weight teachers are skipped)."""
-    terms = [lp + math.log(w) for lp, w in zip(log_probs, weights, strict=True) if w > 0]
-    if len(terms) == 1:
-        return terms[0]
-    return torch.logsumexp(torch.stack(terms), dim=0)
+    """log sum_i w_i p_i, from the teachers' log-probabilities (zero-weight teachers are skipped). Folded one
+    teacher at a time with `logaddexp`, one element-wise pass each: stacking the terms for a `logsumexp` over
+    teachers made a [teachers, n, V] copy and several more passes, which cost a mixed step half again."""
+    terms = [(lp, math.log(w)) for lp, w in zip(log_probs, weights, strict=True) if w > 0]
+    mixed = terms[0][0] + terms[0][1]
+    for lp, log_weight in terms[1:]:
+        mixed = torch.logaddexp(mixed, lp + log_weight)
+    return mixed
 
 
 def divergence_per_position(target_logp: torch.Tensor, student_logp: torch.Tensor, divergence: str,
