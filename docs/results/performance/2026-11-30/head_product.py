@@ -26,7 +26,8 @@ for inner in (128, 256):
     h, w = torch.randn(512, inner), torch.randn(32768, inner)
     out = torch.empty(512, 32768)
     flops = 2 * 512 * inner * 32768
-    print(f"inner {inner}: new output {rate(lambda: F.linear(h, w), flops):.1f}, "
-          f"reused output {rate(lambda: torch.mm(h, w.t(), out=out), flops):.1f}, "
-          f"transposed {rate(lambda: F.linear(w, h), flops):.1f} GFLOP/s")
+    new = rate(lambda h=h, w=w: F.linear(h, w), flops)
+    reused = rate(lambda h=h, w=w, out=out: torch.mm(h, w.t(), out=out), flops)
+    transposed = rate(lambda h=h, w=w: F.linear(w, h), flops)
+    print(f"inner {inner}: new output {new:.1f}, reused output {reused:.1f}, transposed {transposed:.1f} GFLOP/s")
 print(f"matmul 2048^3: {rate(lambda: a @ b, 2 * 2048**3):.1f} GFLOP/s")
