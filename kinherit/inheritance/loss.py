@@ -199,7 +199,8 @@ class InheritanceLoss:
             weights = normalise_weights(teacher_weights, len(teachers))
 
             def targets(chunk: torch.Tensor) -> Target:
-                return Target.from_logits([t[chunk][:, :vocab] for t in teachers], weights, self.temperature)
+                return Target.from_logits([t[chunk][:, :vocab] for t in teachers], weights, self.temperature,
+                                          self.compiled)
 
         sums = self.sums(student, flat_labels, alpha, targets)
         count = max(sums.positions, 1)
