@@ -106,4 +106,4 @@ def build_teachers(inherit: InheritanceArguments, tokenizer: PreTrainedTokenizer
         routes = {domains.index(d): i for i, d in enumerate(teacher_domains)}
         if inherit.teacher_weights:
             raise KinheritError("--teacher_weights and domain routing exclude each other; use one")
-    return TeacherSet(models, weights=inherit.teacher_weights or None, routes=routes, compiled=inherit.compile_loss)
+    return TeacherSet(models, weights=inherit.teacher_weights or None, routes=routes)

@@ -199,8 +199,7 @@ class InheritanceLoss:
             weights = normalise_weights(teacher_weights, len(teachers))
 
             def targets(chunk: torch.Tensor) -> Target:
-                return Target.from_logits([t[chunk][:, :vocab] for t in teachers], weights, self.temperature,
-                                          self.compiled)
+                return Target.from_logits([t[chunk][:, :vocab] for t in teachers], weights, self.temperature)
 
         sums = self.sums(student, flat_labels, alpha, targets)
         count = max(sums.positions, 1)

@@ -92,16 +92,6 @@ _COMPILED_STATISTICS = CompiledKernel(_forward_kl_statistics)
 _COMPILED_GRADIENT = CompiledKernel(_forward_kl_gradient_)
 
 
-def _tempered_mixture(logits: tuple[torch.Tensor, ...], weights: tuple[float, ...],
-                      temperature: float) -> torch.Tensor:
-    """log sum_i w_i softmax(z_i / tau) of several teachers' logits (float32). Compiled, each teacher's row
-    logsumexp is one reading pass and the whole mixture one element-wise pass writing one [chunk, V] tensor."""
-    return mixture_log_probs([tempered_log_probs(z, temperature) for z in logits], weights)
-
-
-_COMPILED_MIXTURE = CompiledKernel(_tempered_mixture)
-
-
 @torch.no_grad()
 def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
                         out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -131,15 +121,13 @@ class Target:
         return F.log_softmax(self.scores.float() * self.scale, dim=-1)
 
     @classmethod
-    def from_logits(cls, logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float,
-                    compiled: bool = False) -> Target:
-        """The tempered target of one teacher, or the weighted mixture of several (in log space; `compiled`
-        fuses the mixture with `torch.compile`)."""
+    def from_logits(cls, logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float) -> Target:
+        """The tempered target of one teacher, or the weighted mixture of several (in log space)."""
         active = [(z, w) for z, w in zip(logits, weights, strict=True) if w > 0]
         if len(active) == 1:
             return cls(active[0][0], 1.0 / temperature)
-        mixture = _COMPILED_MIXTURE if compiled else _tempered_mixture
-        return cls(mixture(tuple(z for z, _ in active), tuple(w for _, w in active), temperature), 1.0)
+        mixed = mixture_log_probs([tempered_log_probs(z, temperature) for z, _ in active], [w for _, w in active])
+        return cls(mixed, 1.0)
 
     @classmethod
     def assemble(cls, parts: Sequence[tuple[torch.Tensor, Target]], rows: int) -> Target:

@@ -30,14 +30,13 @@ class TeacherSet:
     """One or more frozen teachers and how their predictions combine into the target distribution."""
 
     def __init__(self, models: Sequence[PreTrainedModel], weights: Sequence[float] | None = None,
-                 routes: dict[int, int] | None = None, compiled: bool = False) -> None:
+                 routes: dict[int, int] | None = None) -> None:
         if not models:
             raise KinheritError("a TeacherSet needs at least one teacher")
         self.models = [freeze(m) for m in models]
         self.parts = [backbone_and_head(m) for m in self.models]
         self.routes = routes
         self.weights = normalise_weights(weights, len(models)) if routes is None else None
-        self.compiled = compiled  # fuse the mixture of several weighted teachers with torch.compile
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                       domain_ids: torch.Tensor | None) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
@@ -84,7 +83,7 @@ class TeacherSet:
         linear head writes each teacher's logits into a reused buffer of `buffers`, valid until the next chunk)."""
         if self.routes is None:
             logits = [self.logits(index, h[positions], buffers)[:, :vocab] for index, h in enumerate(hidden)]
-            return Target.from_logits(logits, self.weights, temperature, self.compiled)
+            return Target.from_logits(logits, self.weights, temperature)
         owners = row_teacher[positions]
         parts = []
         for index, ((_body, head), h) in enumerate(zip(self.parts, hidden, strict=True)):
