@@ -93,7 +93,9 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
         return []
     axes_spec = [("step", "optimizer steps", 1.0), ("flops", "training FLOPs (x 1e12, teacher forwards charged)",
                                                      1e-12), ("seconds", "training wall-clock (s)", 1.0)]
-    figure, axes = plt.subplots(1, 3, figsize=(17, 5.2), sharey=True)
+    entries = len(students) + len(teacher_losses)  # the legend goes below the panels, three entries a row
+    legend_rows = math.ceil(entries / 3)
+    figure, axes = plt.subplots(1, 3, figsize=(17, 5.2 + 0.2 * legend_rows), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     finals = [c[-1].loss for c in students.values()] + list(teacher_losses.values())
     starts = [p.loss for c in students.values() for p in c if p.step > 0][:1]
@@ -124,10 +126,11 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     secondary.set_yticks(ticks)
     secondary.set_yticklabels([f"{math.exp(t):.0f}" for t in ticks])
     secondary.set_ylabel("validation perplexity")
-    axes[0].legend(fontsize=8, loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     has_ki = any(runs.get(name, {}).get("teachers") for name in students)
     figure.suptitle("Validation loss: Knowledge Inheritance vs self-learning" if has_ki else "Validation loss")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, (0.2 * legend_rows + 0.1) / (5.2 + 0.2 * legend_rows), 1, 1))
     name = "validation_loss.png"
     save_figure_atomic(figure, folder / name, dpi=110)
     plt.close(figure)
@@ -189,9 +192,11 @@ def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losse
     return [name]
 
 
-def plot_evaluation(folder: Path, evaluation: dict[str, dict[str, float]]) -> list[str]:
+def plot_evaluation(folder: Path, evaluation: dict[str, dict[str, float]], students: set[str]) -> list[str]:
     """Each run's loss on every corpus its `evaluate:` lists, one panel per corpus (a domain-adapted model's
-    target and source domains side by side: what it gained and what it forgot), saved as PNG."""
+    target and source domains side by side: what it gained and what it forgot), saved as PNG. Each panel's
+    scale is set by the `students` (the runs compared), so that a teacher or general model far off it does not
+    flatten their differences; such a bar is cut at the panel's edge, with its value written there."""
     corpora = sorted({corpus for losses in evaluation.values() for corpus in losses})
     if len(corpora) < 2 or len(evaluation) < 2:
         return []
@@ -206,14 +211,23 @@ def plot_evaluation(folder: Path, evaluation: dict[str, dict[str, float]]) -> li
                                 sharey=True, squeeze=False)
     for ax, corpus in zip(axes[0], corpora, strict=True):
         rows = [(y, evaluation[n][corpus]) for y, n in enumerate(names) if corpus in evaluation[n]]
-        ax.barh([y for y, _ in rows], [v for _, v in rows],
+        scale = [evaluation[n][corpus] for n in names if n in students and corpus in evaluation[n]]
+        values = scale if len(scale) >= 2 else [v for _, v in rows]
+        span = max(values) - min(values)
+        low, high = min(values) - 0.15 * span - 0.05, max(values) + 0.3 * span + 0.05  # differences stay legible
+        ax.barh([y for y, _ in rows], [min(v, high) for _, v in rows],
                 color=[colours[(len(names) - 1 - y) % len(colours)] for y, _ in rows])
         for y, value in rows:
-            ax.annotate(f"{value:.3f}", (value, y), xytext=(3, 0), textcoords="offset points", va="center",
-                        fontsize=7)
-        values = [v for _, v in rows]
-        span = max(values) - min(values)
-        ax.set_xlim(min(values) - 0.15 * span - 0.05, max(values) + 0.3 * span + 0.05)  # differences stay legible
+            if value > high:
+                ax.annotate(f"{value:.3f} >", (high, y), xytext=(-3, 0), textcoords="offset points", va="center",
+                            ha="right", fontsize=7, color="white", fontweight="bold")
+            elif value < low:
+                ax.annotate(f"< {value:.3f}", (low, y), xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=7)
+            else:
+                ax.annotate(f"{value:.3f}", (value, y), xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=7)
+        ax.set_xlim(low, high)
         ax.set_title(corpus, fontsize=10)
         ax.set_xlabel("validation loss (nats per token)")
         ax.grid(axis="x", alpha=0.3)
@@ -335,7 +349,8 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
                 finetuning.setdefault(task, {})[name] = result
     plots = (plot_curves(target, curves, teacher_losses, compute, runs)
              + plot_summary(target, curves, teacher_losses, compute, runs, {n for n, s in summaries.items() if s})
-             + plot_evaluation(target, evaluation) + plot_finetuning(target, finetuning))
+             + plot_evaluation(target, evaluation, set(_students(curves, teacher_losses, runs)))
+             + plot_finetuning(target, finetuning))
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
