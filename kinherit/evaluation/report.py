@@ -75,8 +75,8 @@ def _students(curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, floa
     from kinherit.experiment import START
 
     baselines = {run.get("baseline") for run in runs.values()}
-    starts = {str(run.get("model", ""))[len(START):] for run in runs.values()
-              if str(run.get("model", "")).startswith(START)}
+    models = [str(run.get("model", "")) for run in runs.values()]
+    starts = {model.removeprefix(START) for model in models if model.startswith(START)}
     return {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and n not in starts and c}
 
 
