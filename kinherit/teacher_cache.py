@@ -45,7 +45,7 @@ from kinherit.data.corpora import Corpus
 from kinherit.data.tokenizer import tokenizer_fingerprint
 from kinherit.errors import KinheritError
 from kinherit.inheritance.targets import TargetFn
-from kinherit.inheritance.topk import TopKTarget
+from kinherit.inheritance.topk import TopKTarget, check_cached_k
 from kinherit.lm import IGNORE_INDEX, SCORING_TENSORS, chunk_positions, target_labels, taught_positions, validation_loss
 from kinherit.load_teachers import build_teachers, parse_teacher_specs
 from kinherit.models import load_config, model_kind
@@ -189,9 +189,13 @@ def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kin
 
 
 class TeacherCache:
-    """A built cache, verified on opening; `target` returns the top-K targets of a batch's taught positions."""
+    """A built cache, verified on opening; `target` returns the top-K targets of a batch's taught positions.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    `top_k` reads only each position's first K tokens (a run's `--top_k`): a cache built once with a large K then
+    serves a small-K run at the small K's reading cost, not the large K's (None: all the cache holds).
+    """
+
+    def __init__(self, path: str | os.PathLike, top_k: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_dir() and Path(f"{self.path}.partial").is_dir():
             raise KinheritError(f"teacher cache {self.path} is incomplete (its build was interrupted); re-run the same "
@@ -203,6 +207,8 @@ class TeacherCache:
         if self.manifest.get("format") != CACHE_FORMAT:
             raise KinheritError(f"{self.path} is not a {CACHE_FORMAT} teacher cache")
         self.settings = self.manifest["settings"]
+        check_cached_k(top_k, self.settings["top_k"])
+        self.columns = top_k or self.settings["top_k"]
         self._handles: dict[tuple[int, int], Any] = {}
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -256,7 +262,9 @@ class TeacherCache:
             raise KinheritError(f"teacher cache {self.path} holds masks for {self.settings['epochs']} epoch(s); "
                                 f"the run reached epoch {epoch + 1} while still inheriting")
         per_shard = self.settings["blocks_per_shard"]
-        ids, log_probs = [], []
+        ids = torch.empty(int(counts.sum()), self.columns, dtype=torch.long)
+        log_probs = torch.empty(int(counts.sum()), self.columns, dtype=torch.float32)
+        row = 0
         for block, count in zip(block_index.tolist(), counts.tolist(), strict=True):
             if not 0 <= block < self.settings["blocks"]:
                 raise KinheritError(f"block {block} is not in teacher cache {self.path}")
@@ -266,10 +274,11 @@ class TeacherCache:
             if hi - lo != count:
                 raise KinheritError(f"teacher cache {self.path} holds {hi - lo} positions for block {block} but the "
                                     f"run is taught on {count}: the masks differ (seed or masking settings)")
-            ids.append(handle.get_slice("ids")[lo:hi])
-            log_probs.append(handle.get_slice("log_probs")[lo:hi])
-        return TopKTarget(torch.cat(ids).to(device=device, dtype=torch.long),
-                          torch.cat(log_probs).to(device=device, dtype=torch.float32))
+            # only the columns the run reads, converted once, straight into the batch's tensors
+            ids[row:row + count] = handle.get_slice("ids")[lo:hi, :self.columns]
+            log_probs[row:row + count] = handle.get_slice("log_probs")[lo:hi, :self.columns]
+            row += count
+        return TopKTarget(ids.to(device), log_probs.to(device))
 
 
 def open_teacher_cache(inherit: InheritanceArguments, training_args: TrainingArguments, data: DataArguments,
@@ -278,7 +287,7 @@ def open_teacher_cache(inherit: InheritanceArguments, training_args: TrainingArg
     """The `--teacher_cache`, checked against this run (tokenizer, data, block layout, kind, temperature, masks)."""
     if not inherit.teacher_cache:
         return None
-    cache = TeacherCache(inherit.teacher_cache)
+    cache = TeacherCache(inherit.teacher_cache, inherit.top_k)
     steps = inherit.inherit_steps or training_args.max_steps
     seen = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * \
         training_args.world_size

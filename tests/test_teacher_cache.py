@@ -74,6 +74,12 @@ def test_cache_reads_back_the_live_top_k_exactly(tmp_path, tokenizer, tokenizer_
     assert torch.equal(cached.ids, live.ids)
     torch.testing.assert_close(cached.log_probs, live.log_probs, rtol=1e-5, atol=1e-5)
     assert manifest["bytes_per_position"] == pytest.approx(8 * (2 + 4), rel=0.05)  # uint16 ids, float32 values
+    # a run's --top_k reads only the first K tokens of each position: the same values as cutting the whole rows
+    three = TeacherCache(path, top_k=3).target(batch["block_index"], 0, torch.full((4,), 31), torch.device("cpu"))
+    assert three.ids.shape == (4 * 31, 3) and torch.equal(three.ids, cached.ids[:, :3])
+    assert torch.equal(three.log_probs, cached.log_probs[:, :3])
+    with pytest.raises(KinheritError, match="--top_k 9 asks for more tokens than the teacher cache holds"):
+        TeacherCache(path, top_k=9)
 
 
 @pytest.mark.parametrize("kind", ["llama-1x64", "roberta-1x64"])

@@ -45,6 +45,13 @@ def check_top_k(top_k: int | None, mode: str) -> None:
                             f"{', '.join(TOP_K_MODES)} (got {mode!r})")
 
 
+def check_cached_k(k: int | None, held: int) -> None:
+    """Refuse a K above the `held` tokens per position that a teacher cache was built with."""
+    if k is not None and k > held:
+        raise KinheritError(f"--top_k {k} asks for more tokens than the teacher cache holds ({held}); rebuild the "
+                            f"cache with --top_k {k} or ask for fewer")
+
+
 @dataclass
 class TopKTarget:
     """The teacher's top-K token ids `[n, K]` and their tempered log-probabilities `[n, K]` (float32, normalised
@@ -64,9 +71,7 @@ class TopKTarget:
 
     def truncated(self, k: int | None, mode: TopKMode) -> TopKTarget:
         """The first `k` tokens (all when None) under `mode`: a cache built with a large K serves every smaller K."""
-        if k is not None and k > self.ids.shape[-1]:
-            raise KinheritError(f"--top_k {k} asks for more tokens than the teacher cache holds "
-                                f"({self.ids.shape[-1]}); rebuild the cache with --top_k {k} or ask for fewer")
+        check_cached_k(k, self.ids.shape[-1])
         return TopKTarget(self.ids[:, :k], self.log_probs[:, :k], mode)
 
     @torch.no_grad()
