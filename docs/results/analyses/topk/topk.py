@@ -11,31 +11,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
 KS = (1, 10, 50, 100, 1000)
-MODES = {"reno": ("renormalize (the paper's)", "tab:blue", "o"), "tail": ("tail (kinherit's default)", "tab:orange", "s")}
+MODES = {"reno": ("renormalize (the paper's)", "tab:blue", "o"),
+         "tail": ("tail (kinherit's default)", "tab:orange", "s")}
 POSITIONS = 735_330  # labelled training positions in the cache (cache.json)
 
 report = json.loads((HERE / "report.json").read_text())
 finals, saved = report["final_val_loss"], report["compute_saved"]
-panels = {"final": ("final validation loss (nats per token)", lambda run: finals.get(run)),
-          "steps": ("steps to scratch's final loss (% of its steps)",
+panels = {"final": ("final validation loss (nats per token)", "{:.3f}", lambda run: finals.get(run)),
+          "steps": ("steps to scratch's final loss (% of its steps)", "{:.1f}%",
                     lambda run: None if saved.get(run, {}).get("steps_fraction") is None
                     else 100 * saved[run]["steps_fraction"])}
-figure, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-for ax, (label, measure) in zip(axes, panels.values(), strict=True):
+figure, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+for ax, (label, style, measure) in zip(axes, panels.values(), strict=True):
     for mode, (name, colour, marker) in MODES.items():
         points = [(k, measure(f"ki-top{k}-{mode}")) for k in KS]
         points = [(k, v) for k, v in points if v is not None]
         ax.plot([k for k, _ in points], [v for _, v in points], marker=marker, color=colour, label=name)
         for k, v in points:
-            ax.annotate(f"{v:.3f}" if v < 100 else f"{v:.0f}", (k, v), textcoords="offset points", xytext=(4, 4),
+            ax.annotate(style.format(v), (k, v), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=colour)
     full = measure("ki")
-    ax.axhline(full, color="black", linestyle="--", linewidth=1, label=f"full vocabulary, teacher live ({full:.3f})")
+    ax.axhline(full, color="black", linestyle="--", linewidth=1,
+               label=f"full vocabulary, teacher live ({style.format(full)})")
     if ax is axes[0]:
         ax.axhline(finals["scratch"], color="grey", linestyle=":", linewidth=1,
                    label=f"self-learning ({finals['scratch']:.3f})")
     ax.set_xscale("log")
-    ax.set_xticks(KS, [f"{k}\n{4 * k * POSITIONS / 1e6:,.0f} MB" for k in KS])
+    ax.set_xticks(KS, [f"{k}\n{4 * k * POSITIONS / 1e6:,.0f} MB" for k in KS], fontsize=7)
     ax.minorticks_off()
     ax.set_xlabel("K (teacher tokens kept per position) and its cache size")
     ax.set_ylabel(label)
