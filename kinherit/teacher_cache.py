@@ -262,8 +262,9 @@ class TeacherCache:
             raise KinheritError(f"teacher cache {self.path} holds masks for {self.settings['epochs']} epoch(s); "
                                 f"the run reached epoch {epoch + 1} while still inheriting")
         per_shard = self.settings["blocks_per_shard"]
-        ids = torch.empty(int(counts.sum()), self.columns, dtype=torch.long)
-        log_probs = torch.empty(int(counts.sum()), self.columns, dtype=torch.float32)
+        positions = int(counts.sum())
+        ids = torch.empty(positions, self.columns, dtype=torch.long)
+        log_probs = torch.empty(positions, self.columns, dtype=torch.float32)
         row = 0
         for block, count in zip(block_index.tolist(), counts.tolist(), strict=True):
             if not 0 <= block < self.settings["blocks"]:
