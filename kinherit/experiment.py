@@ -358,7 +358,7 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     if not _is_int(vocab) or vocab < 1:
         raise KinheritError(f"tokenizer vocab_size must be a positive integer, got {vocab!r}")
     defaults = flatten_options("defaults", data.get("defaults", {}), {"corpus", "evaluate", "finetune"})
-    for key in ("evaluate", "finetune"):
+    for key in ("corpus", "evaluate", "finetune"):
         _check_names("defaults", key, defaults.get(key))
     raw_runs = data["runs"]
     if not isinstance(raw_runs, list) or not raw_runs:
@@ -378,7 +378,10 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
             settings["model"] = f"{START}{run['start']}"  # resolved to the run's folder in run_settings
         if "model" not in settings:
             raise KinheritError(f"run {run['name']!r} has no model (a preset, config.json or checkpoint)")
-        corpus_names = settings["corpus"] if isinstance(settings["corpus"], list) else [settings["corpus"]]
+        corpus_names = _names(settings["corpus"])
+        if not corpus_names:
+            raise KinheritError(f"run {run['name']!r} has an empty corpus list; name one or more of the corpora "
+                                f"{sorted(corpora)}, or leave corpus out to train on the first")
         for corpus in [*corpus_names, *evaluate]:
             if corpus not in corpora:
                 raise KinheritError(f"run {run['name']!r} uses corpus {corpus!r}; defined corpora: {sorted(corpora)}")
