@@ -207,8 +207,9 @@ class TeacherCache:
         if self.manifest.get("format") != CACHE_FORMAT:
             raise KinheritError(f"{self.path} is not a {CACHE_FORMAT} teacher cache")
         self.settings = self.manifest["settings"]
-        check_cached_k(top_k, self.settings["top_k"])
-        self.columns = top_k or self.settings["top_k"]
+        held = min(self.settings["top_k"], self.settings["vocab_size"])  # a K above V was built as V
+        check_cached_k(top_k, held)
+        self.columns = top_k or held
         self._handles: dict[tuple[int, int], Any] = {}
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
 

@@ -82,6 +82,18 @@ def test_cache_reads_back_the_live_top_k_exactly(tmp_path, tokenizer, tokenizer_
         TeacherCache(path, top_k=9)
 
 
+def test_a_cache_built_with_k_above_the_vocabulary_holds_and_serves_v_tokens(tmp_path, tokenizer, tokenizer_dir,
+                                                                             teachers):
+    vocab = len(tokenizer)
+    _manifest, path = build(tmp_path, tokenizer_dir, teachers / "llama-1x64", vocab + 5)
+    blocks = live_blocks(tmp_path, tokenizer, tokenizer_dir)
+    batch = BlockCollator(tokenizer, masked=False)([blocks[0], blocks[1]])
+    cached = TeacherCache(path).target(batch["block_index"], 0, torch.full((2,), 31), torch.device("cpu"))
+    assert cached.ids.shape == (2 * 31, vocab)
+    with pytest.raises(KinheritError, match=f"--top_k {vocab + 1} asks for more tokens than the teacher cache holds"):
+        TeacherCache(path, top_k=vocab + 1)
+
+
 @pytest.mark.parametrize("kind", ["llama-1x64", "roberta-1x64"])
 def test_loss_from_a_full_cache_equals_the_live_loss(tmp_path, tokenizer, tokenizer_dir, teachers, kind):
     """K = V and float32 values: the cached KI step gives the live step's loss and gradients."""
