@@ -145,7 +145,7 @@ class Bench:
             write_shard(staging / "epoch0-shard00000.safetensors", TopKTarget(torch.cat(ids), torch.cat(log_probs)),
                         counts, self.pair.vocab, "float16")
             settings = {"kind": "masked" if self.pair.masked else "causal", "epochs": 1, "blocks": self.pair.batch,
-                        "blocks_per_shard": self.pair.batch, "top_k": k}
+                        "blocks_per_shard": self.pair.batch, "top_k": k, "vocab_size": self.pair.vocab}
             write_json_atomic(staging / MANIFEST_NAME, {"format": CACHE_FORMAT, "settings": settings})
             seal(staging)
             staging.rename(folder)
