@@ -80,15 +80,14 @@ def _students(curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, floa
     return {n: c for n, c in curves.items() if (n not in teacher_losses or n in baselines) and n not in starts and c}
 
 
-def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
+def plot_curves(folder: Path, students: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
                 compute: dict[str, Any], runs: dict[str, Any]) -> list[str]:
-    """Validation loss against steps, training FLOPs and seconds (one panel each), saved as PNG."""
+    """The `students`' validation loss against steps, training FLOPs and seconds (one panel each), saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    students = _students(curves, teacher_losses, runs)
     if not students:
         return []
     axes_spec = [("step", "optimizer steps", 1.0), ("flops", "training FLOPs (x 1e12, teacher forwards charged)",
@@ -137,8 +136,8 @@ def plot_curves(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses
     return [name]
 
 
-def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losses: dict[str, float],
-                 compute: dict[str, Any], runs: dict[str, Any], finished: set[str]) -> list[str]:
+def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], students: dict[str, list[EvalPoint]],
+                 compute: dict[str, Any], finished: set[str]) -> list[str]:
     """For experiments of many students: the second half of every student's curve (left) and each one's final
     validation loss against its baseline's (right), where differences of a few hundredths stay legible.
     Only `finished` runs are drawn: an unfinished run's last loss is not its final one."""
@@ -147,7 +146,7 @@ def plot_summary(folder: Path, curves: dict[str, list[EvalPoint]], teacher_losse
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    students = {n: c for n, c in _students(curves, teacher_losses, runs).items() if n in finished}
+    students = {n: c for n, c in students.items() if n in finished}
     if len(students) < 3:
         return []
     figure, (left, right) = plt.subplots(1, 2, figsize=(15, 0.32 * len(students) + 4.5),
@@ -347,9 +346,10 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
         if path.exists():
             for task, result in json.loads(path.read_text()).items():
                 finetuning.setdefault(task, {})[name] = result
-    plots = (plot_curves(target, curves, teacher_losses, compute, runs)
-             + plot_summary(target, curves, teacher_losses, compute, runs, {n for n, s in summaries.items() if s})
-             + plot_evaluation(target, evaluation, set(_students(curves, teacher_losses, runs)))
+    students = _students(curves, teacher_losses, runs)
+    plots = (plot_curves(target, students, teacher_losses, compute, runs)
+             + plot_summary(target, curves, students, compute, {n for n, s in summaries.items() if s})
+             + plot_evaluation(target, evaluation, set(students))
              + plot_finetuning(target, finetuning))
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
