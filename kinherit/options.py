@@ -151,7 +151,8 @@ class InheritanceArguments:
     fused_loss: bool = field(default=True, metadata={
         "help": "Closed-form gradient of CE + forward KL per chunk (False: autograd, slower, same result)."})
     compile_loss: bool = field(default=True, metadata={
-        "help": "torch.compile the fused forward-KL kernel (falls back to eager, with a warning, if it fails)."})
+        "help": "torch.compile the fused loss kernels, forward KL and self-learning cross-entropy (falls back to "
+                "eager, with a warning, if it fails)."})
     teacher_dtype: str = field(default="auto", metadata={
         "help": "auto (bfloat16 on a CUDA device that supports it, else float32), float32, bfloat16, float16."})
     teacher_cache: str | None = field(default=None, metadata={

@@ -158,7 +158,7 @@ class InheritanceLoss:
             else:
                 out = None if buffers is None else buffers.get("grad", *z.shape, torch.float32, z.device)
             if target is None:
-                ce, ki, agree, grad = self_learning_terms(z, labels, self.label_smoothing, out)
+                ce, ki, agree, grad = self_learning_terms(z, labels, self.label_smoothing, out, self.compiled)
             else:
                 ce, ki, agree, grad = target.forward_kl_terms(z, labels, alpha, self.temperature,
                                                               self.compiled, self.label_smoothing, out)

@@ -92,15 +92,40 @@ _COMPILED_STATISTICS = CompiledKernel(_forward_kl_statistics)
 _COMPILED_GRADIENT = CompiledKernel(_forward_kl_gradient_)
 
 
+def _cross_entropy_statistics(z: torch.Tensor, labels: torch.Tensor, smoothing: float
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE sum, per-row logsumexp [n, 1]) of float32 logits `z`: reads only (no argmax: self-learning has no
+    teacher to agree with)."""
+    peak = z.amax(-1, keepdim=True)
+    lse = peak + (z - peak).exp().sum(-1, keepdim=True).log()
+    rows = torch.arange(z.shape[0], device=z.device)
+    return (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum(), lse
+
+
+def _softmax_(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Overwrite float32 logits `z` with softmax(z), from their row logsumexps: one fused pass when compiled."""
+    return z.sub_(lse).exp_()
+
+
+_COMPILED_CE_STATISTICS = CompiledKernel(_cross_entropy_statistics)
+_COMPILED_SOFTMAX = CompiledKernel(_softmax_)
+
+
 @torch.no_grad()
 def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
-                        out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                        out: torch.Tensor | None = None, compiled: bool = False) -> tuple[torch.Tensor, ...]:
     """(CE sum, 0, 0, d CE / d logits) in closed form: softmax(z) - the (smoothed) one-hot label, the
-    gradient written into `out` when given (a reused float32 chunk buffer, or the logits themselves)."""
+    gradient written into `out` when given (a reused float32 chunk buffer, or the logits themselves).
+    `compiled`: two fused passes (row statistics, then the softmax over `out`) instead of five eager ones."""
     z = logits.float()
-    rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels, smoothing, out)
-    subtract_target(probs, rows, labels, 1.0, smoothing)
     zero = z.new_zeros(())
+    if compiled:
+        ce, lse = _COMPILED_CE_STATISTICS(z, labels, smoothing)
+        probs = _COMPILED_SOFTMAX(logits_into(z, out), lse)
+        rows = torch.arange(z.shape[0], device=z.device)
+    else:
+        rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels, smoothing, out)
+    subtract_target(probs, rows, labels, 1.0, smoothing)
     return ce, zero, zero, probs
 
 
