@@ -199,6 +199,27 @@ def test_ki_loss_is_the_divergence_whatever_alpha(path):
     assert zero.agreement.item() > 0
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_agreement_is_the_share_of_positions_whose_top_tokens_match(path):
+    """The top-1 agreement counts positions where the teacher's most likely token is the student's (a tie for the
+    student's highest logit counts), on every gradient path and for a top-K target."""
+    student, teachers, labels = make(13, shape=(4, 9))
+    valid = labels.reshape(-1) != -100
+    z, t = student.detach().reshape(-1, V)[valid], teachers[0].reshape(-1, V)[valid]
+    z[0] = z[0, 0]  # a flat row: every token ties for the student's top
+    z[1, t[1].argmax()] = z[1].max() + 1.0  # agreement made certain on one row, and refused on another
+    z[2, t[2].argmax()] = z[2].min() - 1.0
+    leaf = student.detach().clone()
+    leaf.reshape(-1, V)[valid] = z
+    expected = ((z.argmax(-1) == t.argmax(-1)) | (z[torch.arange(len(z)), t.argmax(-1)] == z.amax(-1))).float().mean()
+    assert 0.0 < expected.item() < 1.0
+    parts = InheritanceLoss(temperature=2.0, **PATHS[path])(leaf.requires_grad_(), teachers[0], labels, alpha=0.5)
+    assert parts.agreement.item() == pytest.approx(expected.item())
+    if path != "autograd":
+        cached = InheritanceLoss(temperature=2.0, top_k=4, **PATHS[path])(leaf, teachers[0], labels, alpha=0.5)
+        assert cached.agreement.item() == pytest.approx(expected.item())
+
+
 def test_bfloat16_logits_are_computed_in_float32():
     student, teachers, labels = make(4)
     exact = InheritanceLoss(temperature=2.0)(student, teachers[0], labels, alpha=0.5).total.item()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from kinherit.errors import KinheritError
+from kinherit.inheritance.rowwise import agreements
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
 
@@ -100,5 +101,6 @@ def autograd_terms(student_logits: torch.Tensor, target_logp: torch.Tensor | Non
         return ce, zero, zero
     student_logp = tempered_log_probs(logits, temperature)
     ki = divergence_per_position(target_logp, student_logp, divergence, beta).sum() * temperature**2
-    agree = (logits.argmax(-1) == target_logp.argmax(-1)).sum().float()
+    z = logits.detach()
+    agree = agreements(z, z.amax(-1, keepdim=True), target_logp.argmax(-1, keepdim=True))
     return ce, ki, agree

@@ -9,15 +9,21 @@ from collections.abc import Callable
 import torch
 
 
-def softmax_lse_argmax(scores: torch.Tensor, out: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(softmax, logsumexp, argmax) of float32 rows with one exponential pass; the softmax written into
-    `out` when given (a reused chunk buffer), else into a new tensor."""
-    peak, top = scores.max(-1, keepdim=True)
+def softmax_lse(scores: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax, logsumexp) of float32 rows with one exponential pass; the softmax written into `out` when given
+    (a reused chunk buffer), else into a new tensor."""
+    peak = scores.amax(-1, keepdim=True)
     probs = (scores - peak).exp_() if out is None else torch.sub(scores, peak, out=out).exp_()
     total = probs.sum(-1, keepdim=True)
     probs.div_(total)
-    return probs, (peak + total.log()).squeeze(-1), top.squeeze(-1)
+    return probs, (peak + total.log()).squeeze(-1)
+
+
+def agreements(z: torch.Tensor, peak: torch.Tensor, teacher_top: torch.Tensor) -> torch.Tensor:
+    """How many rows of student logits `z` (row maxima `peak`, [n, 1]) give the teacher's most likely token
+    (`teacher_top`, [n, 1]) their highest logit (ties count): one gather, where comparing the two argmaxes would
+    cost the student's an index search over the vocabulary."""
+    return (z.gather(1, teacher_top) >= peak).sum().float()
 
 
 def paired_logsumexp(z: torch.Tensor, peak: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,12 +67,12 @@ def label_logits(z: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, smoo
 
 def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
                         out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """(row indices, softmax, logsumexp, argmax, CE sum) of float32 logits `z`: what every fused path needs
-    (the softmax in `out` when given, which may be `z` itself)."""
+    """(row indices, softmax, CE sum) of float32 logits `z` in eager passes (the softmax in `out` when given,
+    which may be `z` itself)."""
     rows = torch.arange(z.shape[0], device=z.device)
     picked = label_logits(z, rows, labels, smoothing)
-    probs, lse, top = softmax_lse_argmax(z, out)
-    return rows, probs, lse, top, (lse - picked).sum()
+    probs, lse = softmax_lse(z, out)
+    return rows, probs, (lse - picked).sum()
 
 
 def subtract_target(grad: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | float,

@@ -21,6 +21,7 @@ from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import mixture_log_probs, tempered_log_probs
 from kinherit.inheritance.rowwise import (
     CompiledKernel,
+    agreements,
     cross_entropy_terms,
     label_logits,
     logits_into,
@@ -55,12 +56,12 @@ def _forward_kl_statistics(z: torch.Tensor, scores: torch.Tensor, scale: float, 
     dot = (torch.einsum("ij,ij->i", weights, target)
            - torch.einsum("ij,ij->i", weights, z) / temperature) / target_total.squeeze(-1)
     del target, weights  # the eager kernel frees the teacher's temporaries before the student's
-    peak, top = z.max(-1, keepdim=True)
+    peak = z.amax(-1, keepdim=True)
     lse, tempered_lse = paired_logsumexp(z, peak, temperature)
     rows = torch.arange(z.shape[0], device=z.device)
     ce = (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum()
     kl = (dot - target_lse.squeeze(-1) + tempered_lse.squeeze(-1)).sum()
-    agree = (top == target_top).sum().float()
+    agree = agreements(z, peak, target_top)
     return ce, kl * temperature**2, agree, lse, tempered_lse, target_lse
 
 
@@ -124,7 +125,7 @@ def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: f
         probs = _COMPILED_SOFTMAX(logits_into(z, out), lse)
         rows = torch.arange(z.shape[0], device=z.device)
     else:
-        rows, probs, _lse, _top, ce = cross_entropy_terms(z, labels, smoothing, out)
+        rows, probs, ce = cross_entropy_terms(z, labels, smoothing, out)
     subtract_target(probs, rows, labels, 1.0, smoothing)
     return ce, zero, zero, probs
 

@@ -127,12 +127,13 @@ def _topk_statistics(z: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, t
                      smoothing: float) -> tuple[torch.Tensor, ...]:
     """(CE sum, top-1 agreements with the teacher, logsumexp of z and of z / tau ([n, 1]), the logits at the
     teacher's top-K [n, K]) of float32 logits `z`: reads only."""
-    peak, top = z.max(-1, keepdim=True)
+    peak = z.amax(-1, keepdim=True)
     lse, tempered_lse = paired_logsumexp(z, peak, temperature)
     rows = torch.arange(z.shape[0], device=z.device)
     ce = (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum()
-    agree = (top.squeeze(-1) == ids[:, 0]).sum().float()
-    return ce, agree, lse, tempered_lse, z.gather(1, ids)
+    z_k = z.gather(1, ids)
+    agree = (z_k[:, :1] >= peak).sum().float()  # as `agreements`, from the gathered top-K
+    return ce, agree, lse, tempered_lse, z_k
 
 
 def _tail_logsumexp(masked: torch.Tensor, temperature: float) -> torch.Tensor:
