@@ -21,7 +21,6 @@ from kinherit.errors import KinheritError
 from kinherit.inheritance.divergences import mixture_log_probs, tempered_log_probs
 from kinherit.inheritance.rowwise import (
     CompiledKernel,
-    agreements,
     cross_entropy_terms,
     label_logits,
     logits_into,
@@ -48,20 +47,24 @@ def _forward_kl_statistics(z: torch.Tensor, scores: torch.Tensor, scale: float, 
     """(CE sum, tau^2 * KL sum, top-1 agreements) of float32 student logits `z` against P_T = softmax(scores *
     scale), and the per-row logsumexps the gradient needs (student at 1 and at tau, teacher): reads only."""
     target = scores.float() if scale == 1.0 else scores.float() * scale
-    target_peak, target_top = target.max(-1, keepdim=True)
+    target_peak = target.amax(-1, keepdim=True)
     weights = (target - target_peak).exp_()  # P_T unnormalised
     target_total = weights.sum(-1, keepdim=True)
     target_lse = target_peak + target_total.log()
     # sum_v p_T (target - z / tau), the cross term of KL(P_T || P_S^tau)
     dot = (torch.einsum("ij,ij->i", weights, target)
            - torch.einsum("ij,ij->i", weights, z) / temperature) / target_total.squeeze(-1)
-    del target, weights  # the eager kernel frees the teacher's temporaries before the student's
+    del weights
     peak = z.amax(-1, keepdim=True)
+    # the student's highest logit among the teacher's top tokens: a masked max in the pass that reads both rows,
+    # where the teacher's argmax would be a pass of its own
+    at_teacher_top = torch.where(target == target_peak, z, float("-inf")).amax(-1, keepdim=True)
+    del target  # the eager kernel frees the teacher's temporaries before the student's
     lse, tempered_lse = paired_logsumexp(z, peak, temperature)
     rows = torch.arange(z.shape[0], device=z.device)
     ce = (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum()
     kl = (dot - target_lse.squeeze(-1) + tempered_lse.squeeze(-1)).sum()
-    agree = agreements(z, peak, target_top)
+    agree = (at_teacher_top >= peak).sum().float()  # as `agreements`
     return ce, kl * temperature**2, agree, lse, tempered_lse, target_lse
 
 
