@@ -100,8 +100,7 @@ def _cross_entropy_statistics(z: torch.Tensor, labels: torch.Tensor, smoothing: 
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(CE sum, per-row logsumexp [n, 1]) of float32 logits `z`: reads only (no argmax: self-learning has no
     teacher to agree with)."""
-    peak = z.amax(-1, keepdim=True)
-    lse = peak + (z - peak).exp().sum(-1, keepdim=True).log()
+    lse, _ = paired_logsumexp(z, z.amax(-1, keepdim=True), 1.0)
     rows = torch.arange(z.shape[0], device=z.device)
     return (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum(), lse
 

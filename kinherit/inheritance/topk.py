@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance.rowwise import CompiledKernel, label_logits, logits_into, paired_logsumexp
+from kinherit.inheritance.rowwise import CompiledKernel, agreements, label_logits, logits_into, paired_logsumexp
 
 TOP_K_MODES = ("tail", "renormalize")
 TopKMode = Literal["tail", "renormalize"]
@@ -131,9 +131,7 @@ def _topk_statistics(z: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, t
     lse, tempered_lse = paired_logsumexp(z, peak, temperature)
     rows = torch.arange(z.shape[0], device=z.device)
     ce = (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum()
-    z_k = z.gather(1, ids)
-    agree = (z_k[:, :1] >= peak).sum().float()  # as `agreements`, from the gathered top-K
-    return ce, agree, lse, tempered_lse, z_k
+    return ce, agreements(z, peak, ids[:, :1]), lse, tempered_lse, z.gather(1, ids)
 
 
 def _tail_logsumexp(masked: torch.Tensor, temperature: float) -> torch.Tensor:
