@@ -39,12 +39,10 @@ from transformers import PreTrainedTokenizerFast, TrainingArguments
 from kinherit.atomic import write_json_atomic
 from kinherit.evaluation.flops import FlopModel
 from kinherit.inheritance.teachers import TeacherSet, freeze
-from kinherit.inheritance.topk import TopKTarget
-from kinherit.lm import SCORING_TENSORS, TEACHER_TENSORS, chunk_positions, target_labels, taught_positions
+from kinherit.lm import TEACHER_TENSORS, chunk_positions, target_labels
 from kinherit.models import load_model
 from kinherit.options import InheritanceArguments
-from kinherit.sealed import seal
-from kinherit.teacher_cache import CACHE_FORMAT, MANIFEST_NAME, TeacherCache, write_shard
+from kinherit.teacher_cache import CACHE_FORMAT, TeacherCache, batch_top_k, cache_settings, seal_cache, write_shard
 from kinherit.trainer import InheritanceTrainer
 
 
@@ -132,23 +130,18 @@ class Bench:
         if not folder.exists():
             staging = folder.with_name(folder.name + ".partial")
             staging.mkdir(parents=True)
-            labels = target_labels(self.batch["labels"], "masked" if self.pair.masked else "causal")
-            live = TeacherSet([self.teacher])
-            ids, log_probs = [], []
-            with live.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
-                for chunk in taught_positions(labels).split(chunk_positions(self.chunk_size, self.pair.vocab,
-                                                                           SCORING_TENSORS)):
-                    top = TopKTarget.from_log_probs(target_of(chunk).log_probs, k)
-                    ids.append(top.ids)
-                    log_probs.append(top.log_probs)
+            kind = "masked" if self.pair.masked else "causal"
+            labels = target_labels(self.batch["labels"], kind)
+            with TeacherSet([self.teacher]).targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
+                target = batch_top_k(target_of, labels, k, self.pair.vocab, self.chunk_size)
             counts = (labels.view(self.pair.batch, -1) != -100).sum(1).tolist()
-            write_shard(staging / "epoch0-shard00000.safetensors", TopKTarget(torch.cat(ids), torch.cat(log_probs)),
-                        counts, self.pair.vocab, "float16")
-            settings = {"kind": "masked" if self.pair.masked else "causal", "epochs": 1, "blocks": self.pair.batch,
-                        "blocks_per_shard": self.pair.batch, "top_k": k, "vocab_size": self.pair.vocab}
-            write_json_atomic(staging / MANIFEST_NAME, {"format": CACHE_FORMAT, "settings": settings})
-            seal(staging)
-            staging.rename(folder)
+            write_shard(staging / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab, "float16")
+            settings = cache_settings(tokenizer="benchmark", corpus="benchmark", block_size=self.pair.block,
+                                      blocks=self.pair.batch, kind=kind, temperature=self.temperature, top_k=k,
+                                      epochs=1, blocks_per_shard=self.pair.batch, log_prob_dtype="float16",
+                                      seed=None, mlm_probability=None, teachers=[], teacher_weights=[],
+                                      vocab_size=self.pair.vocab)
+            seal_cache(staging, folder, {"format": CACHE_FORMAT, "settings": settings})
         return TeacherCache(folder)
 
     def step(self, variant: str):

@@ -98,15 +98,15 @@ def build_cache(data: DataArguments, inherit: InheritanceArguments, cache: Cache
     masked = kind == "masked"
     epochs = cache.epochs if masked else 1
     vocab = len(tokenizer)
-    settings = {"tokenizer": tokenizer_fingerprint(tokenizer), "corpus": corpus.fingerprint,
-                "block_size": data.block_size, "blocks": len(blocks), "kind": kind,
-                "temperature": inherit.temperature, "top_k": cache.top_k, "epochs": epochs,
-                "blocks_per_shard": cache.blocks_per_shard, "log_prob_dtype": cache.log_prob_dtype,
-                "seed": cache.seed if masked else None,
-                "mlm_probability": data.mlm_probability if masked else None,
-                "teachers": [{"spec": spec, "weights": weights_digest(path)}
-                             for spec, path in zip(inherit.teacher, paths, strict=True)],
-                "teacher_weights": list(inherit.teacher_weights), "vocab_size": vocab}
+    settings = cache_settings(tokenizer=tokenizer_fingerprint(tokenizer), corpus=corpus.fingerprint,
+                              block_size=data.block_size, blocks=len(blocks), kind=kind,
+                              temperature=inherit.temperature, top_k=cache.top_k, epochs=epochs,
+                              blocks_per_shard=cache.blocks_per_shard, log_prob_dtype=cache.log_prob_dtype,
+                              seed=cache.seed if masked else None,
+                              mlm_probability=data.mlm_probability if masked else None,
+                              teachers=[{"spec": spec, "weights": weights_digest(path)}
+                                        for spec, path in zip(inherit.teacher, paths, strict=True)],
+                              teacher_weights=list(inherit.teacher_weights), vocab_size=vocab)
     _prepare_partial(partial, settings)
     collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=cache.seed)
     shards = math.ceil(len(blocks) / cache.blocks_per_shard)
@@ -136,11 +136,41 @@ def build_cache(data: DataArguments, inherit: InheritanceArguments, cache: Cache
     manifest = {"format": CACHE_FORMAT, "settings": settings, "positions": positions, "bytes": shard_bytes,
                 "bytes_per_position": shard_bytes / max(positions, 1), "teacher_val_loss": teacher_val_loss,
                 "build_seconds": time.perf_counter() - started}
-    unseal(partial)  # a build stopped after sealing, before the rename, is sealed anew
-    write_json_atomic(partial / MANIFEST_NAME, manifest)
-    seal(partial)  # build.json stays: a build stopped at any point resumes from it
-    os.replace(partial, output)
+    seal_cache(partial, output, manifest)  # build.json stays: a build stopped at any point resumes from it
     return manifest
+
+
+def cache_settings(*, tokenizer: str, corpus: str, block_size: int, blocks: int, kind: str, temperature: float,
+                   top_k: int, epochs: int, blocks_per_shard: int, log_prob_dtype: str, seed: int | None,
+                   mlm_probability: float | None, teachers: list[dict[str, str]], teacher_weights: list[float],
+                   vocab_size: int) -> dict[str, Any]:
+    """A manifest's `settings`: what a run must share with the cache (MATCHED) and what reading it needs. Every
+    key is required, so that a cache written outside `build_cache` (a benchmark's) cannot lack one."""
+    return {"tokenizer": tokenizer, "corpus": corpus, "block_size": block_size, "blocks": blocks, "kind": kind,
+            "temperature": temperature, "top_k": top_k, "epochs": epochs, "blocks_per_shard": blocks_per_shard,
+            "log_prob_dtype": log_prob_dtype, "seed": seed, "mlm_probability": mlm_probability,
+            "teachers": teachers, "teacher_weights": teacher_weights, "vocab_size": vocab_size}
+
+
+def seal_cache(partial: Path, output: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest into the finished `partial` folder, seal it and move it to `output`: a cache folder
+    exists only complete. A build stopped after sealing, before the move, is sealed anew."""
+    unseal(partial)
+    write_json_atomic(partial / MANIFEST_NAME, manifest)
+    seal(partial)
+    os.replace(partial, output)
+
+
+def batch_top_k(target_of: TargetFn, labels: torch.Tensor, top_k: int, vocab: int,
+                chunk_size: int | None) -> TopKTarget:
+    """The top-K targets of one batch's taught positions (`labels` flattened), one chunk of positions at a time,
+    so that no [positions, V] tensor exists for all of them at once."""
+    ids, log_probs = [], []
+    for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab, SCORING_TENSORS)):
+        top = TopKTarget.from_log_probs(target_of(chunk).log_probs, min(top_k, vocab))
+        ids.append(top.ids.cpu())
+        log_probs.append(top.log_probs.cpu())
+    return TopKTarget(torch.cat(ids), torch.cat(log_probs))
 
 
 def write_shard(path: Path, target: TopKTarget, counts: list[int], vocab: int, log_prob_dtype: str) -> None:
@@ -181,10 +211,9 @@ def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kin
         labels = target_labels(batch["labels"], kind)
         counts += (labels != IGNORE_INDEX).view(len(rows), -1).sum(1).tolist()
         with teachers.targets(batch, labels, temperature, vocab) as target_of:
-            for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab, SCORING_TENSORS)):
-                top = TopKTarget.from_log_probs(target_of(chunk).log_probs, min(top_k, vocab))
-                ids.append(top.ids.cpu())
-                log_probs.append(top.log_probs.cpu())
+            top = batch_top_k(target_of, labels, top_k, vocab, chunk_size)
+        ids.append(top.ids)
+        log_probs.append(top.log_probs)
     return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
 
 
