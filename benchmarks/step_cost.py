@@ -133,8 +133,7 @@ class Bench:
             kind = "masked" if self.pair.masked else "causal"
             labels = target_labels(self.batch["labels"], kind)
             with TeacherSet([self.teacher]).targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
-                target = batch_top_k(target_of, labels, k, self.pair.vocab, self.chunk_size)
-            counts = (labels.view(self.pair.batch, -1) != -100).sum(1).tolist()
+                target, counts = batch_top_k(target_of, labels, self.pair.batch, k, self.pair.vocab, self.chunk_size)
             write_shard(staging / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab, "float16")
             settings = cache_settings(tokenizer="benchmark", corpus="benchmark", block_size=self.pair.block,
                                       blocks=self.pair.batch, kind=kind, temperature=self.temperature, top_k=k,

@@ -161,16 +161,18 @@ def seal_cache(partial: Path, output: Path, manifest: dict[str, Any]) -> None:
     os.replace(partial, output)
 
 
-def batch_top_k(target_of: TargetFn, labels: torch.Tensor, top_k: int, vocab: int,
-                chunk_size: int | None) -> TopKTarget:
-    """The top-K targets of one batch's taught positions (`labels` flattened), one chunk of positions at a time,
-    so that no [positions, V] tensor exists for all of them at once."""
+def batch_top_k(target_of: TargetFn, labels: torch.Tensor, blocks: int, top_k: int, vocab: int,
+                chunk_size: int | None) -> tuple[TopKTarget, list[int]]:
+    """The top-K targets of one batch's taught positions (`labels` flattened, `blocks` blocks), one chunk of
+    positions at a time so that no [positions, V] tensor exists for all of them at once, and each block's count
+    of taught positions (its rows in a shard)."""
+    counts = (labels != IGNORE_INDEX).view(blocks, -1).sum(1).tolist()
     ids, log_probs = [], []
     for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab, SCORING_TENSORS)):
         top = TopKTarget.from_log_probs(target_of(chunk).log_probs, min(top_k, vocab))
         ids.append(top.ids.cpu())
         log_probs.append(top.log_probs.cpu())
-    return TopKTarget(torch.cat(ids), torch.cat(log_probs))
+    return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
 
 
 def write_shard(path: Path, target: TopKTarget, counts: list[int], vocab: int, log_prob_dtype: str) -> None:
@@ -209,9 +211,9 @@ def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kin
         rows = [blocks[i] for i in range(start, min(start + batch_size, indices.stop))]
         batch = {key: value.to(device) for key, value in collator(rows).items()}
         labels = target_labels(batch["labels"], kind)
-        counts += (labels != IGNORE_INDEX).view(len(rows), -1).sum(1).tolist()
         with teachers.targets(batch, labels, temperature, vocab) as target_of:
-            top = batch_top_k(target_of, labels, top_k, vocab, chunk_size)
+            top, batch_counts = batch_top_k(target_of, labels, len(rows), top_k, vocab, chunk_size)
+        counts += batch_counts
         ids.append(top.ids)
         log_probs.append(top.log_probs)
     return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
