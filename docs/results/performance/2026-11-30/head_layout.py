@@ -37,8 +37,10 @@ for name, function in (("row-major [M, V] output", lambda: torch.mm(x, weight.t(
 
 labels = torch.randint(0, V, (M,))
 alpha = torch.tensor(0.5)
-for layout, make in (("row-major", lambda: torch.randn(M, V)), ("column-major", lambda: torch.randn(V, M).t())):
-    z, t, out = make(), make(), make()
+
+
+def kernel_times(layout: str, z: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+    """Print the compiled kernels' median times over student logits `z` and teacher logits `t` in one layout."""
     *_, lse, tempered_lse, target_lse = targets._COMPILED_STATISTICS(z, t, 0.5, labels, 2.0, 0.0)
     statistics_ms = median_ms(lambda: targets._COMPILED_STATISTICS(z, t, 0.5, labels, 2.0, 0.0))
     copy_ms = median_ms(lambda: out.copy_(z))
@@ -47,4 +49,8 @@ for layout, make in (("row-major", lambda: torch.randn(M, V)), ("column-major", 
     self_ms = median_ms(lambda: targets._COMPILED_CE_STATISTICS(z, labels, 0.0))
     print(f"{layout}: KI statistics {statistics_ms:.1f} ms, KI gradient {gradient_ms:.1f} ms, "
           f"self-learning statistics {self_ms:.1f} ms, copy {copy_ms:.1f} ms")
+
+
+for layout, make in (("row-major", lambda: torch.randn(M, V)), ("column-major", lambda: torch.randn(V, M).t())):
+    kernel_times(layout, make(), make(), make())
 print(f"matmul 2048^3: {2 * 2048**3 / median_ms(lambda: a @ a) / 1e6:.1f} GFLOP/s")
