@@ -57,12 +57,17 @@ def logits_into(z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return out if out is z else out.copy_(z)
 
 
-def label_logits(z: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+def label_logits(z: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
+                 row_sums: torch.Tensor | None = None) -> torch.Tensor:
     """Per row, the logit the CE's target picks out: z_y, or with label smoothing eps (target (1 - eps) onehot +
     eps / V) (1 - eps) z_y + eps mean_v z_v, so that CE = sum(lse - label_logits) (as `F.cross_entropy(...,
-    label_smoothing=eps)`). Read before a kernel overwrites `z` with its gradient."""
+    label_smoothing=eps)`); the mean from `row_sums` when a kernel has summed the rows already. Read before a
+    kernel overwrites `z` with its gradient."""
     picked = z[rows, labels]
-    return picked if smoothing == 0.0 else (1.0 - smoothing) * picked + smoothing * z.mean(-1)
+    if smoothing == 0.0:
+        return picked
+    mean = z.mean(-1) if row_sums is None else row_sums / z.shape[-1]
+    return (1.0 - smoothing) * picked + smoothing * mean
 
 
 def cross_entropy_terms(z: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,

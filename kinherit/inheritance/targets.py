@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kinherit.errors import KinheritError
+from kinherit.inheritance import native
 from kinherit.inheritance.divergences import mixture_log_probs, tempered_log_probs
 from kinherit.inheritance.rowwise import (
     CompiledKernel,
@@ -96,6 +97,22 @@ _COMPILED_STATISTICS = CompiledKernel(_forward_kl_statistics)
 _COMPILED_GRADIENT = CompiledKernel(_forward_kl_gradient_)
 
 
+def _native_forward_kl_terms(z: torch.Tensor, scores: torch.Tensor, scale: float, labels: torch.Tensor,
+                             alpha: float, temperature: float, smoothing: float,
+                             out: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """`Target.forward_kl_terms` by the native kernels: the row statistics in one read of both rows, then the
+    gradient over `out` in one more (float32 CPU rows only, see `native.usable`)."""
+    kernels = native.kernels()
+    stats = kernels.forward_kl_statistics(z, scores, scale, temperature)
+    rows = torch.arange(z.shape[0], device=z.device)
+    ce = (stats[:, 1] - label_logits(z, rows, labels, smoothing, stats[:, 6])).sum()
+    kl = (stats[:, 4] - stats[:, 3] + stats[:, 2]).sum() * temperature**2
+    agree = (stats[:, 5] >= stats[:, 0]).sum().float()  # as `agreements`
+    grad = logits_into(z, out)
+    kernels.forward_kl_gradient_(grad, scores, scale, stats, alpha, temperature)
+    return ce, kl, agree, subtract_target(grad, rows, labels, 1.0 - alpha, smoothing)
+
+
 def _cross_entropy_statistics(z: torch.Tensor, labels: torch.Tensor, smoothing: float
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(CE sum, per-row logsumexp [n, 1]) of float32 logits `z`: reads only (no argmax: self-learning has no
@@ -119,10 +136,18 @@ def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: f
                         out: torch.Tensor | None = None, compiled: bool = False) -> tuple[torch.Tensor, ...]:
     """(CE sum, 0, 0, d CE / d logits) in closed form: softmax(z) - the (smoothed) one-hot label, the
     gradient written into `out` when given (a reused float32 chunk buffer, or the logits themselves).
-    `compiled`: two fused passes (row statistics, then the softmax over `out`) instead of five eager ones."""
+    `compiled`: two fused passes (row statistics, then the softmax over `out`) instead of five eager ones, by the
+    native kernels where they apply, else `torch.compile`d ones."""
     z = logits.float()
     zero = z.new_zeros(())
-    if compiled:
+    if compiled and native.usable(z):
+        rows = torch.arange(z.shape[0], device=z.device)
+        kernels = native.kernels()
+        stats = kernels.cross_entropy_statistics(z)
+        ce = (stats[:, 0] - label_logits(z, rows, labels, smoothing, stats[:, 1])).sum()
+        probs = logits_into(z, out)
+        kernels.softmax_(probs, stats[:, 0])
+    elif compiled:
         ce, lse = _COMPILED_CE_STATISTICS(z, labels, smoothing)
         probs = _COMPILED_SOFTMAX(logits_into(z, out), lse)
         rows = torch.arange(z.shape[0], device=z.device)
@@ -181,10 +206,12 @@ class Target:
         Two steps: row statistics that only read the logits, then the gradient element by element, written
         over `out` (a reused float32 [chunk, V] buffer, or the float32 logits themselves; a new tensor when
         None). This makes a few passes over the [chunk, V] tensor where autograd makes several dozen;
-        `compiled` fuses each step with `torch.compile`, which then holds no [chunk, V] temporary at all.
-        `smoothing` smooths the CE's one-hot label.
+        `compiled` fuses each step, which then holds no [chunk, V] temporary at all: the native kernels (one read
+        of each row per step) where they apply, else `torch.compile`. `smoothing` smooths the CE's one-hot label.
         """
         z = logits.float()
+        if compiled and native.usable(z, self.scores):
+            return _native_forward_kl_terms(z, self.scores, self.scale, labels, alpha, temperature, smoothing, out)
         statistics, gradient = (_COMPILED_STATISTICS, _COMPILED_GRADIENT) if compiled else \
             (_forward_kl_statistics, _forward_kl_gradient_)
         ce, kl, agree, lse, tempered_lse, target_lse = statistics(z, self.scores, self.scale, labels, temperature,

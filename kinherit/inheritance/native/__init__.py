@@ -1,0 +1,57 @@
+"""Single-pass CPU kernels for the closed-form loss terms, built from `rowwise.cpp` on first use.
+
+`torch.compile` generates a separate loop for each row reduction on CPU (a row's maximum, then its sums),
+so a row of a [positions, V] chunk is read from memory twice or more and its exponentials run at the
+library's 1-ulp speed. These kernels read each row once (an online softmax over cache-sized blocks) with a
+cheaper 2-ulp exponential. They are compiled for this CPU's vector instructions (torch's own choice of
+them) with `torch.utils.cpp_extension` and cached by it; when no compiler or `ninja` is at hand, or
+`KINHERIT_NATIVE_KERNELS=0` is set, `kernels()` is None and the loss uses its `torch.compile` kernels instead.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+# ATen's vector types and the compiler flags for the instructions torch dispatches to on this CPU (others
+# build ATen's portable vector type)
+_ISA_FLAGS = {
+    "AVX512": ["-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma"],
+    "AVX2": ["-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma"],
+}
+_state: dict[str, ModuleType | None] = {}
+
+
+def kernels() -> ModuleType | None:
+    """The compiled kernel module, built once per process (and cached on disk across processes); None where it
+    cannot be built, after one warning naming why."""
+    if os.environ.get("KINHERIT_NATIVE_KERNELS", "1") == "0":
+        return None
+    if "module" not in _state:
+        _state["module"] = _build()
+    return _state["module"]
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the native kernels apply to these tensors: float32 CPU matrices with contiguous rows."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.stride(1) == 1
+               for t in tensors) and kernels() is not None
+
+
+def _build() -> ModuleType | None:
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-fopenmp", "-fno-math-errno", *_ISA_FLAGS.get(capability, [])]
+    try:
+        return cpp_extension.load(name=f"kinherit_rowwise_{capability.lower()}",
+                                  sources=[str(Path(__file__).with_name("rowwise.cpp"))],
+                                  extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as error:  # noqa: BLE001 - no compiler, no ninja, an unknown platform: the compiled path remains
+        warnings.warn(f"the native KI loss kernels could not be built, using the torch.compile ones: {error}",
+                      stacklevel=3)
+        return None

@@ -1,0 +1,287 @@
+// Single-pass float32 CPU kernels for the closed-form KI and cross-entropy terms (see native.py).
+//
+// Each row of logits is read once from memory: a block of it is small enough to stay in the L1 cache,
+// its maximum is taken first, and the running sums of earlier blocks are rescaled when the maximum grows
+// (an online softmax). The exponentials use a polynomial of degree 6 on the reduced argument (about 2 ulp),
+// written so the compiler vectorizes it; every argument here is at most 0 (a logit minus its row maximum or
+// logsumexp), so only underflow needs care. Per-block sums are float32 in vector lanes, across blocks double.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+using IVec = at::vec::Vectorized<int32_t>;
+constexpr int64_t kLanes = Vec::size();
+constexpr int64_t kBlock = 2048;  // 8 KB of each row: two rows' blocks stay in a 32 KB L1 cache
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// which exponentials of the student the tempered terms need: tau = 1 (one), tau = 2 (one and its square), any
+enum class Tempering { kNone, kSquare, kGeneral };
+
+// exp(x) for x <= ~0: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p of degree 6; 0 below float's range,
+// NaN for NaN.
+inline Vec exp_neg(const Vec& x) {
+  const Vec shifted = at::vec::fmadd(x, Vec(1.44269504088896341f), Vec(12582912.0f));  // + 1.5 * 2^23 rounds
+  const Vec n = shifted - Vec(12582912.0f);
+  Vec r = at::vec::fmadd(n, Vec(-0.693359375f), x);
+  r = at::vec::fmadd(n, Vec(2.12194440e-4f), r);
+  Vec p = at::vec::fmadd(Vec(1.0f / 720.0f), r, Vec(1.0f / 120.0f));
+  p = at::vec::fmadd(p, r, Vec(1.0f / 24.0f));
+  p = at::vec::fmadd(p, r, Vec(1.0f / 6.0f));
+  p = at::vec::fmadd(p, r, Vec(0.5f));
+  p = at::vec::fmadd(p, r, Vec(1.0f));
+  p = at::vec::fmadd(p, r, Vec(1.0f));
+  // the integer n sits in the low mantissa bits of `shifted`; moved into the exponent it is the float 2^n
+  const IVec bits = (at::vec::cast<int32_t>(shifted) - IVec(0x4B400000 - 127)) << IVec(23);
+  return Vec::blendv(p * at::vec::cast<float>(bits), Vec(0.0f), x < Vec(-87.3f));
+}
+
+inline double lane_sum(const Vec& v) {
+  float lanes[kLanes];
+  v.store(lanes);
+  double total = 0;
+  for (int64_t i = 0; i < kLanes; ++i) total += lanes[i];
+  return total;
+}
+
+inline float lane_max(const Vec& v) {
+  float lanes[kLanes];
+  v.store(lanes);
+  float peak = kNegInf;
+  for (int64_t i = 0; i < kLanes; ++i) peak = std::max(peak, lanes[i]);
+  return peak;
+}
+
+// lanes past `count` (the row's end) set to `fill`
+inline Vec load(const float* x, int64_t count, float fill) {
+  return count >= kLanes ? Vec::loadu(x) : Vec::set(Vec(fill), Vec::loadu(x, count), count);
+}
+
+inline float block_max(const float* x, int64_t n, float scale) {
+  Vec peak(kNegInf);
+  for (int64_t i = 0; i < n; i += kLanes) peak = at::vec::maximum(peak, load(x + i, n - i, kNegInf) * Vec(scale));
+  return lane_max(peak);
+}
+
+void check_rows(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.stride(1) == 1,
+              name, " must be a float32 CPU matrix with contiguous rows");
+}
+
+// Per row of student logits z against P_T = softmax(scores * scale), columns of the returned [n, 8]:
+// 0 peak max z, 1 logsumexp z, 2 logsumexp z / tau, 3 the teacher's logsumexp, 4 sum_v p_T (t_v - z_v / tau)
+// with t = scores * scale, 5 the student's highest logit among the teacher's top tokens, 6 sum_v z_v.
+template <Tempering mode>
+void forward_kl_statistics_rows(const at::Tensor& z, const at::Tensor& scores, double scale, double temperature,
+                                at::Tensor& out) {
+  const int64_t rows = z.size(0), vocab = z.size(1);
+  const float s = static_cast<float>(scale), inv_tau = static_cast<float>(1.0 / temperature);
+  constexpr bool square = mode == Tempering::kSquare, plain = mode == Tempering::kNone;
+  const float* zp = z.data_ptr<float>();
+  const float* tp = scores.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t zs = z.stride(0), ts = scores.stride(0);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float* zr = zp + row * zs;
+      const float* tr = tp + row * ts;
+      float mt = kNegInf, m = kNegInf, top = kNegInf;
+      double st = 0, swt = 0, swz = 0, s1 = 0, s2 = 0, sz = 0;
+      for (int64_t start = 0; start < vocab; start += kBlock) {
+        const int64_t n = std::min(kBlock, vocab - start);
+        const float* zb = zr + start;
+        const float* tb = tr + start;
+        const float bmt = block_max(tb, n, s), bm = block_max(zb, n, 1.0f);
+        if (bmt > mt) {
+          const double f = mt == kNegInf ? 0.0 : std::exp(static_cast<double>(mt) - bmt);
+          st *= f, swt *= f, swz *= f, mt = bmt, top = kNegInf;
+        }
+        if (bm > m) {
+          const double shift = m == kNegInf ? 0.0 : static_cast<double>(m) - bm;
+          s1 = m == kNegInf ? 0.0 : s1 * std::exp(shift);
+          s2 = m == kNegInf ? 0.0 : s2 * std::exp(shift * inv_tau);
+          m = bm;
+        }
+        Vec bst(0.0f), bswt(0.0f), bswz(0.0f), bs1(0.0f), bs2(0.0f), bsz(0.0f), btop(top);
+        const Vec cmt(mt), cm(m), scale_v(s), inv_tau_v(inv_tau);
+        for (int64_t i = 0; i < n; i += kLanes) {
+          const int64_t count = n - i;
+          // past the row's end: teacher and student at -inf (no exponential, no maximum) and 0 in the products;
+          // a teacher's -inf (a token it rules out) weighs 0 in p_T t too
+          const Vec t = load(tb + i, count, kNegInf) * scale_v, x = load(zb + i, count, kNegInf);
+          const Vec w = exp_neg(t - cmt);
+          const Vec t0 = Vec::blendv(t, Vec(0.0f), t == Vec(kNegInf)), x0 = load(zb + i, count, 0.0f);
+          bst += w;
+          bswt = at::vec::fmadd(w, t0, bswt);
+          bswz = at::vec::fmadd(w, x0, bswz);
+          btop = at::vec::maximum(btop, Vec::blendv(Vec(kNegInf), x, t == cmt));
+          const Vec e = exp_neg((x - cm) * inv_tau_v);
+          if constexpr (square) {
+            bs2 += e;
+            bs1 = at::vec::fmadd(e, e, bs1);
+          } else if constexpr (plain) {
+            bs1 += e;
+          } else {
+            bs2 += e;
+            bs1 += exp_neg(x - cm);
+          }
+          bsz += x0;
+        }
+        st += lane_sum(bst), swt += lane_sum(bswt), swz += lane_sum(bswz), s1 += lane_sum(bs1);
+        s2 += lane_sum(bs2), sz += lane_sum(bsz), top = lane_max(btop);
+      }
+      if constexpr (plain) s2 = s1;
+      float* o = op + row * 8;
+      o[0] = m;
+      o[1] = static_cast<float>(m + std::log(s1));
+      o[2] = static_cast<float>(m * inv_tau + std::log(s2));
+      o[3] = static_cast<float>(mt + std::log(st));
+      o[4] = static_cast<float>((swt - swz * inv_tau) / st);
+      o[5] = top;
+      o[6] = static_cast<float>(sz);
+      o[7] = 0.0f;
+    }
+  });
+}
+
+Tempering tempering(double temperature) {
+  return temperature == 1.0 ? Tempering::kNone : temperature == 2.0 ? Tempering::kSquare : Tempering::kGeneral;
+}
+
+at::Tensor forward_kl_statistics(const at::Tensor& z, const at::Tensor& scores, double scale, double temperature) {
+  check_rows(z, "logits");
+  check_rows(scores, "teacher scores");
+  TORCH_CHECK(z.sizes() == scores.sizes(), "logits and teacher scores must have one shape");
+  auto out = at::empty({z.size(0), 8}, z.options());
+  switch (tempering(temperature)) {
+    case Tempering::kNone: forward_kl_statistics_rows<Tempering::kNone>(z, scores, scale, temperature, out); break;
+    case Tempering::kSquare: forward_kl_statistics_rows<Tempering::kSquare>(z, scores, scale, temperature, out); break;
+    default: forward_kl_statistics_rows<Tempering::kGeneral>(z, scores, scale, temperature, out);
+  }
+  return out;
+}
+
+// z <- (1 - alpha) softmax(z) + alpha tau (softmax(z / tau) - P_T), in place; stats from forward_kl_statistics.
+template <Tempering mode>
+void forward_kl_gradient_rows(at::Tensor& z, const at::Tensor& scores, double scale, const at::Tensor& stats,
+                              double alpha, double temperature) {
+  const int64_t rows = z.size(0), vocab = z.size(1);
+  const float s = static_cast<float>(scale), inv_tau = static_cast<float>(1.0 / temperature);
+  float* zp = z.data_ptr<float>();
+  const float* tp = scores.data_ptr<float>();
+  const float* sp = stats.data_ptr<float>();
+  const int64_t zs = z.stride(0), ts = scores.stride(0);
+  const float step = static_cast<float>(alpha * temperature), keep = static_cast<float>(1.0 - alpha);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      float* zr = zp + row * zs;
+      const float* tr = tp + row * ts;
+      const float lse = sp[row * 8 + 1], tlse = sp[row * 8 + 2], target_lse = sp[row * 8 + 3];
+      // tau = 2: softmax(z) = softmax(z / 2)^2 exp(2 lse_2 - lse), one exponential instead of two
+      const float plain_scale = keep * static_cast<float>(std::exp(2.0 * tlse - lse));
+      const Vec s_v(s), inv_tau_v(inv_tau), lse_v(lse), tlse_v(tlse), target_lse_v(target_lse);
+      const Vec plain_scale_v(plain_scale), keep_v(keep), step_v(step);
+      for (int64_t i = 0; i < vocab; i += kLanes) {
+        const int64_t count = std::min(kLanes, vocab - i);
+        const Vec x = Vec::loadu(zr + i, count);
+        const Vec teacher = exp_neg(Vec::loadu(tr + i, count) * s_v - target_lse_v);
+        const Vec tempered = exp_neg(x * inv_tau_v - tlse_v);
+        Vec plain;
+        if constexpr (mode == Tempering::kSquare) {
+          plain = tempered * tempered * plain_scale_v;
+        } else if constexpr (mode == Tempering::kNone) {
+          plain = keep_v * tempered;
+        } else {
+          plain = keep_v * exp_neg(x - lse_v);
+        }
+        at::vec::fmadd(step_v, tempered - teacher, plain).store(zr + i, count);
+      }
+    }
+  });
+}
+
+void forward_kl_gradient_(at::Tensor& z, const at::Tensor& scores, double scale, const at::Tensor& stats,
+                          double alpha, double temperature) {
+  check_rows(z, "logits");
+  check_rows(scores, "teacher scores");
+  TORCH_CHECK(z.sizes() == scores.sizes(), "logits and teacher scores must have one shape");
+  TORCH_CHECK(stats.is_contiguous() && stats.size(0) == z.size(0) && stats.size(1) == 8, "stats must be the "
+              "[rows, 8] output of forward_kl_statistics");
+  switch (tempering(temperature)) {
+    case Tempering::kNone: forward_kl_gradient_rows<Tempering::kNone>(z, scores, scale, stats, alpha, temperature); break;
+    case Tempering::kSquare: forward_kl_gradient_rows<Tempering::kSquare>(z, scores, scale, stats, alpha, temperature); break;
+    default: forward_kl_gradient_rows<Tempering::kGeneral>(z, scores, scale, stats, alpha, temperature);
+  }
+}
+
+// Per row of logits z, columns of the returned [n, 2]: 0 logsumexp z, 1 sum_v z_v.
+at::Tensor cross_entropy_statistics(const at::Tensor& z) {
+  check_rows(z, "logits");
+  const int64_t rows = z.size(0), vocab = z.size(1);
+  auto out = at::empty({rows, 2}, z.options());
+  const float* zp = z.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t zs = z.stride(0);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float* zr = zp + row * zs;
+      float m = kNegInf;
+      double s1 = 0, sz = 0;
+      for (int64_t start = 0; start < vocab; start += kBlock) {
+        const int64_t n = std::min(kBlock, vocab - start);
+        const float* zb = zr + start;
+        const float bm = block_max(zb, n, 1.0f);
+        if (bm > m) {
+          s1 = m == kNegInf ? 0.0 : s1 * std::exp(static_cast<double>(m) - bm);
+          m = bm;
+        }
+        Vec bs1(0.0f), bsz(0.0f);
+        const Vec cm(m);
+        for (int64_t i = 0; i < n; i += kLanes) {
+          bs1 += exp_neg(load(zb + i, n - i, kNegInf) - cm);
+          bsz += load(zb + i, n - i, 0.0f);
+        }
+        s1 += lane_sum(bs1), sz += lane_sum(bsz);
+      }
+      op[row * 2] = static_cast<float>(m + std::log(s1));
+      op[row * 2 + 1] = static_cast<float>(sz);
+    }
+  });
+  return out;
+}
+
+// z <- softmax(z), in place, from the row logsumexps `lse` [n].
+void softmax_(at::Tensor& z, const at::Tensor& lse) {
+  check_rows(z, "logits");
+  const int64_t rows = z.size(0), vocab = z.size(1);
+  float* zp = z.data_ptr<float>();
+  const float* lp = lse.data_ptr<float>();
+  const int64_t zs = z.stride(0), ls = lse.stride(0);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      float* zr = zp + row * zs;
+      const float l = lp[row * ls];
+      for (int64_t i = 0; i < vocab; i += kLanes) {
+        const int64_t count = std::min(kLanes, vocab - i);
+        exp_neg(Vec::loadu(zr + i, count) - Vec(l)).store(zr + i, count);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward_kl_statistics", &forward_kl_statistics);
+  m.def("forward_kl_gradient_", &forward_kl_gradient_);
+  m.def("cross_entropy_statistics", &cross_entropy_statistics);
+  m.def("softmax_", &softmax_);
+}
