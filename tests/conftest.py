@@ -34,3 +34,16 @@ def tokenizer(tokenizer_dir):
     from kinherit.data import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(autouse=True)
+def kernel_choice(request, monkeypatch):
+    """A test's "compiled" path runs the torch.compile loss kernels (the native ones switched off); its "native" path
+    fails where the native kernels could not be built, rather than test the fallback twice."""
+    path = request.node.callspec.params.get("path") if hasattr(request.node, "callspec") else None
+    if path == "compiled":
+        monkeypatch.setenv("KINHERIT_NATIVE_KERNELS", "0")
+    elif path == "native":
+        from kinherit.inheritance import native
+
+        assert native.kernels() is not None, "the native loss kernels did not build (a C++ compiler and ninja needed)"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kinherit.errors import KinheritError
-from kinherit.inheritance import InheritanceLoss, native
+from kinherit.inheritance import InheritanceLoss
 from kinherit.inheritance import loss as loss_module
 from kinherit.inheritance.chunking import ChunkBuffers
 from kinherit.inheritance.rowwise import paired_logsumexp
@@ -56,20 +56,9 @@ def make(seed, shape=(3, 7), n_teachers=1, ignore=True):
 
 
 # The four ways of computing the gradient: autograd, the closed form, and the closed form fused by torch.compile
-# or by the native CPU kernels (`kernel_choice` picks between the last two).
+# or by the native CPU kernels (conftest's `kernel_choice` picks between the last two).
 PATHS = {"autograd": {"fused": False}, "fused": {"fused": True}, "compiled": {"fused": True, "compiled": True},
          "native": {"fused": True, "compiled": True}}
-
-
-@pytest.fixture(autouse=True)
-def kernel_choice(request, monkeypatch):
-    """The "compiled" path runs the torch.compile kernels (the native ones switched off); the "native" path
-    fails where the native kernels could not be built, rather than test the fallback twice."""
-    path = request.node.callspec.params.get("path") if hasattr(request.node, "callspec") else None
-    if path == "compiled":
-        monkeypatch.setenv("KINHERIT_NATIVE_KERNELS", "0")
-    elif path == "native":
-        assert native.kernels() is not None
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 3.0])

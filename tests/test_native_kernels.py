@@ -54,15 +54,37 @@ def test_forward_kl_statistics_and_gradient_match_float64(kernels, vocab, tau):
 
 
 @pytest.mark.parametrize("vocab", [23, BLOCK + 5, 3 * BLOCK + 17])
-def test_cross_entropy_statistics_and_softmax_match_float64(kernels, vocab):
+@pytest.mark.parametrize("tau", [1.0, 2.0, 0.7])
+def test_row_statistics_and_softmax_mix_match_float64(kernels, vocab, tau):
     z, _ = rows(vocab, 4, vocab, spread=10.0)
     z[0] = rising(1, vocab)[0]
-    stats = kernels.cross_entropy_statistics(z)
-    torch.testing.assert_close(stats[:, 0].double(), z.double().logsumexp(-1), rtol=0, atol=2e-5)
-    assert_row_sums(stats[:, 1], z.double())
-    probs = z.clone()
-    kernels.softmax_(probs, stats[:, 0])
-    torch.testing.assert_close(probs.double(), z.double().softmax(-1), rtol=1e-5, atol=1e-8)
+    stats = kernels.row_statistics(z, tau)
+    zd = z.double()
+    torch.testing.assert_close(stats[:, 0].double(), zd.amax(-1))
+    torch.testing.assert_close(stats[:, 1].double(), zd.logsumexp(-1), rtol=0, atol=2e-5)
+    torch.testing.assert_close(stats[:, 2].double(), (zd / tau).logsumexp(-1), rtol=0, atol=2e-5)
+    assert_row_sums(stats[:, 3], zd)
+    probs = native.softmax_(z.clone(), stats[:, 1])
+    torch.testing.assert_close(probs.double(), zd.softmax(-1), rtol=1e-5, atol=1e-8)
+    # a top-K gradient's pass: shift at the tempered logsumexp of the row without its first 3 tokens
+    shift = (zd[:, 3:] / tau).logsumexp(-1)
+    coef = torch.linspace(-0.5, 0.5, 4, dtype=torch.float64)
+    mixed = native.softmax_mix_(z.clone(), stats[:, 1], shift, coef, 0.7, -0.01, tau)
+    expected = 0.7 * zd.softmax(-1) + coef[:, None] * (zd / tau - shift[:, None]).exp() - 0.01
+    torch.testing.assert_close(mixed.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_row_statistics_of_masked_rows(kernels):
+    # a top-K target's tail: its top tokens at -inf, in any block; with every token masked (K = V) the tail's
+    # logsumexps are -inf, not NaN
+    vocab = 2 * BLOCK + 9
+    z, _ = rows(5, 3, vocab)
+    z[0, : BLOCK + 3] = float("-inf")
+    z[1, [0, 7, BLOCK + 1, vocab - 1]] = float("-inf")
+    z[2] = float("-inf")
+    stats = kernels.row_statistics(z, 2.0)
+    torch.testing.assert_close(stats[:2, 2].double(), (z[:2].double() / 2).logsumexp(-1), rtol=0, atol=2e-5)
+    assert stats[2, 1] == float("-inf") and stats[2, 2] == float("-inf")
 
 
 def test_agreement_column_is_the_students_best_logit_among_the_teachers_tied_top_tokens(kernels):
@@ -106,7 +128,9 @@ def test_only_float32_cpu_rows_are_taken(kernels):
     z = torch.randn(3, 40)
     assert native.usable(z) and not native.usable(z.bfloat16()) and not native.usable(z.t())
     with pytest.raises(RuntimeError, match="float32 CPU matrix with contiguous rows"):
-        kernels.cross_entropy_statistics(z.double())
+        kernels.row_statistics(z.double(), 1.0)
+    with pytest.raises(RuntimeError, match="one value per row"):
+        kernels.softmax_mix_(z, torch.zeros(2), torch.zeros(3), torch.zeros(3), 1.0, 0.0, 1.0)
 
 
 def test_the_loss_runs_them_and_can_be_told_not_to(kernels, monkeypatch):

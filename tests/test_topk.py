@@ -61,13 +61,13 @@ def make(seed, rows=11):
 @pytest.mark.parametrize("k", [1, 4, 16, V])
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_value_and_gradient_match_float64_reference(k, tau, alpha, compiled):
+@pytest.mark.parametrize("path", ["eager", "compiled", "native"])
+def test_value_and_gradient_match_float64_reference(k, tau, alpha, path):
     student, teacher, labels = make(k * 7 + int(tau * 10))
     leaf = student.double().requires_grad_()
     expected, p_tail = reference(leaf, teacher, labels, k, alpha, tau)
     expected.backward()
-    loss, grad, _stats, target = ours(student, teacher, labels, k, alpha, tau, compiled)
+    loss, grad, _stats, target = ours(student, teacher, labels, k, alpha, tau, path != "eager")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
     torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
     if k < V:
@@ -77,13 +77,13 @@ def test_value_and_gradient_match_float64_reference(k, tau, alpha, compiled):
 @pytest.mark.parametrize("k", [1, 4, 16, V])
 @pytest.mark.parametrize("tau", [0.5, 2.0])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_renormalized_mode_matches_float64_reference(k, tau, alpha, compiled):
+@pytest.mark.parametrize("path", ["eager", "compiled", "native"])
+def test_renormalized_mode_matches_float64_reference(k, tau, alpha, path):
     student, teacher, labels = make(k * 5 + int(tau * 10))
     leaf = student.double().requires_grad_()
     expected = renormalized_reference(leaf, teacher, labels, k, alpha, tau)
     expected.backward()
-    loss, grad, _stats, _target = ours(student, teacher, labels, k, alpha, tau, compiled, mode="renormalize")
+    loss, grad, _stats, _target = ours(student, teacher, labels, k, alpha, tau, path != "eager", mode="renormalize")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
     torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
 
@@ -109,13 +109,13 @@ def test_top_k_of_live_teachers_and_truncated_caches_are_the_same_target():
 
 
 @pytest.mark.parametrize("k", [4, V])
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_label_smoothing_matches_float64_reference(k, compiled):
+@pytest.mark.parametrize("path", ["eager", "compiled", "native"])
+def test_label_smoothing_matches_float64_reference(k, path):
     student, teacher, labels = make(17)
     leaf = student.double().requires_grad_()
     expected, _p_tail = reference(leaf, teacher, labels, k, 0.4, 2.0, smoothing=0.1)
     expected.backward()
-    loss, grad, _stats, _target = ours(student, teacher, labels, k, 0.4, 2.0, compiled, smoothing=0.1)
+    loss, grad, _stats, _target = ours(student, teacher, labels, k, 0.4, 2.0, path != "eager", smoothing=0.1)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
     torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
 

@@ -142,11 +142,10 @@ def self_learning_terms(logits: torch.Tensor, labels: torch.Tensor, smoothing: f
     zero = z.new_zeros(())
     if compiled and native.usable(z):
         rows = torch.arange(z.shape[0], device=z.device)
-        kernels = native.kernels()
-        stats = kernels.cross_entropy_statistics(z)
-        ce = (stats[:, 0] - label_logits(z, rows, labels, smoothing, stats[:, 1])).sum()
-        probs = logits_into(z, out)
-        kernels.softmax_(probs, stats[:, 0])
+        stats = native.kernels().row_statistics(z, 1.0)
+        lse = stats[:, 1].contiguous()
+        ce = (lse - label_logits(z, rows, labels, smoothing, stats[:, 3])).sum()
+        probs = native.softmax_(logits_into(z, out), lse)
     elif compiled:
         ce, lse = _COMPILED_CE_STATISTICS(z, labels, smoothing)
         probs = _COMPILED_SOFTMAX(logits_into(z, out), lse)

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 
 from kinherit.errors import KinheritError
+from kinherit.inheritance import native
 from kinherit.inheritance.rowwise import CompiledKernel, agreements, label_logits, logits_into, paired_logsumexp
 
 TOP_K_MODES = ("tail", "renormalize")
@@ -89,7 +90,8 @@ class TopKTarget:
         """
         z = logits.float()
         ids, log_p = self.ids.long(), self.log_probs.float()
-        kernels = _COMPILED if compiled else (_topk_statistics, _tail_logsumexp, _topk_gradient_)
+        kernels = (_NATIVE if native.usable(z) else _COMPILED) if compiled else \
+            (_topk_statistics, _tail_logsumexp, _topk_gradient_)
         ce, agree, lse, tempered_lse, z_k = kernels[0](z, ids, labels, temperature, smoothing)
         out = logits_into(z, out)
         log_q_k = z_k / temperature - tempered_lse
@@ -168,3 +170,29 @@ def _topk_gradient_(z: torch.Tensor, lse: torch.Tensor, tempered_lse: torch.Tens
 
 
 _COMPILED = tuple(CompiledKernel(kernel) for kernel in (_topk_statistics, _tail_logsumexp, _topk_gradient_))
+
+
+def _native_topk_statistics(z: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, temperature: float,
+                            smoothing: float) -> tuple[torch.Tensor, ...]:
+    """`_topk_statistics` by the native kernels (one read of each row)."""
+    stats = native.kernels().row_statistics(z, temperature)
+    rows = torch.arange(z.shape[0], device=z.device)
+    ce = (stats[:, 1] - label_logits(z, rows, labels, smoothing, stats[:, 3])).sum()
+    return ce, agreements(z, stats[:, :1], ids[:, :1]), stats[:, 1:2], stats[:, 2:3], z.gather(1, ids)
+
+
+def _native_tail_logsumexp(masked: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`_tail_logsumexp` by the native kernels."""
+    return native.kernels().row_statistics(masked, temperature)[:, 2:3]
+
+
+def _native_topk_gradient_(z: torch.Tensor, lse: torch.Tensor, tempered_lse: torch.Tensor, shift: torch.Tensor,
+                           p_tail: torch.Tensor, alpha: torch.Tensor, temperature: float,
+                           smoothing: float) -> torch.Tensor:
+    """`_topk_gradient_` by the native kernels: the same terms, one exponential per logit at tau = 1 and 2."""
+    keep = 1.0 - alpha.item()
+    tempered = ((shift - tempered_lse).exp() - p_tail) * (alpha.item() * temperature)
+    return native.softmax_mix_(z, lse, shift, tempered, keep, -keep * smoothing / z.shape[-1], temperature)
+
+
+_NATIVE = (_native_topk_statistics, _native_tail_logsumexp, _native_topk_gradient_)

@@ -10,7 +10,9 @@ them) with `torch.utils.cpp_extension` and cached by it; when no compiler or `ni
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +26,7 @@ _ISA_FLAGS = {
     "AVX2": ["-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma"],
 }
 _state: dict[str, ModuleType | None] = {}
+logger = logging.getLogger(__name__)
 
 
 def kernels() -> ModuleType | None:
@@ -42,13 +45,33 @@ def usable(*tensors: torch.Tensor) -> bool:
                for t in tensors) and kernels() is not None
 
 
+def softmax_mix_(z: torch.Tensor, lse: torch.Tensor, shift: torch.Tensor, coef: torch.Tensor, keep: float,
+                 offset: float, temperature: float) -> torch.Tensor:
+    """z <- keep exp(z - lse) + coef exp(z / tau - shift) + offset in place, with per-row lse, shift and coef (any
+    shape with one value per row): the softmax and the top-K gradient's pass over the vocabulary."""
+    def per_row(values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(-1).float().contiguous()
+
+    kernels().softmax_mix_(z, per_row(lse), per_row(shift), per_row(coef), keep, offset, temperature)
+    return z
+
+
+def softmax_(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """z <- softmax(z) in place, from its row logsumexps."""
+    return softmax_mix_(z, lse, lse, lse.new_zeros(lse.shape), 1.0, 0.0, 1.0)
+
+
 def _build() -> ModuleType | None:
     from torch.utils import cpp_extension
 
     capability = torch.backends.cpu.get_cpu_capability()
+    logger.info("loading the native loss kernels for %s (built once per machine, about half a minute)", capability)
     flags = ["-O3", "-fopenmp", "-fno-math-errno", *_ISA_FLAGS.get(capability, [])]
     try:
-        return cpp_extension.load(name=f"kinherit_rowwise_{capability.lower()}",
+        # one build per instruction set and torch version: a cache directory shared across machines or upgrades
+        # never hands out a library built for another
+        tag = re.sub(r"\W", "_", f"{capability}_{torch.__version__}").lower()
+        return cpp_extension.load(name=f"kinherit_rowwise_{tag}",
                                   sources=[str(Path(__file__).with_name("rowwise.cpp"))],
                                   extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # noqa: BLE001 - no compiler, no ninja, an unknown platform: the compiled path remains

@@ -222,11 +222,12 @@ void forward_kl_gradient_(at::Tensor& z, const at::Tensor& scores, double scale,
   }
 }
 
-// Per row of logits z, columns of the returned [n, 2]: 0 logsumexp z, 1 sum_v z_v.
-at::Tensor cross_entropy_statistics(const at::Tensor& z) {
-  check_rows(z, "logits");
+// Per row of logits z (some may be -inf: masked tokens), columns of the returned [n, 4]: 0 max z, 1 logsumexp z,
+// 2 logsumexp z / tau, 3 sum_v z_v. A row with every logit at -inf has logsumexps -inf.
+template <Tempering mode>
+void row_statistics_rows(const at::Tensor& z, double temperature, at::Tensor& out) {
   const int64_t rows = z.size(0), vocab = z.size(1);
-  auto out = at::empty({rows, 2}, z.options());
+  const float inv_tau = static_cast<float>(1.0 / temperature);
   const float* zp = z.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t zs = z.stride(0);
@@ -234,47 +235,105 @@ at::Tensor cross_entropy_statistics(const at::Tensor& z) {
     for (int64_t row = begin; row < end; ++row) {
       const float* zr = zp + row * zs;
       float m = kNegInf;
-      double s1 = 0, sz = 0;
+      double s1 = 0, s2 = 0, sz = 0;
       for (int64_t start = 0; start < vocab; start += kBlock) {
         const int64_t n = std::min(kBlock, vocab - start);
         const float* zb = zr + start;
         const float bm = block_max(zb, n, 1.0f);
         if (bm > m) {
-          s1 = m == kNegInf ? 0.0 : s1 * std::exp(static_cast<double>(m) - bm);
+          const double shift = m == kNegInf ? 0.0 : static_cast<double>(m) - bm;
+          s1 = m == kNegInf ? 0.0 : s1 * std::exp(shift);
+          s2 = m == kNegInf ? 0.0 : s2 * std::exp(shift * inv_tau);
           m = bm;
         }
-        Vec bs1(0.0f), bsz(0.0f);
-        const Vec cm(m);
+        Vec bs1(0.0f), bs2(0.0f), bsz(0.0f);
+        const Vec cm(m == kNegInf ? 0.0f : m), inv_tau_v(inv_tau);  // all masked so far: nothing to add
         for (int64_t i = 0; i < n; i += kLanes) {
-          bs1 += exp_neg(load(zb + i, n - i, kNegInf) - cm);
+          const Vec x = load(zb + i, n - i, kNegInf);
+          const Vec e = exp_neg((x - cm) * inv_tau_v);
+          if constexpr (mode == Tempering::kSquare) {
+            bs2 += e;
+            bs1 = at::vec::fmadd(e, e, bs1);
+          } else if constexpr (mode == Tempering::kNone) {
+            bs1 += e;
+          } else {
+            bs2 += e;
+            bs1 += exp_neg(x - cm);
+          }
           bsz += load(zb + i, n - i, 0.0f);
         }
-        s1 += lane_sum(bs1), sz += lane_sum(bsz);
+        s1 += lane_sum(bs1), s2 += lane_sum(bs2), sz += lane_sum(bsz);
       }
-      op[row * 2] = static_cast<float>(m + std::log(s1));
-      op[row * 2 + 1] = static_cast<float>(sz);
+      if constexpr (mode == Tempering::kNone) s2 = s1;
+      float* o = op + row * 4;
+      o[0] = m;
+      o[1] = static_cast<float>(m + std::log(s1));
+      o[2] = static_cast<float>(m * inv_tau + std::log(s2));
+      o[3] = static_cast<float>(sz);
     }
   });
+}
+
+at::Tensor row_statistics(const at::Tensor& z, double temperature) {
+  check_rows(z, "logits");
+  auto out = at::empty({z.size(0), 4}, z.options());
+  switch (tempering(temperature)) {
+    case Tempering::kNone: row_statistics_rows<Tempering::kNone>(z, temperature, out); break;
+    case Tempering::kSquare: row_statistics_rows<Tempering::kSquare>(z, temperature, out); break;
+    default: row_statistics_rows<Tempering::kGeneral>(z, temperature, out);
+  }
   return out;
 }
 
-// z <- softmax(z), in place, from the row logsumexps `lse` [n].
-void softmax_(at::Tensor& z, const at::Tensor& lse) {
-  check_rows(z, "logits");
+// z <- keep exp(z - lse) + coef exp(z / tau - shift) + offset, in place, with per-row lse, shift and coef [n]:
+// softmax(z) (keep 1, coef 0, shift = lse, tau 1) or a top-K target's gradient off its top-K. tau = 1 and 2 take
+// one exponential: exp(z - lse) = e exp(shift - lse) or e^2 exp(2 shift - lse) with e = exp(z / tau - shift).
+template <Tempering mode>
+void softmax_mix_rows(at::Tensor& z, const at::Tensor& lse, const at::Tensor& shift, const at::Tensor& coef,
+                      double keep, double offset, double temperature) {
   const int64_t rows = z.size(0), vocab = z.size(1);
+  const float inv_tau = static_cast<float>(1.0 / temperature);
   float* zp = z.data_ptr<float>();
-  const float* lp = lse.data_ptr<float>();
-  const int64_t zs = z.stride(0), ls = lse.stride(0);
+  const float *lp = lse.data_ptr<float>(), *sp = shift.data_ptr<float>(), *cp = coef.data_ptr<float>();
+  const int64_t zs = z.stride(0);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       float* zr = zp + row * zs;
-      const float l = lp[row * ls];
+      const double l = lp[row], sh = sp[row];
+      const double ratio = mode == Tempering::kNone ? std::exp(sh - l) : std::exp(2.0 * sh - l);
+      const Vec keep_v(static_cast<float>(keep * (mode == Tempering::kGeneral ? 1.0 : ratio)));
+      const Vec lse_v(static_cast<float>(l)), shift_v(static_cast<float>(sh)), coef_v(cp[row]);
+      const Vec inv_tau_v(inv_tau), offset_v(static_cast<float>(offset));
       for (int64_t i = 0; i < vocab; i += kLanes) {
         const int64_t count = std::min(kLanes, vocab - i);
-        exp_neg(Vec::loadu(zr + i, count) - Vec(l)).store(zr + i, count);
+        const Vec x = Vec::loadu(zr + i, count);
+        const Vec e = exp_neg(x * inv_tau_v - shift_v);
+        Vec plain;
+        if constexpr (mode == Tempering::kSquare) {
+          plain = e * e;
+        } else if constexpr (mode == Tempering::kNone) {
+          plain = e;
+        } else {
+          plain = exp_neg(x - lse_v);
+        }
+        at::vec::fmadd(keep_v, plain, at::vec::fmadd(coef_v, e, offset_v)).store(zr + i, count);
       }
     }
   });
+}
+
+void softmax_mix_(at::Tensor& z, const at::Tensor& lse, const at::Tensor& shift, const at::Tensor& coef, double keep,
+                  double offset, double temperature) {
+  check_rows(z, "logits");
+  for (const at::Tensor* row : {&lse, &shift, &coef}) {
+    TORCH_CHECK(row->scalar_type() == at::kFloat && row->is_contiguous() && row->numel() == z.size(0),
+                "lse, shift and coef must be contiguous float32 vectors with one value per row of the logits");
+  }
+  switch (tempering(temperature)) {
+    case Tempering::kNone: softmax_mix_rows<Tempering::kNone>(z, lse, shift, coef, keep, offset, temperature); break;
+    case Tempering::kSquare: softmax_mix_rows<Tempering::kSquare>(z, lse, shift, coef, keep, offset, temperature); break;
+    default: softmax_mix_rows<Tempering::kGeneral>(z, lse, shift, coef, keep, offset, temperature);
+  }
 }
 
 }  // namespace
@@ -282,6 +341,6 @@ void softmax_(at::Tensor& z, const at::Tensor& lse) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_kl_statistics", &forward_kl_statistics);
   m.def("forward_kl_gradient_", &forward_kl_gradient_);
-  m.def("cross_entropy_statistics", &cross_entropy_statistics);
-  m.def("softmax_", &softmax_);
+  m.def("row_statistics", &row_statistics);
+  m.def("softmax_mix_", &softmax_mix_);
 }
