@@ -12,6 +12,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <type_traits>
 #include <cstdint>
 #include <limits>
 
@@ -23,8 +24,23 @@ constexpr int64_t kLanes = Vec::size();
 constexpr int64_t kBlock = 2048;  // 8 KB of each row: two rows' blocks stay in a 32 KB L1 cache
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// which exponentials of the student the tempered terms need: tau = 1 (one), tau = 2 (one and its square), any
-enum class Tempering { kNone, kSquare, kGeneral };
+// which exponentials of the student the tempered terms need: tau = 1 (one), tau = 2 (exp(z / 2) and its square),
+// tau = 1/2 (exp(z) and its square), any other (two)
+enum class Tempering { kNone, kSquare, kRoot, kGeneral };
+
+// calls f with the Tempering of `temperature` as a compile-time constant
+template <typename F>
+void with_tempering(double temperature, F&& f) {
+  if (temperature == 1.0) {
+    f(std::integral_constant<Tempering, Tempering::kNone>{});
+  } else if (temperature == 2.0) {
+    f(std::integral_constant<Tempering, Tempering::kSquare>{});
+  } else if (temperature == 0.5) {
+    f(std::integral_constant<Tempering, Tempering::kRoot>{});
+  } else {
+    f(std::integral_constant<Tempering, Tempering::kGeneral>{});
+  }
+}
 
 // exp(x) for x <= ~0: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p of degree 6; 0 below float's range,
 // NaN for NaN.
@@ -71,6 +87,26 @@ inline float block_max(const float* x, int64_t n, float scale) {
   return lane_max(peak);
 }
 
+// adds exp(x - m) to s1 and exp((x - m) / tau) to s2 (s1 alone at tau = 1), with one exponential unless tau is other
+// than 1, 2 and 1/2
+template <Tempering mode>
+inline void add_exponentials(const Vec& x, const Vec& m, const Vec& inv_tau, Vec& s1, Vec& s2) {
+  if constexpr (mode == Tempering::kNone) {
+    s1 += exp_neg(x - m);
+  } else if constexpr (mode == Tempering::kSquare) {
+    const Vec e = exp_neg((x - m) * inv_tau);
+    s2 += e;
+    s1 = at::vec::fmadd(e, e, s1);
+  } else if constexpr (mode == Tempering::kRoot) {
+    const Vec e = exp_neg(x - m);
+    s1 += e;
+    s2 = at::vec::fmadd(e, e, s2);
+  } else {
+    s1 += exp_neg(x - m);
+    s2 += exp_neg((x - m) * inv_tau);
+  }
+}
+
 void check_rows(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.stride(1) == 1,
               name, " must be a float32 CPU matrix with contiguous rows");
@@ -84,7 +120,6 @@ void forward_kl_statistics_rows(const at::Tensor& z, const at::Tensor& scores, d
                                 at::Tensor& out) {
   const int64_t rows = z.size(0), vocab = z.size(1);
   const float s = static_cast<float>(scale), inv_tau = static_cast<float>(1.0 / temperature);
-  constexpr bool square = mode == Tempering::kSquare, plain = mode == Tempering::kNone;
   const float* zp = z.data_ptr<float>();
   const float* tp = scores.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -123,22 +158,13 @@ void forward_kl_statistics_rows(const at::Tensor& z, const at::Tensor& scores, d
           bswt = at::vec::fmadd(w, t0, bswt);
           bswz = at::vec::fmadd(w, x0, bswz);
           btop = at::vec::maximum(btop, Vec::blendv(Vec(kNegInf), x, t == cmt));
-          const Vec e = exp_neg((x - cm) * inv_tau_v);
-          if constexpr (square) {
-            bs2 += e;
-            bs1 = at::vec::fmadd(e, e, bs1);
-          } else if constexpr (plain) {
-            bs1 += e;
-          } else {
-            bs2 += e;
-            bs1 += exp_neg(x - cm);
-          }
+          add_exponentials<mode>(x, cm, inv_tau_v, bs1, bs2);
           bsz += x0;
         }
         st += lane_sum(bst), swt += lane_sum(bswt), swz += lane_sum(bswz), s1 += lane_sum(bs1);
         s2 += lane_sum(bs2), sz += lane_sum(bsz), top = lane_max(btop);
       }
-      if constexpr (plain) s2 = s1;
+      if constexpr (mode == Tempering::kNone) s2 = s1;
       float* o = op + row * 8;
       o[0] = m;
       o[1] = static_cast<float>(m + std::log(s1));
@@ -152,20 +178,14 @@ void forward_kl_statistics_rows(const at::Tensor& z, const at::Tensor& scores, d
   });
 }
 
-Tempering tempering(double temperature) {
-  return temperature == 1.0 ? Tempering::kNone : temperature == 2.0 ? Tempering::kSquare : Tempering::kGeneral;
-}
-
 at::Tensor forward_kl_statistics(const at::Tensor& z, const at::Tensor& scores, double scale, double temperature) {
   check_rows(z, "logits");
   check_rows(scores, "teacher scores");
   TORCH_CHECK(z.sizes() == scores.sizes(), "logits and teacher scores must have one shape");
   auto out = at::empty({z.size(0), 8}, z.options());
-  switch (tempering(temperature)) {
-    case Tempering::kNone: forward_kl_statistics_rows<Tempering::kNone>(z, scores, scale, temperature, out); break;
-    case Tempering::kSquare: forward_kl_statistics_rows<Tempering::kSquare>(z, scores, scale, temperature, out); break;
-    default: forward_kl_statistics_rows<Tempering::kGeneral>(z, scores, scale, temperature, out);
-  }
+  with_tempering(temperature, [&](auto mode) {
+    forward_kl_statistics_rows<decltype(mode)::value>(z, scores, scale, temperature, out);
+  });
   return out;
 }
 
@@ -185,24 +205,30 @@ void forward_kl_gradient_rows(at::Tensor& z, const at::Tensor& scores, double sc
       float* zr = zp + row * zs;
       const float* tr = tp + row * ts;
       const float lse = sp[row * 8 + 1], tlse = sp[row * 8 + 2], target_lse = sp[row * 8 + 3];
-      // tau = 2: softmax(z) = softmax(z / 2)^2 exp(2 lse_2 - lse), one exponential instead of two
-      const float plain_scale = keep * static_cast<float>(std::exp(2.0 * tlse - lse));
+      // tau = 2: softmax(z) = softmax(z / 2)^2 exp(2 lse_2 - lse); tau = 1/2: softmax(2 z) = softmax(z)^2
+      // exp(2 lse - lse_1/2): one exponential instead of two
+      const float square_scale = static_cast<float>(
+          mode == Tempering::kRoot ? std::exp(2.0 * lse - tlse) : std::exp(2.0 * tlse - lse));
       const Vec s_v(s), inv_tau_v(inv_tau), lse_v(lse), tlse_v(tlse), target_lse_v(target_lse);
-      const Vec plain_scale_v(plain_scale), keep_v(keep), step_v(step);
+      const Vec square_scale_v(square_scale), keep_v(keep), step_v(step);
       for (int64_t i = 0; i < vocab; i += kLanes) {
         const int64_t count = std::min(kLanes, vocab - i);
         const Vec x = Vec::loadu(zr + i, count);
         const Vec teacher = exp_neg(Vec::loadu(tr + i, count) * s_v - target_lse_v);
-        const Vec tempered = exp_neg(x * inv_tau_v - tlse_v);
-        Vec plain;
-        if constexpr (mode == Tempering::kSquare) {
-          plain = tempered * tempered * plain_scale_v;
-        } else if constexpr (mode == Tempering::kNone) {
-          plain = keep_v * tempered;
+        Vec plain, tempered;
+        if constexpr (mode == Tempering::kNone) {
+          plain = tempered = exp_neg(x - lse_v);
+        } else if constexpr (mode == Tempering::kSquare) {
+          tempered = exp_neg(x * inv_tau_v - tlse_v);
+          plain = tempered * tempered * square_scale_v;
+        } else if constexpr (mode == Tempering::kRoot) {
+          plain = exp_neg(x - lse_v);
+          tempered = plain * plain * square_scale_v;
         } else {
-          plain = keep_v * exp_neg(x - lse_v);
+          plain = exp_neg(x - lse_v);
+          tempered = exp_neg(x * inv_tau_v - tlse_v);
         }
-        at::vec::fmadd(step_v, tempered - teacher, plain).store(zr + i, count);
+        at::vec::fmadd(step_v, tempered - teacher, keep_v * plain).store(zr + i, count);
       }
     }
   });
@@ -215,11 +241,9 @@ void forward_kl_gradient_(at::Tensor& z, const at::Tensor& scores, double scale,
   TORCH_CHECK(z.sizes() == scores.sizes(), "logits and teacher scores must have one shape");
   TORCH_CHECK(stats.is_contiguous() && stats.size(0) == z.size(0) && stats.size(1) == 8, "stats must be the "
               "[rows, 8] output of forward_kl_statistics");
-  switch (tempering(temperature)) {
-    case Tempering::kNone: forward_kl_gradient_rows<Tempering::kNone>(z, scores, scale, stats, alpha, temperature); break;
-    case Tempering::kSquare: forward_kl_gradient_rows<Tempering::kSquare>(z, scores, scale, stats, alpha, temperature); break;
-    default: forward_kl_gradient_rows<Tempering::kGeneral>(z, scores, scale, stats, alpha, temperature);
-  }
+  with_tempering(temperature, [&](auto mode) {
+    forward_kl_gradient_rows<decltype(mode)::value>(z, scores, scale, stats, alpha, temperature);
+  });
 }
 
 // Per row of logits z (some may be -inf: masked tokens), columns of the returned [n, 4]: 0 max z, 1 logsumexp z,
@@ -249,17 +273,7 @@ void row_statistics_rows(const at::Tensor& z, double temperature, at::Tensor& ou
         Vec bs1(0.0f), bs2(0.0f), bsz(0.0f);
         const Vec cm(m == kNegInf ? 0.0f : m), inv_tau_v(inv_tau);  // all masked so far: nothing to add
         for (int64_t i = 0; i < n; i += kLanes) {
-          const Vec x = load(zb + i, n - i, kNegInf);
-          const Vec e = exp_neg((x - cm) * inv_tau_v);
-          if constexpr (mode == Tempering::kSquare) {
-            bs2 += e;
-            bs1 = at::vec::fmadd(e, e, bs1);
-          } else if constexpr (mode == Tempering::kNone) {
-            bs1 += e;
-          } else {
-            bs2 += e;
-            bs1 += exp_neg(x - cm);
-          }
+          add_exponentials<mode>(load(zb + i, n - i, kNegInf), cm, inv_tau_v, bs1, bs2);
           bsz += load(zb + i, n - i, 0.0f);
         }
         s1 += lane_sum(bs1), s2 += lane_sum(bs2), sz += lane_sum(bsz);
@@ -277,11 +291,7 @@ void row_statistics_rows(const at::Tensor& z, double temperature, at::Tensor& ou
 at::Tensor row_statistics(const at::Tensor& z, double temperature) {
   check_rows(z, "logits");
   auto out = at::empty({z.size(0), 4}, z.options());
-  switch (tempering(temperature)) {
-    case Tempering::kNone: row_statistics_rows<Tempering::kNone>(z, temperature, out); break;
-    case Tempering::kSquare: row_statistics_rows<Tempering::kSquare>(z, temperature, out); break;
-    default: row_statistics_rows<Tempering::kGeneral>(z, temperature, out);
-  }
+  with_tempering(temperature, [&](auto mode) { row_statistics_rows<decltype(mode)::value>(z, temperature, out); });
   return out;
 }
 
@@ -300,20 +310,29 @@ void softmax_mix_rows(at::Tensor& z, const at::Tensor& lse, const at::Tensor& sh
     for (int64_t row = begin; row < end; ++row) {
       float* zr = zp + row * zs;
       const double l = lp[row], sh = sp[row];
-      const double ratio = mode == Tempering::kNone ? std::exp(sh - l) : std::exp(2.0 * sh - l);
-      const Vec keep_v(static_cast<float>(keep * (mode == Tempering::kGeneral ? 1.0 : ratio)));
+      // exp(z - lse) from the one exponential: e exp(shift - lse) (tau = 1), e^2 exp(2 shift - lse) (tau = 2), and
+      // at tau = 1/2 with r = exp(z - shift / 2): e = r^2, exp(z - lse) = r exp(shift / 2 - lse)
+      const double ratio = mode == Tempering::kNone     ? std::exp(sh - l)
+                           : mode == Tempering::kSquare ? std::exp(2.0 * sh - l)
+                           : mode == Tempering::kRoot   ? std::exp(0.5 * sh - l)
+                                                        : 1.0;
+      const Vec keep_v(static_cast<float>(keep * ratio));
       const Vec lse_v(static_cast<float>(l)), shift_v(static_cast<float>(sh)), coef_v(cp[row]);
-      const Vec inv_tau_v(inv_tau), offset_v(static_cast<float>(offset));
+      const Vec half_shift_v(static_cast<float>(0.5 * sh)), inv_tau_v(inv_tau), offset_v(static_cast<float>(offset));
       for (int64_t i = 0; i < vocab; i += kLanes) {
         const int64_t count = std::min(kLanes, vocab - i);
         const Vec x = Vec::loadu(zr + i, count);
-        const Vec e = exp_neg(x * inv_tau_v - shift_v);
-        Vec plain;
-        if constexpr (mode == Tempering::kSquare) {
+        Vec e, plain;
+        if constexpr (mode == Tempering::kNone) {
+          plain = e = exp_neg(x - shift_v);
+        } else if constexpr (mode == Tempering::kSquare) {
+          e = exp_neg(x * inv_tau_v - shift_v);
           plain = e * e;
-        } else if constexpr (mode == Tempering::kNone) {
-          plain = e;
+        } else if constexpr (mode == Tempering::kRoot) {
+          plain = exp_neg(x - half_shift_v);
+          e = plain * plain;
         } else {
+          e = exp_neg(x * inv_tau_v - shift_v);
           plain = exp_neg(x - lse_v);
         }
         at::vec::fmadd(keep_v, plain, at::vec::fmadd(coef_v, e, offset_v)).store(zr + i, count);
@@ -329,11 +348,9 @@ void softmax_mix_(at::Tensor& z, const at::Tensor& lse, const at::Tensor& shift,
     TORCH_CHECK(row->scalar_type() == at::kFloat && row->is_contiguous() && row->numel() == z.size(0),
                 "lse, shift and coef must be contiguous float32 vectors with one value per row of the logits");
   }
-  switch (tempering(temperature)) {
-    case Tempering::kNone: softmax_mix_rows<Tempering::kNone>(z, lse, shift, coef, keep, offset, temperature); break;
-    case Tempering::kSquare: softmax_mix_rows<Tempering::kSquare>(z, lse, shift, coef, keep, offset, temperature); break;
-    default: softmax_mix_rows<Tempering::kGeneral>(z, lse, shift, coef, keep, offset, temperature);
-  }
+  with_tempering(temperature, [&](auto mode) {
+    softmax_mix_rows<decltype(mode)::value>(z, lse, shift, coef, keep, offset, temperature);
+  });
 }
 
 }  // namespace
