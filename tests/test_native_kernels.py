@@ -145,3 +145,27 @@ def test_the_loss_runs_them_and_can_be_told_not_to(kernels, monkeypatch):
     assert not native.usable(student.detach())
     compiled_total = loss(student, teacher, labels, alpha=0.4).total
     assert compiled_total.item() == pytest.approx(native_total.item(), rel=1e-5)
+
+
+def test_a_failed_build_warns_and_leaves_the_compiled_kernels(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    monkeypatch.setattr(native, "_state", {})
+    with pytest.warns(UserWarning, match="no compiler here"):
+        assert native.kernels() is None
+    assert not native.usable(torch.randn(2, 5))
+
+
+def test_the_environments_ninja_is_found_without_activating_it(monkeypatch):
+    import os
+    import shutil
+    import sysconfig
+
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    monkeypatch.setenv("PATH", "/nowhere")
+    native._ninja_on_path()
+    assert os.environ["PATH"].split(os.pathsep)[0] == sysconfig.get_path("scripts")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import sysconfig
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -61,9 +63,17 @@ def softmax_(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return softmax_mix_(z, lse, lse, lse.new_zeros(lse.shape), 1.0, 0.0, 1.0)
 
 
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; the `ninja` package puts it in the environment's scripts folder, which is not on
+    PATH when the environment's python runs without being activated."""
+    if shutil.which("ninja") is None:
+        os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build() -> ModuleType | None:
     from torch.utils import cpp_extension
 
+    _ninja_on_path()
     capability = torch.backends.cpu.get_cpu_capability()
     logger.info("loading the native loss kernels for %s (built once per machine, about half a minute)", capability)
     flags = ["-O3", "-fopenmp", "-fno-math-errno", *_ISA_FLAGS.get(capability, [])]
