@@ -1,10 +1,11 @@
-// Single-pass float32 CPU kernels for the closed-form KI and cross-entropy terms (see native.py).
+// Single-pass float32 CPU kernels for the closed-form KI and cross-entropy terms (see __init__.py beside it).
 //
 // Each row of logits is read once from memory: a block of it is small enough to stay in the L1 cache,
 // its maximum is taken first, and the running sums of earlier blocks are rescaled when the maximum grows
-// (an online softmax). The exponentials use a polynomial of degree 6 on the reduced argument (about 2 ulp),
-// written so the compiler vectorizes it; every argument here is at most 0 (a logit minus its row maximum or
-// logsumexp), so only underflow needs care. Per-block sums are float32 in vector lanes, across blocks double.
+// (an online softmax). Written with ATen's vector type (at::vec::Vectorized) for the instruction set chosen at
+// build time. The exponentials use a polynomial of degree 6 on the reduced argument (about 2 ulp); every argument
+// here is at most 0 (a logit minus its row maximum or logsumexp), so only underflow needs care. Rows are shared
+// among torch's threads. Per-block sums are float32 in vector lanes, across blocks double.
 
 #include <torch/extension.h>
 
