@@ -13,9 +13,9 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
-#include <type_traits>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 namespace {
 
@@ -108,12 +108,39 @@ inline void add_exponentials(const Vec& x, const Vec& m, const Vec& inv_tau, Vec
   }
 }
 
+// A row's maximum m and its sums of exp(z - m) and exp((z - m) / tau), over blocks read one after another.
+struct RowSums {
+  float m = kNegInf;
+  double s1 = 0, s2 = 0;
+
+  // before a block of maximum bm: earlier blocks' sums rescaled when it raises the row's maximum
+  void raise(float bm, float inv_tau) {
+    if (bm > m) {
+      const double shift = m == kNegInf ? 0.0 : static_cast<double>(m) - bm;
+      s1 = m == kNegInf ? 0.0 : s1 * std::exp(shift);
+      s2 = m == kNegInf ? 0.0 : s2 * std::exp(shift * inv_tau);
+      m = bm;
+    }
+  }
+
+  // the maximum the block's exponentials are taken against (0 while every logit so far is -inf: nothing to add)
+  Vec center() const { return Vec(m == kNegInf ? 0.0f : m); }
+
+  // max z, logsumexp z, logsumexp z / tau
+  template <Tempering mode>
+  void write(float* o, float inv_tau) const {
+    o[0] = m;
+    o[1] = static_cast<float>(m + std::log(s1));
+    o[2] = static_cast<float>(m * inv_tau + std::log(mode == Tempering::kNone ? s1 : s2));
+  }
+};
+
 void check_rows(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.stride(1) == 1,
               name, " must be a float32 CPU matrix with contiguous rows");
 }
 
-// Per row of student logits z against P_T = softmax(scores * scale), columns of the returned [n, 8]:
+// Per row of student logits z against P_T = softmax(scores * scale), columns of the returned [n, 7]:
 // 0 peak max z, 1 logsumexp z, 2 logsumexp z / tau, 3 the teacher's logsumexp, 4 sum_v p_T (t_v - z_v / tau)
 // with t = scores * scale, 5 the student's highest logit among the teacher's top tokens, 6 sum_v z_v.
 template <Tempering mode>
@@ -129,8 +156,9 @@ void forward_kl_statistics_rows(const at::Tensor& z, const at::Tensor& scores, d
     for (int64_t row = begin; row < end; ++row) {
       const float* zr = zp + row * zs;
       const float* tr = tp + row * ts;
-      float mt = kNegInf, m = kNegInf, top = kNegInf;
-      double st = 0, swt = 0, swz = 0, s1 = 0, s2 = 0, sz = 0;
+      float mt = kNegInf, top = kNegInf;
+      double st = 0, swt = 0, swz = 0, sz = 0;
+      RowSums student;
       for (int64_t start = 0; start < vocab; start += kBlock) {
         const int64_t n = std::min(kBlock, vocab - start);
         const float* zb = zr + start;
@@ -140,14 +168,9 @@ void forward_kl_statistics_rows(const at::Tensor& z, const at::Tensor& scores, d
           const double f = mt == kNegInf ? 0.0 : std::exp(static_cast<double>(mt) - bmt);
           st *= f, swt *= f, swz *= f, mt = bmt, top = kNegInf;
         }
-        if (bm > m) {
-          const double shift = m == kNegInf ? 0.0 : static_cast<double>(m) - bm;
-          s1 = m == kNegInf ? 0.0 : s1 * std::exp(shift);
-          s2 = m == kNegInf ? 0.0 : s2 * std::exp(shift * inv_tau);
-          m = bm;
-        }
+        student.raise(bm, inv_tau);
         Vec bst(0.0f), bswt(0.0f), bswz(0.0f), bs1(0.0f), bs2(0.0f), bsz(0.0f), btop(top);
-        const Vec cmt(mt), cm(m), scale_v(s), inv_tau_v(inv_tau);
+        const Vec cmt(mt), cm = student.center(), scale_v(s), inv_tau_v(inv_tau);
         for (int64_t i = 0; i < n; i += kLanes) {
           const int64_t count = n - i;
           // past the row's end: teacher and student at -inf (no exponential, no maximum) and 0 in the products;
@@ -162,19 +185,15 @@ void forward_kl_statistics_rows(const at::Tensor& z, const at::Tensor& scores, d
           add_exponentials<mode>(x, cm, inv_tau_v, bs1, bs2);
           bsz += x0;
         }
-        st += lane_sum(bst), swt += lane_sum(bswt), swz += lane_sum(bswz), s1 += lane_sum(bs1);
-        s2 += lane_sum(bs2), sz += lane_sum(bsz), top = lane_max(btop);
+        st += lane_sum(bst), swt += lane_sum(bswt), swz += lane_sum(bswz), student.s1 += lane_sum(bs1);
+        student.s2 += lane_sum(bs2), sz += lane_sum(bsz), top = lane_max(btop);
       }
-      if constexpr (mode == Tempering::kNone) s2 = s1;
-      float* o = op + row * 8;
-      o[0] = m;
-      o[1] = static_cast<float>(m + std::log(s1));
-      o[2] = static_cast<float>(m * inv_tau + std::log(s2));
+      float* o = op + row * 7;
+      student.write<mode>(o, inv_tau);
       o[3] = static_cast<float>(mt + std::log(st));
       o[4] = static_cast<float>((swt - swz * inv_tau) / st);
       o[5] = top;
       o[6] = static_cast<float>(sz);
-      o[7] = 0.0f;
     }
   });
 }
@@ -183,7 +202,7 @@ at::Tensor forward_kl_statistics(const at::Tensor& z, const at::Tensor& scores, 
   check_rows(z, "logits");
   check_rows(scores, "teacher scores");
   TORCH_CHECK(z.sizes() == scores.sizes(), "logits and teacher scores must have one shape");
-  auto out = at::empty({z.size(0), 8}, z.options());
+  auto out = at::empty({z.size(0), 7}, z.options());
   with_tempering(temperature, [&](auto mode) {
     forward_kl_statistics_rows<decltype(mode)::value>(z, scores, scale, temperature, out);
   });
@@ -205,7 +224,7 @@ void forward_kl_gradient_rows(at::Tensor& z, const at::Tensor& scores, double sc
     for (int64_t row = begin; row < end; ++row) {
       float* zr = zp + row * zs;
       const float* tr = tp + row * ts;
-      const float lse = sp[row * 8 + 1], tlse = sp[row * 8 + 2], target_lse = sp[row * 8 + 3];
+      const float lse = sp[row * 7 + 1], tlse = sp[row * 7 + 2], target_lse = sp[row * 7 + 3];
       // tau = 2: softmax(z) = softmax(z / 2)^2 exp(2 lse_2 - lse); tau = 1/2: softmax(2 z) = softmax(z)^2
       // exp(2 lse - lse_1/2): one exponential instead of two
       const float square_scale = static_cast<float>(
@@ -240,8 +259,8 @@ void forward_kl_gradient_(at::Tensor& z, const at::Tensor& scores, double scale,
   check_rows(z, "logits");
   check_rows(scores, "teacher scores");
   TORCH_CHECK(z.sizes() == scores.sizes(), "logits and teacher scores must have one shape");
-  TORCH_CHECK(stats.is_contiguous() && stats.size(0) == z.size(0) && stats.size(1) == 8, "stats must be the "
-              "[rows, 8] output of forward_kl_statistics");
+  TORCH_CHECK(stats.is_contiguous() && stats.size(0) == z.size(0) && stats.size(1) == 7, "stats must be the "
+              "[rows, 7] output of forward_kl_statistics");
   with_tempering(temperature, [&](auto mode) {
     forward_kl_gradient_rows<decltype(mode)::value>(z, scores, scale, stats, alpha, temperature);
   });
@@ -259,31 +278,22 @@ void row_statistics_rows(const at::Tensor& z, double temperature, at::Tensor& ou
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const float* zr = zp + row * zs;
-      float m = kNegInf;
-      double s1 = 0, s2 = 0, sz = 0;
+      RowSums sums;
+      double sz = 0;
       for (int64_t start = 0; start < vocab; start += kBlock) {
         const int64_t n = std::min(kBlock, vocab - start);
         const float* zb = zr + start;
-        const float bm = block_max(zb, n, 1.0f);
-        if (bm > m) {
-          const double shift = m == kNegInf ? 0.0 : static_cast<double>(m) - bm;
-          s1 = m == kNegInf ? 0.0 : s1 * std::exp(shift);
-          s2 = m == kNegInf ? 0.0 : s2 * std::exp(shift * inv_tau);
-          m = bm;
-        }
+        sums.raise(block_max(zb, n, 1.0f), inv_tau);
         Vec bs1(0.0f), bs2(0.0f), bsz(0.0f);
-        const Vec cm(m == kNegInf ? 0.0f : m), inv_tau_v(inv_tau);  // all masked so far: nothing to add
+        const Vec cm = sums.center(), inv_tau_v(inv_tau);
         for (int64_t i = 0; i < n; i += kLanes) {
           add_exponentials<mode>(load(zb + i, n - i, kNegInf), cm, inv_tau_v, bs1, bs2);
           bsz += load(zb + i, n - i, 0.0f);
         }
-        s1 += lane_sum(bs1), s2 += lane_sum(bs2), sz += lane_sum(bsz);
+        sums.s1 += lane_sum(bs1), sums.s2 += lane_sum(bs2), sz += lane_sum(bsz);
       }
-      if constexpr (mode == Tempering::kNone) s2 = s1;
       float* o = op + row * 4;
-      o[0] = m;
-      o[1] = static_cast<float>(m + std::log(s1));
-      o[2] = static_cast<float>(m * inv_tau + std::log(s2));
+      sums.write<mode>(o, inv_tau);
       o[3] = static_cast<float>(sz);
     }
   });
