@@ -205,19 +205,26 @@ def ratio(times: dict[str, list[float]], top: str, bottom: str) -> float:
     return statistics.median(a / b for a, b in zip(times[top], times[bottom], strict=True))
 
 
-def matmul_flops_per_second(device: torch.device, size: int, repeats: int = 5) -> float:
-    """Throughput of a large float32 matrix product: the machine's practical peak for our models."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b
+def median_seconds(function: Callable[[], object], repeats: int, device: torch.device | None = None) -> float:
+    """Median wall-clock seconds of `repeats` calls of `function` after one untimed call (synchronised on `device`,
+    CPU when None); also the timer of the hand-run scripts under docs/results/performance."""
+    device = device or torch.device("cpu")
+    function()
     synchronise(device)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        a @ b
+        function()
         synchronise(device)
         times.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(times)
+    return statistics.median(times)
+
+
+def matmul_flops_per_second(device: torch.device, size: int, repeats: int = 5) -> float:
+    """Throughput of a large float32 matrix product: the machine's practical peak for our models."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return 2 * size**3 / median_seconds(lambda: a @ b, repeats, device)
 
 
 def measured_work(bench: Bench, variant: str, reset_peak: Callable[[], None]) -> None:

@@ -2,13 +2,15 @@
 buffer (as the step does), into a reused [V, M] buffer (the transposed product), and into [V, M] then copied back
 to [M, V]; then the KI kernels (statistics, gradient) and self-learning's on row-major and on column-major
 ([V, M] storage viewed as [M, V]) logits. Usage: python head_layout.py M K V (e.g. 256 128 131072)."""
-import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
 from kinherit.inheritance import targets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "benchmarks"))
+from step_cost import median_seconds  # noqa: E402
 
 M, K, V = (int(value) for value in sys.argv[1:4])
 torch.manual_seed(0)
@@ -16,13 +18,7 @@ torch.manual_seed(0)
 
 def median_ms(function, repeats: int = 7) -> float:
     """Median milliseconds of `repeats` calls after one untimed call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
+    return median_seconds(function, repeats) * 1e3
 
 
 a = torch.randn(2048, 2048)

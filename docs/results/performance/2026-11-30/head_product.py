@@ -2,22 +2,19 @@
 and the student's [512, 256] x [256, 32768], written into a new tensor and into a reused one, and the teacher's
 product computed transposed ([32768, 128] x [128, 512]), beside the 2048^3 float32 matmul.
 Usage: python docs/results/performance/2026-11-30/head_product.py"""
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "benchmarks"))
+from step_cost import median_seconds  # noqa: E402
+
 
 def rate(function, flops: float, repeats: int = 7) -> float:
     """GFLOP/s of `function`, median of `repeats` calls after one untimed call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return flops / statistics.median(times) / 1e9
+    return flops / median_seconds(function, repeats) / 1e9
 
 
 a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
