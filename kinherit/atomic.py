@@ -1,4 +1,5 @@
-"""Write files so that a reader never sees half of one: write a temporary sibling, then rename it."""
+"""Write files so that a reader never sees half of one: write a temporary sibling, flush it to disk, then rename
+it. The folder is flushed too, so that after a power loss the new name points at the whole file."""
 
 from __future__ import annotations
 
@@ -13,11 +14,24 @@ def staging_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (names created, renamed or removed in it) to disk."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path` and rename it into place."""
+    """Write `text` to a temporary file beside `path`, flush it to disk and rename it into place."""
     staging = staging_path(path)
-    staging.write_text(text, encoding="utf-8")
+    with staging.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(staging, path)
+    fsync_folder(path.parent)
 
 
 def save_figure_atomic(figure: Any, path: Path, **options: Any) -> None:

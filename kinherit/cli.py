@@ -31,15 +31,12 @@ def parse(argv: Sequence[str], classes: tuple, command: str, positional: Sequenc
 
 def run_cache_teacher(argv: Sequence[str]) -> int:
     """Build a teacher cache."""
-    from kinherit.options import CacheArguments, DataArguments, InheritanceArguments, ModelArguments
+    from kinherit.options import CacheArguments, DataArguments, ModelArguments, TeacherArguments
     from kinherit.teacher_cache import build_cache
 
-    argv = list(argv)
-    if not any(a.startswith("--inherit_schedule") for a in argv):
-        argv += ["--inherit_schedule", "constant"]  # the schedule belongs to the students, not to the cache
-    model, data, inherit, cache = parse(
-        argv, (ModelArguments, DataArguments, InheritanceArguments, CacheArguments), "cache-teacher")
-    manifest = build_cache(data, inherit, cache, model.trust_remote_code)
+    model, data, teachers, cache = parse(
+        argv, (ModelArguments, DataArguments, TeacherArguments, CacheArguments), "cache-teacher")
+    manifest = build_cache(data, teachers, cache, model.trust_remote_code)
     print(f"cached {manifest['positions']} positions at top-{cache.top_k} in {cache.output}: "
           f"{manifest['bytes'] / 2**20:.1f} MiB, {manifest['bytes_per_position']:.1f} bytes per position, "
           f"{manifest['build_seconds']:.0f} s; teacher validation loss {manifest['teacher_val_loss']}")
@@ -108,10 +105,13 @@ def run_report(argv: Sequence[str]) -> int:
 def run_tokenizer(argv: Sequence[str]) -> int:
     """Train and save a tokenizer on the training split of the corpus the data options describe."""
     from kinherit.data import load_corpus, train_tokenizer
+    from kinherit.data.tokenizer import check_tokenizer_output
     from kinherit.options import DataArguments, TokenizerArguments
 
     options, data = parse(argv, (TokenizerArguments, DataArguments), "tokenizer", positional=("output",))
-    tokenizer = train_tokenizer(load_corpus(data.corpus_specs()).train, data.vocab_size, options.output)
+    check_tokenizer_output(options.output, options.overwrite)  # before the corpus is read
+    tokenizer = train_tokenizer(load_corpus(data.corpus_specs()).train, data.vocab_size, options.output,
+                                replace=options.overwrite)
     print(f"tokenizer of {len(tokenizer)} tokens saved to {options.output}")
     return 0
 
@@ -187,3 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KinheritError as error:
         print(f"kinherit: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a disk full, a folder not writable: what the system said, without a traceback
+        print(f"kinherit: error: {error}", file=sys.stderr)
+        return 1

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,9 @@ import yaml
 from kinherit.atomic import write_json_atomic
 from kinherit.data.tasks import BUILTIN_TASKS
 from kinherit.errors import KinheritError
+from kinherit.lm import perplexity
+from kinherit.locks import exclusive
+from kinherit.names import check_name
 from kinherit.options import (
     CORPUS_OPTIONS,
     PRETRAIN_CLASSES,
@@ -250,6 +250,7 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
         raise KinheritError(f"run #{index + 1} must be a mapping, got {type(run).__name__}")
     if not isinstance(run.get("name"), str) or not run["name"]:
         raise KinheritError(f"run #{index + 1} has no name (a non-empty string)")
+    check_name(f"run #{index + 1}'s name", run["name"])
     where = f"run {run['name']!r}"
     run = flatten_options(where, run, RUN_KEYS)
     seeds = run.get("seeds", [0])  # checked here, so that a run's seeds are valid before others refer to them
@@ -261,7 +262,7 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
         raise KinheritError(f"{where}: start continues another run's model, so it excludes model and grow")
     for key in ("baseline", "grow", "start", "group"):
         if key in run:
-            _check_string(where, key, run[key])
+            check_name(f"{where}: {key}", run[key])
     teachers = run.get("teachers", [])
     if isinstance(teachers, str):
         teachers = [teachers]
@@ -335,6 +336,7 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     for key in ("name", "output_dir", "description"):
         if key in data:
             _check_string("the experiment", key, data[key])
+    check_name("the experiment's name", data["name"])
     if "seed" in data and not _is_int(data["seed"]):
         raise KinheritError(f"the experiment's seed must be an integer, got {data['seed']!r}")
     corpora = data["corpora"]
@@ -544,13 +546,17 @@ def ensure_tokenizer(experiment: Experiment) -> Path:
 
     settings = experiment.tokenizer
     target = tokenizer_folder(experiment)
-    if "path" in settings or (target / "tokenizer.json").exists():
+    if "path" in settings:
         return target
-    corpus_name = settings.get("corpus", next(iter(experiment.corpora)))
-    spec = experiment.corpora[corpus_name]
-    corpus = load_corpus([CorpusSpec(**{k: v for k, v in spec.items()})])
-    logger.info("training the experiment's tokenizer (%s tokens) on %s", settings.get("vocab_size", 8192), corpus_name)
-    train_tokenizer(corpus.train, int(settings.get("vocab_size", 8192)), target)
+    with exclusive(target, waiting="    waiting for the tokenizer: another process is training it"):
+        if (target / "tokenizer.json").exists():
+            return target
+        corpus_name = settings.get("corpus", next(iter(experiment.corpora)))
+        spec = experiment.corpora[corpus_name]
+        corpus = load_corpus([CorpusSpec(**{k: v for k, v in spec.items()})])
+        logger.info("training the experiment's tokenizer (%s tokens) on %s", settings.get("vocab_size", 8192),
+                    corpus_name)
+        train_tokenizer(corpus.train, int(settings.get("vocab_size", 8192)), target)
     return target
 
 
@@ -582,7 +588,7 @@ def cached_teachers(experiment: Experiment, spec: RunSpec, settings: dict[str, A
     if not path.exists():
         print(f"    caching {', '.join(spec.teacher_runs())} (top-{options.top_k}) in {path}", flush=True)
         options.output = str(path)
-        build_cache(data, inherit, options)
+        build_cache(data, inherit, options, reuse=True)
     return {**settings, "teacher": [], "teacher_cache": str(path)}
 
 
@@ -622,23 +628,12 @@ def finetune_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
               f"{result['accuracy']['std']:.4f} over {len(result['test'])} seeds", flush=True)
 
 
-@contextlib.contextmanager
-def run_lock(output_dir: Path, name: str) -> Iterator[None]:
-    """Hold run `name` of a shared output folder while training it (an exclusive `flock` on
-    `OUTPUT/runs/.locks/NAME.lock`): a second experiment that shares the run waits for it, then finds it done
+def run_lock(output_dir: Path, name: str) -> contextlib.AbstractContextManager[None]:
+    """Hold run `name` of a shared output folder while training it (an exclusive lock on
+    `OUTPUT/runs/.locks/NAME`): a second experiment that shares the run waits for it, then finds it done
     (or resumes what was interrupted), instead of training it at the same time into the same folder."""
-    folder = output_dir / "runs" / ".locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.lock", "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"    waiting for run {name!r}: another process is training it", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive(output_dir / "runs" / ".locks" / name,
+                     waiting=f"    waiting for run {name!r}: another process is training it")
 
 
 def train_run(experiment: Experiment, name: str, counter: str) -> Path:
@@ -685,7 +680,7 @@ def train_run(experiment: Experiment, name: str, counter: str) -> Path:
                                 "experiment to resume it from its last checkpoint")
         summary = json.loads((run_dir / RUN_MARKER).read_text())
     loss = summary["final_val_loss"]
-    evaluated = f"validation loss {loss:.4f} (ppl {math.exp(loss):.1f})" if loss is not None else "trained"
+    evaluated = f"validation loss {loss:.4f} (ppl {perplexity(loss):.1f})" if loss is not None else "trained"
     print(f"{counter} {name}: {evaluated} in {summary['train_seconds']:.0f} s", flush=True)
     return run_dir
 

@@ -37,7 +37,7 @@ from kinherit.atomic import write_json_atomic
 from kinherit.data import load_tokenizer
 from kinherit.data.tasks import TaskData, load_task
 from kinherit.errors import KinheritError
-from kinherit.models import is_checkpoint, load_config, model_kind
+from kinherit.models import check_finished, is_checkpoint, load_config, model_kind, reading_weights
 from kinherit.options import FinetuneArguments
 from kinherit.sealed import weights_digest
 
@@ -118,10 +118,11 @@ class _Finetuning:
 
     def model(self) -> torch.nn.Module:
         labels = self.task.labels
-        return AutoModelForSequenceClassification.from_pretrained(
-            self.options.checkpoint, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, pad_token_id=self.tokenizer.pad_token_id,
-            trust_remote_code=self.options.trust_remote_code)
+        with reading_weights(self.options.checkpoint):
+            return AutoModelForSequenceClassification.from_pretrained(
+                self.options.checkpoint, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)}, pad_token_id=self.tokenizer.pad_token_id,
+                trust_remote_code=self.options.trust_remote_code)
 
     def trainer(self, model: torch.nn.Module, seed: int, learning_rate: float,
                 callbacks: list[TrainerCallback] = ()) -> Trainer:
@@ -162,6 +163,7 @@ def finetune(options: FinetuneArguments) -> dict[str, Any]:
     """Fine-tune and test the checkpoint on the task over the seeds; returns (and keeps) the result."""
     if not is_checkpoint(options.checkpoint):
         raise KinheritError(f"{options.checkpoint} is not a model checkpoint folder (no config.json there)")
+    check_finished(options.checkpoint)
     kind = model_kind(load_config(options.checkpoint, options.trust_remote_code))
     task = load_task(options.task, options.text_field, options.label_field, options.group_field, options.dev_file,
                      options.test_file)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -60,37 +62,67 @@ def taught_positions(labels: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def taught_logits(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int | None, vocab: int,
-                  kind: str, autocast=contextlib.nullcontext) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  kind: str, autocast=contextlib.nullcontext,
+                  even: EvenForwards | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`(logits, labels)` of `model` over `dataset`, chunk by chunk (float32 `[n, vocab]`), taught positions only.
 
     `chunk_size` positions per chunk (None: `chunk_positions`' default for the vocabulary).
 
     The model is called as a module, so a model sharded with FSDP2 gathers its weights; it is left in the
-    mode it had.
+    mode it had. `even`: this process's part of a dataset split over processes runs as many forward passes as
+    the largest part (the extra ones discarded), so that every process joins the same gathers.
     """
     was_training = model.training
     model.eval()
     body, head = backbone_and_head(model)
     device = next(model.parameters()).device
+
+    def hidden_states(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with autocast(), forward_as_body(model, body):
+            return model(input_ids=batch["input_ids"].to(device))
+
     try:
+        done = 0
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
-            input_ids = batch["input_ids"].to(device)
             labels = target_labels(batch["labels"].to(device), kind)
-            with autocast(), forward_as_body(model, body):
-                hidden = model(input_ids=input_ids)
-                hidden = hidden.reshape(-1, hidden.shape[-1])
+            hidden = hidden_states(batch)
+            hidden = hidden.reshape(-1, hidden.shape[-1])
+            done += 1
             for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab, SCORING_TENSORS)):
                 yield head(hidden[chunk])[:, :vocab].float(), labels[chunk]
+        for _ in range(done, even.forwards if even else 0):
+            hidden_states(collator([even.filler]))  # joins the other processes' gathers; nothing is scored
     finally:
         reshard_model(model)  # a sharded model frees the weights its root gathered
         model.train(was_training)
 
 
+@dataclass(frozen=True)
+class EvenForwards:
+    """How many forward passes each process runs over its part of a split dataset, and the block that fills
+    the passes a smaller part lacks."""
+
+    forwards: int
+    filler: dict[str, Any]
+
+
+def process_part(dataset, processes: int, index: int, batch_size: int) -> tuple[Any, EvenForwards]:
+    """Process `index`'s contiguous part of `dataset` (parts differ by at most one block, and may be empty) and
+    the forward passes every part must run: that of the largest part."""
+    size, extra = divmod(len(dataset), processes)
+    start = index * size + min(index, extra)
+    part = dataset.select(list(range(start, start + size + (index < extra))))
+    if not len(dataset):
+        return part, EvenForwards(forwards=0, filler={})
+    return part, EvenForwards(forwards=-(-(size + (extra > 0)) // batch_size), filler=dataset[0])
+
+
 def validation_loss(model: PreTrainedModel, dataset, collator, batch_size: int, chunk_size: int | None, vocab: int,
-                    kind: str, autocast=contextlib.nullcontext) -> tuple[float, int]:
+                    kind: str, autocast=contextlib.nullcontext, even: EvenForwards | None = None) -> tuple[float, int]:
     """Mean cross-entropy per taught position of `model` over `dataset`, and the number of positions."""
     total, count = 0.0, 0
-    for logits, labels in taught_logits(model, dataset, collator, batch_size, chunk_size, vocab, kind, autocast):
+    for logits, labels in taught_logits(model, dataset, collator, batch_size, chunk_size, vocab, kind, autocast,
+                                        even):
         total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         count += labels.numel()
     return (total / count if count else math.nan), count

@@ -13,7 +13,7 @@ from kinherit.data.tokenizer import first_vocab_difference, load_tokenizer
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models import is_checkpoint, load_model, model_kind
-from kinherit.options import InheritanceArguments
+from kinherit.options import TeacherArguments
 from kinherit.sharded_load import load_sharded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,7 +83,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def build_teachers(inherit: InheritanceArguments, tokenizer: PreTrainedTokenizerBase, tokenizer_path: str,
+def build_teachers(inherit: TeacherArguments, tokenizer: PreTrainedTokenizerBase, tokenizer_path: str,
                    kind: str, domains: list[str], device: torch.device,
                    trust_remote_code: bool) -> TeacherSet | None:
     """Load the teachers named by `--teacher` and wire their weights or domain routing."""

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +159,20 @@ def check_finished(folder: str) -> None:
                             "of its checkpoint-N folders")
 
 
+@contextlib.contextmanager
+def reading_weights(source: str) -> Iterator[None]:
+    """Turn any failure of an HF loader inside the block into an error naming the checkpoint: truncated or foreign
+    weight files fail deep inside the loaders."""
+    try:
+        yield
+    except KinheritError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the loaders raise many kinds (OSError, ValueError, safetensors')
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise KinheritError(f"could not load model weights from {source}: {first}. Check that the folder "
+                            "holds a complete checkpoint (re-save or re-download it)") from error
+
+
 def load_config(source: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """The HF config of a checkpoint folder, or a clear error if transformers does not know its architecture."""
     try:
@@ -182,13 +197,9 @@ def load_model(source: str, tokenizer: PreTrainedTokenizerBase | None = None, bl
     if is_checkpoint(source):
         check_finished(source)
         config = load_config(source, trust_remote_code)
-        try:
+        with reading_weights(source):
             return auto_class(model_kind(config)).from_pretrained(
                 source, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
-        except Exception as error:  # truncated or foreign weight files fail deep inside the loaders
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise KinheritError(f"could not load model weights from {source}: {first}. Check that the folder "
-                                "holds a complete checkpoint (re-save or re-download it)") from error
     if source.endswith(".json"):
         if not os.path.exists(source):
             raise KinheritError(f"model config file {source} does not exist; check the path")

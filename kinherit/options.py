@@ -20,7 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from kinherit.data.corpora import CorpusSpec, check_train_slice
 from kinherit.data.tokenizer import SPECIAL_TOKENS
 from kinherit.errors import KinheritError
-from kinherit.inheritance.divergences import validate_options
+from kinherit.inheritance.divergences import check_temperature, validate_options
 from kinherit.inheritance.loss import InheritanceLoss
 from kinherit.inheritance.schedules import SCHEDULES, make_schedule
 from kinherit.inheritance.topk import check_top_k
@@ -124,8 +124,8 @@ class DataArguments:
 
 
 @dataclass
-class InheritanceArguments:
-    """Knowledge Inheritance options (they sit beside `TrainingArguments` on the command line)."""
+class TeacherArguments:
+    """Which teachers run and how (shared by `kinherit pretrain` and `kinherit cache-teacher`)."""
 
     teacher: list[str] = field(default_factory=list, metadata={
         "help": "Teacher checkpoint folder; repeat for several. DOMAIN=PATH routes each example to the teacher "
@@ -133,6 +133,31 @@ class InheritanceArguments:
     teacher_weights: list[float] = field(default_factory=list, metadata={
         "help": "Mixture weight per teacher (normalised to sum to 1); default equal."})
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature tau of the KI term."})
+    chunk_size: int | None = field(default=None, metadata={
+        "help": "Positions per chunk of the fused head and loss (default: as many as keep the chunk's float32 "
+                "[positions, vocabulary] tensors within what one such tensor of at most 1024 positions and 256 MB "
+                "holds: without a teacher 1024 up to 64k tokens and 512 at 128k, with one half as many)."})
+    teacher_dtype: str = field(default="auto", metadata={
+        "help": "auto (bfloat16 on a CUDA device that supports it, else float32), float32, bfloat16, float16."})
+    teacher_placement: str = field(default="replicate", metadata={
+        "help": "replicate: each process holds whole teachers (small teachers, the KI case); shard: teachers are "
+                "sharded over the processes with FSDP2 and gathered layer by layer (teachers too large to copy)."})
+
+    def __post_init__(self) -> None:
+        check_temperature(self.temperature)
+        if self.teacher_placement not in PLACEMENTS:
+            raise KinheritError(f"--teacher_placement {self.teacher_placement!r} is not one of {', '.join(PLACEMENTS)}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise KinheritError(f"--chunk_size must be positive, got {self.chunk_size}")
+        if self.teacher_weights and len(self.teacher_weights) != len(self.teacher):
+            raise KinheritError(f"{len(self.teacher_weights)} --teacher_weights for {len(self.teacher)} --teacher; "
+                                "give one weight per teacher")
+
+
+@dataclass
+class InheritanceArguments(TeacherArguments):
+    """Knowledge Inheritance options (they sit beside `TrainingArguments` on the command line)."""
+
     divergence: str = field(default="forward_kl", metadata={"help": "forward_kl, reverse_kl, jsd or tvd."})
     jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight beta of the jsd divergence."})
     inherit_schedule: str = field(default="linear", metadata={"help": f"One of {', '.join(SCHEDULES)}."})
@@ -144,17 +169,11 @@ class InheritanceArguments:
         "help": "Time constant (steps) of the exponential schedule."})
     inherit_margin: float = field(default=0.0, metadata={
         "help": "Adaptive schedule: stop once the student's validation loss is this much below the teacher's."})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "Positions per chunk of the fused head and loss (default: as many as keep the chunk's float32 "
-                "[positions, vocabulary] tensors within what one such tensor of at most 1024 positions and 256 MB "
-                "holds: without a teacher 1024 up to 64k tokens and 512 at 128k, with one half as many)."})
     fused_loss: bool = field(default=True, metadata={
         "help": "Closed-form gradient of CE + forward KL per chunk (False: autograd, slower, same result)."})
     compile_loss: bool = field(default=True, metadata={
         "help": "torch.compile the fused loss kernels, forward KL and self-learning cross-entropy (falls back to "
                 "eager, with a warning, if it fails)."})
-    teacher_dtype: str = field(default="auto", metadata={
-        "help": "auto (bfloat16 on a CUDA device that supports it, else float32), float32, bfloat16, float16."})
     teacher_cache: str | None = field(default=None, metadata={
         "help": "A folder written by `kinherit cache-teacher`: read the teachers' top-K targets from it instead of "
                 "running teachers (forward KL only; replaces --teacher)."})
@@ -164,25 +183,16 @@ class InheritanceArguments:
     top_k_mode: str = field(default="tail", metadata={
         "help": "With top-K targets: tail (the rest of the teacher's mass is one extra outcome, matched by the "
                 "student's mass outside the K) or renormalize (the K probabilities rescaled to sum to 1)."})
-    teacher_placement: str = field(default="replicate", metadata={
-        "help": "replicate: each process holds whole teachers (small teachers, the KI case); shard: teachers are "
-                "sharded over the processes with FSDP2 and gathered layer by layer (teachers too large to copy)."})
     nonfinite: str = field(default="stop", metadata={
         "help": "On a NaN or infinite loss: stop (error naming the step, the term and the last good checkpoint) "
                 "or skip (that batch adds no gradient; counted as inherit/skipped_batches in the log)."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         validate_options(self.temperature, self.divergence, self.jsd_beta)
         check_top_k(self.top_k, self.top_k_mode)
-        if self.teacher_placement not in PLACEMENTS:
-            raise KinheritError(f"--teacher_placement {self.teacher_placement!r} is not one of {', '.join(PLACEMENTS)}")
         if self.nonfinite not in NONFINITE:
             raise KinheritError(f"--nonfinite {self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise KinheritError(f"--chunk_size must be positive, got {self.chunk_size}")
-        if self.teacher_weights and len(self.teacher_weights) != len(self.teacher):
-            raise KinheritError(f"{len(self.teacher_weights)} --teacher_weights for {len(self.teacher)} --teacher; "
-                                "give one weight per teacher")
         if self.teacher and self.teacher_cache:
             raise KinheritError("--teacher and --teacher_cache exclude each other: the cache replaces the teachers")
         if (self.teacher_cache or self.top_k) and self.divergence != "forward_kl":
@@ -293,7 +303,10 @@ class GrowArguments:
 class TokenizerArguments:
     """`kinherit tokenizer OUTPUT`: the corpus and vocabulary are the data options of `kinherit pretrain`."""
 
-    output: str = field(metadata={"help": "Folder to save the tokenizer in (trained on the training split only)."})
+    output: str = field(metadata={"help": "Folder to save the tokenizer in (trained on the training split only); "
+                                          "it must not exist."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace a tokenizer folder that kinherit wrote there earlier (any other existing folder is refused)."})
 
 
 @dataclass

@@ -8,6 +8,7 @@ saved as a standard HF checkpoint in `output_dir`, with `log.jsonl` (every log a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,17 +25,27 @@ from kinherit.atomic import write_json_atomic, write_text_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer, train_tokenizer
 from kinherit.data.corpora import Corpus
 from kinherit.data.mixture import mix_blocks
+from kinherit.data.tokenizer import first_vocab_difference
 from kinherit.errors import KinheritError
 from kinherit.load_teachers import build_teachers
+from kinherit.locks import exclusive
 from kinherit.models import is_checkpoint, load_model, model_kind, non_embedding_parameters
 from kinherit.options import DataArguments, InheritanceArguments, ModelArguments
-from kinherit.sealed import checkpoint_step, last_good_checkpoint, seal, sealed_checkpoints, unseal, verify
+from kinherit.run_log import LOG_FILE, read_records
+from kinherit.sealed import (
+    checkpoint_step,
+    is_sealed,
+    last_good_checkpoint,
+    seal,
+    sealed_checkpoints,
+    unseal,
+    verify,
+)
 from kinherit.teacher_cache import open_teacher_cache
 from kinherit.trainer import InheritanceTrainer
 
 logger = logging.getLogger(__name__)
 RUN_MARKER = "run.json"
-LOG_FILE = "log.jsonl"
 STAGING = ".final.staging"
 
 
@@ -47,15 +58,8 @@ class JsonlLogger(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # A resumed run re-does the steps after its checkpoint: drop their records from the file.
         if state.is_world_process_zero and self.path.exists():
-            kept = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # the last line of a run killed while writing it
-                    continue
-                if record.get("step", 0) <= state.global_step:
-                    kept.append(line)
-            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+            kept = [record for record in read_records(self.path) if record.get("step", 0) <= state.global_step]
+            write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -86,24 +90,56 @@ def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
         return last_good_checkpoint(training_args.output_dir)
     if not os.path.isdir(resume):
         raise KinheritError(f"--resume_from_checkpoint {resume} is not a folder; give a checkpoint-N folder or 'auto'")
+    if checkpoint_step(resume) is None or not os.path.isfile(os.path.join(resume, TRAINER_STATE_NAME)):
+        raise KinheritError(f"--resume_from_checkpoint {resume} is not a training checkpoint (a checkpoint-N folder "
+                            f"with {TRAINER_STATE_NAME}); to continue training a finished model, pass it as --model "
+                            "in a new --output_dir")
     verify(resume, "checkpoint")
     return resume
 
 
+def earlier_model(output_dir: Path) -> list[str]:
+    """What an earlier run left in `output_dir` that a fresh run would overwrite: its final model (sealed or its
+    `run.json`) and its log."""
+    if not (is_sealed(output_dir) or (output_dir / RUN_MARKER).exists()
+            or any(output_dir.glob("*.safetensors"))):
+        return []
+    return sorted(p.name for p in output_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
 def claim_output_dir(output_dir: Path, overwrite: bool, training_args: TrainingArguments) -> None:
-    """A fresh run refuses a folder holding another run's complete checkpoints, or deletes them if told to."""
+    """A fresh run refuses a folder holding another run's complete checkpoints or final model, or deletes them if
+    told to."""
     old = sealed_checkpoints(output_dir)
-    if not old:
+    model = earlier_model(output_dir)
+    if not old and not model:
         return
     if not overwrite:
-        raise KinheritError(f"{output_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in old)}); "
-                            "resume it with --resume_from_checkpoint auto, choose another --output_dir, or pass "
-                            "--overwrite_output_dir true to delete them and start afresh")
+        found = ", ".join([*(p.name for p in old), *(["a final model (" + ", ".join(model[:4]) + ", ...)"]
+                                                     if model else [])])
+        raise KinheritError(f"{output_dir} holds an earlier run ({found}); resume it with --resume_from_checkpoint "
+                            "auto, choose another --output_dir, or pass --overwrite_output_dir true to delete it and "
+                            "start afresh")
     with training_args.main_process_first(desc="deleting the earlier run's checkpoints"):
         if training_args.should_save:
             for path in old:
                 unseal(path)  # a folder cut short while being deleted never reads as complete
                 shutil.rmtree(path)
+            unseal(output_dir)
+            for name in model:
+                (output_dir / name).unlink(missing_ok=True)
+
+
+def check_same_tokenizer(folder: str | None, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool) -> None:
+    """A checkpoint continued with another tokenizer than its own would read every token id wrongly: refuse it
+    (a checkpoint saved without its tokenizer cannot be checked)."""
+    if folder is None or not is_checkpoint(folder) or not (Path(folder) / "tokenizer_config.json").exists():
+        return
+    difference = first_vocab_difference(load_tokenizer(folder, trust_remote_code), tokenizer)
+    if difference is not None:
+        raise KinheritError(f"the tokenizer of this run differs from the one the checkpoint {folder} was trained with "
+                            f"({difference}); continue a checkpoint with its own tokenizer (leave --tokenizer out, "
+                            "or give the one it was trained with)")
 
 
 def save_final(trainer: InheritanceTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
@@ -140,10 +176,19 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
              training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """Train a student (with KI when teachers are given); returns the run summary written to run.json.
 
-    `callbacks` are added to the Trainer's (for example early stopping or custom logging).
+    `callbacks` are added to the Trainer's (for example early stopping or custom logging). The main process holds
+    the output folder's lock throughout: a second run into the same folder is refused, not mixed into this one.
     """
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    held = exclusive(output_dir, wait=False) if training_args.process_index == 0 else contextlib.nullcontext()
+    with held:
+        return _pretrain(model_args, data, inherit, training_args, callbacks or [], output_dir)
+
+
+def _pretrain(model_args: ModelArguments, data: DataArguments, inherit: InheritanceArguments,
+              training_args: TrainingArguments, callbacks: list[TrainerCallback], output_dir: Path) -> dict[str, Any]:
+    """`pretrain`'s work, once the output folder is held."""
     resume = _resume_checkpoint(training_args)
     if resume is None:
         claim_output_dir(output_dir, getattr(training_args, "overwrite_output_dir", False), training_args)
@@ -153,6 +198,8 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
     with training_args.main_process_first(local=True, desc="preparing the tokenizer and data blocks"):
         corpus = load_corpus(data.corpus_specs())
         tokenizer = resolve_tokenizer(model_args, data, corpus, str(output_dir))
+        for checkpoint in (model_args.model, resume):
+            check_same_tokenizer(checkpoint, tokenizer, model_args.trust_remote_code)
         train_blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
                                     "train", data.cache_dir)
         if data.corpus_weights:
@@ -188,7 +235,7 @@ def pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inheritan
         eval_collator=BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed),
         processing_class=tokenizer, teachers=teachers, teacher_cache=cache, inherit_args=inherit,
         vocab_size=len(tokenizer),
-        callbacks=[JsonlLogger(output_dir / LOG_FILE), *(callbacks or [])])
+        callbacks=[JsonlLogger(output_dir / LOG_FILE), *callbacks])
     if resume is None and (output_dir / LOG_FILE).exists() and trainer.is_world_process_zero():
         (output_dir / LOG_FILE).unlink()  # a fresh start: the old log belongs to another run
     if finished:

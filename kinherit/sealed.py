@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kinherit.atomic import write_json_atomic
+from kinherit.atomic import fsync_folder, write_json_atomic
 from kinherit.errors import KinheritError
 
 logger = logging.getLogger(__name__)
@@ -25,10 +25,13 @@ MANIFEST_FORMAT = "kinherit-manifest-v1"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in blocks."""
+def file_digest(path: Path, flush: bool = False) -> str:
+    """SHA-256 of a file, read in blocks (`flush`: also make sure its contents are on disk)."""
     with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        if flush:
+            os.fsync(handle.fileno())
+        return digest
 
 
 def weights_digest(checkpoint: str | os.PathLike) -> str:
@@ -45,13 +48,30 @@ def _files_of(folder: Path) -> list[str]:
                   if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
 
 
+def foreign_files(folder: str | os.PathLike) -> list[str]:
+    """The files and folders under a sealed `folder` that its manifest does not list (hidden ones included):
+    what replacing the folder would delete that is not its own."""
+    folder = Path(folder)
+    listed = set(json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"])
+    parents = {str(Path(name).parent) for name in listed} | {str(p) for name in listed for p in Path(name).parents}
+    return sorted(rel for p in folder.rglob("*") if (rel := str(p.relative_to(folder))) != MANIFEST
+                  and rel not in listed and not (p.is_dir() and rel in parents))
+
+
 def seal(folder: str | os.PathLike, files: Iterable[str] | None = None) -> None:
-    """Write the manifest of `files` (default: every file under `folder`); call once the folder is complete."""
+    """Write the manifest of `files` (default: every file under `folder`); call once the folder is complete.
+
+    Every file and folder is flushed to disk before the manifest is written (and the manifest after), so a
+    power loss never leaves a sealed folder whose files are not whole.
+    """
     folder = Path(folder)
     names = sorted(files) if files is not None else _files_of(folder)
-    entries = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_digest(folder / name)}
+    entries = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_digest(folder / name, flush=True)}
                for name in names}
+    for sub in sorted({(folder / name).parent for name in names} | {folder}, reverse=True):
+        fsync_folder(sub)
     write_json_atomic(folder / MANIFEST, {"format": MANIFEST_FORMAT, "files": entries})
+    fsync_folder(folder.parent)  # the folder's own entry
 
 
 def unseal(folder: str | os.PathLike) -> None:
@@ -90,19 +110,28 @@ def verify(folder: str | os.PathLike, what: str) -> None:
 
 
 @contextmanager
-def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
+def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; when the block ends, seal it and rename it to `target`.
 
     If the block raises, the staging folder is removed and `target` is untouched. If another process
     renamed its own copy into place first, this copy is dropped (both come from the same inputs).
+    With `replace`, an existing `target` is first moved aside (then deleted), so it is replaced whole.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
         seal(staging)
+        if replace and target.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(staging, target)
+            fsync_folder(target.parent)
+            shutil.rmtree(old, ignore_errors=True)
+            return
         os.replace(staging, target)
+        fsync_folder(target.parent)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         if not is_sealed(target):

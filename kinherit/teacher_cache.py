@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
-from kinherit.atomic import staging_path, write_json_atomic
+from kinherit.atomic import fsync_folder, staging_path, write_json_atomic
 from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
 from kinherit.data.corpora import Corpus
 from kinherit.data.tokenizer import tokenizer_fingerprint
@@ -48,8 +48,9 @@ from kinherit.inheritance.targets import TargetFn
 from kinherit.inheritance.topk import TopKTarget, check_cached_k
 from kinherit.lm import IGNORE_INDEX, SCORING_TENSORS, chunk_positions, target_labels, taught_positions, validation_loss
 from kinherit.load_teachers import build_teachers, parse_teacher_specs
+from kinherit.locks import exclusive
 from kinherit.models import load_config, model_kind
-from kinherit.options import CacheArguments, DataArguments, InheritanceArguments
+from kinherit.options import CacheArguments, DataArguments, InheritanceArguments, TeacherArguments
 from kinherit.sealed import seal, unseal, verify, weights_digest
 
 logger = logging.getLogger(__name__)
@@ -74,17 +75,37 @@ def _fixed_mmap_threshold() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
-def build_cache(data: DataArguments, inherit: InheritanceArguments, cache: CacheArguments,
-                trust_remote_code: bool = False) -> dict[str, Any]:
-    """Run the teachers of `inherit` over the training blocks of `data` and write the cache; returns its manifest."""
-    _fixed_mmap_threshold()
+def partial_folder(output: str | os.PathLike) -> Path:
+    """Where the cache `output` is built before it is complete: its sibling `NAME.partial`."""
+    output = Path(os.path.abspath(output))
+    return output.with_name(f"{output.name}.partial")
 
+
+def build_cache(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments,
+                trust_remote_code: bool = False, reuse: bool = False) -> dict[str, Any]:
+    """Run the teachers of `inherit` over the training blocks of `data` and write the cache; returns its manifest.
+
+    One process builds a given cache at a time (a second waits for it). An existing cache is never overwritten:
+    it is an error, or with `reuse` (a runner sharing caches between runs) its verified manifest is returned."""
     if not inherit.teacher:
         raise KinheritError("cache-teacher needs at least one --teacher")
-    output, partial = Path(cache.output), Path(f"{cache.output}.partial")
-    if output.exists():
-        raise KinheritError(f"{output} already exists; a cache is never overwritten: delete it or choose another "
-                            "--output")
+    output = Path(os.path.abspath(cache.output))
+    if output.parent == output:
+        raise KinheritError(f"--output {cache.output!r} names no folder; give a new folder's path")
+    with exclusive(output, waiting=f"waiting for {output}: another process is building it"):
+        if output.exists():
+            if not reuse:
+                raise KinheritError(f"{output} already exists; a cache is never overwritten: delete it or choose "
+                                    "another --output")
+            return TeacherCache(output).manifest
+        return _build(data, inherit, cache, output, trust_remote_code)
+
+
+def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments, output: Path,
+           trust_remote_code: bool) -> dict[str, Any]:
+    """Build the cache in its partial folder (resuming a build with the same settings), then seal it into place."""
+    _fixed_mmap_threshold()
+    partial = partial_folder(output)
     started = time.perf_counter()
     corpus = load_corpus(data.corpus_specs())
     paths, _domains = parse_teacher_specs(inherit.teacher)
@@ -159,6 +180,7 @@ def seal_cache(partial: Path, output: Path, manifest: dict[str, Any]) -> None:
     write_json_atomic(partial / MANIFEST_NAME, manifest)
     seal(partial)
     os.replace(partial, output)
+    fsync_folder(output.parent)
 
 
 def batch_top_k(target_of: TargetFn, labels: torch.Tensor, blocks: int, top_k: int, vocab: int,
@@ -228,7 +250,7 @@ class TeacherCache:
 
     def __init__(self, path: str | os.PathLike, top_k: int | None = None) -> None:
         self.path = Path(path)
-        if not self.path.is_dir() and Path(f"{self.path}.partial").is_dir():
+        if not self.path.is_dir() and partial_folder(self.path).is_dir():
             raise KinheritError(f"teacher cache {self.path} is incomplete (its build was interrupted); re-run the same "
                                 "`kinherit cache-teacher` command to finish it")
         if not self.path.is_dir():

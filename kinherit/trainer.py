@@ -30,7 +30,7 @@ from kinherit.inheritance.loss import LossSums
 from kinherit.inheritance.schedules import AdaptiveSchedule
 from kinherit.inheritance.targets import TeacherSource
 from kinherit.inheritance.teachers import TeacherSet
-from kinherit.lm import IGNORE_INDEX, perplexity, target_labels, validation_loss
+from kinherit.lm import IGNORE_INDEX, perplexity, process_part, target_labels, validation_loss
 from kinherit.models import backbone_and_head, forward_as_body, model_kind
 from kinherit.options import InheritanceArguments
 from kinherit.sealed import last_good_checkpoint, rotate_checkpoints, seal, unseal
@@ -210,8 +210,9 @@ class InheritanceTrainer(Trainer):
         with (self.source.targets(inputs, labels, self.inherit_args.temperature, self.vocab_size) if taught
               else contextlib.nullcontext()) as targets:
             sums = self.loss.sums(hidden, labels, alpha, targets, head)
-        # the loss is a sum: divide by the positions of the whole accumulated (global) batch
-        loss = sums.total / (num_items_in_batch if num_items_in_batch is not None else max(sums.positions, 1))
+        # the loss is a sum: divide by the positions of the whole accumulated (global) batch (at least 1: a batch
+        # without any taught position adds a zero loss, not 0 / 0)
+        loss = sums.total / (max(num_items_in_batch, 1) if num_items_in_batch is not None else max(sums.positions, 1))
         if num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # the denominator is global; DDP averages over processes
         if model.training:
@@ -344,14 +345,17 @@ class InheritanceTrainer(Trainer):
     def validation_loss(self, model: PreTrainedModel, dataset) -> tuple[float, int]:
         """Mean self-supervised loss per valid position over `dataset` (fixed masking), and the count.
 
-        With several processes each evaluates its contiguous shard and the sums are added up.
+        With several processes each evaluates its contiguous part, all in the same number of forward passes (a
+        sharded model gathers its weights in each), and the sums are added up.
         """
         processes = self.accelerator.num_processes
+        even = None
         if processes > 1:
-            dataset = dataset.shard(num_shards=processes, index=self.accelerator.process_index, contiguous=True)
+            dataset, even = process_part(dataset, processes, self.accelerator.process_index,
+                                         self.args.per_device_eval_batch_size)
         loss, count = validation_loss(model, dataset, self.eval_collator, self.args.per_device_eval_batch_size,
                                       self.inherit_args.chunk_size, self.vocab_size, self.kind,
-                                      self.autocast_smart_context_manager)
+                                      self.autocast_smart_context_manager, even)
         if processes == 1:
             return loss, count
         sums = torch.tensor([loss * count if count else 0.0, float(count)], dtype=torch.float64,

@@ -44,6 +44,16 @@ def kernel_choice(request, monkeypatch):
     if path == "compiled":
         monkeypatch.setenv("KINHERIT_NATIVE_KERNELS", "0")
     elif path == "native":
-        from kinherit.inheritance import native
+        require_native_kernels()
 
-        assert native.kernels() is not None, "the native loss kernels did not build (a C++ compiler and ninja needed)"
+
+def require_native_kernels():
+    """The native kernels, which must build wherever a C++ compiler is present; skipped where none is (kinherit
+    then uses its torch.compile kernels, which the "compiled" paths test)."""
+    from kinherit.inheritance import native
+
+    if native.compiler() is None:
+        pytest.skip("no C++ compiler on this machine, so no native kernels to test (kinherit uses torch.compile's)")
+    module = native.kernels()
+    assert module is not None, "the native loss kernels did not build although a C++ compiler is present"
+    return module

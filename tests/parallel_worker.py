@@ -5,6 +5,9 @@
 - A teacher read straight into shards (`--teacher_placement shard`): the same outputs as the whole
   checkpoint, while each process holds only its share of the weights.
 - DDP with a non-finite loss on one process only: both processes skip the batch.
+- Evaluation of 3 validation blocks over 2 processes, one block per forward pass, with a sharded student and a
+  sharded teacher under the adaptive schedule (which scores the teacher too): the parts differ in size, yet
+  every process joins every gather, and the loss is the whole set's.
 
 Usage: torchrun --nproc_per_node 2 parallel_worker.py TOKENIZER_DIR OUTPUT_DIR
 """
@@ -23,6 +26,7 @@ from transformers import TrainingArguments
 from kinherit.data import BlockCollator, load_tokenizer
 from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
+from kinherit.lm import validation_loss
 from kinherit.load_teachers import load_teacher
 from kinherit.models import load_model, reshard_model, shard_layers
 from kinherit.options import InheritanceArguments
@@ -157,6 +161,29 @@ def nonfinite_case(policy: str, tokenizer, args) -> dict:
             "loss": loss.item()}
 
 
+def uneven_validation_case(tokenizer, output_dir: str) -> dict:
+    """Validation parts of 2 and 1 blocks, one per forward pass, through a sharded student and teacher."""
+    torch.manual_seed(4)
+    student, teacher = load_model("llama-2x64", tokenizer, 32), load_model("llama-1x64", tokenizer, 32)
+    whole_student, whole_teacher = load_model("llama-2x64", tokenizer, 32), load_model("llama-1x64", tokenizer, 32)
+    whole_student.load_state_dict(student.state_dict())
+    whole_teacher.load_state_dict(teacher.state_dict())
+    ids = torch.randint(5, len(tokenizer), (3, 32), generator=torch.Generator().manual_seed(3)).tolist()
+    blocks = Dataset.from_dict({"input_ids": ids, "index": [0, 1, 2]})
+    args = TrainingArguments(output_dir, report_to="none", use_cpu=True, per_device_eval_batch_size=1)
+    inherit = InheritanceArguments(inherit_schedule="adaptive", teacher_placement="shard", compile_loss=False)
+    shard_layers(student)
+    sharded = InheritanceTrainer(model=student, args=args, teachers=TeacherSet([freeze(teacher)]),
+                                 inherit_args=inherit, vocab_size=len(tokenizer),
+                                 eval_collator=BlockCollator(tokenizer, False, seed=5))
+    metrics = sharded.evaluate(blocks)
+    collator = BlockCollator(tokenizer, False, seed=5)
+    whole = [validation_loss(m, blocks, collator, 1, None, len(tokenizer), "causal")[0]
+             for m in (whole_student, whole_teacher)]
+    return {"eval_loss": metrics["eval_loss"], "teacher_loss": sharded.teacher_val_losses[0],
+            "whole_eval_loss": whole[0], "whole_teacher_loss": whole[1], "positions": metrics["eval_positions"]}
+
+
 def main() -> None:
     tokenizer = load_tokenizer(sys.argv[1])
     args = TrainingArguments(sys.argv[2], report_to="none", use_cpu=True)
@@ -175,6 +202,9 @@ def main() -> None:
     dist.all_gather_object(results, nonfinite_case("skip", tokenizer, args))
     if dist.get_rank() == 0:
         print("NONFINITE " + json.dumps(results), flush=True)
+    uneven = uneven_validation_case(tokenizer, sys.argv[2])
+    if dist.get_rank() == 0:
+        print("UNEVEN " + json.dumps(uneven), flush=True)
     dist.barrier()
     dist.destroy_process_group()
     # Every result is printed by now. This harness's interpreter teardown (FSDP2- and DDP-wrapped modules

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require_native_kernels
 
 from kinherit.inheritance import InheritanceLoss, native
 
@@ -12,9 +13,7 @@ BLOCK = 2048  # the kernels' block of a row: sizes around it exercise the online
 
 @pytest.fixture(scope="module")
 def kernels():
-    module = native.kernels()
-    assert module is not None, "the native kernels did not build (a C++ compiler and ninja are needed)"
-    return module
+    return require_native_kernels()
 
 
 def rows(seed, n, vocab, spread=3.0):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from kinherit.data.builtin import BUILTIN_CORPORA
+from kinherit.data.input_files import jsonl_records, read_text, reading
 from kinherit.errors import KinheritError
 
 FILE_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
@@ -70,19 +70,16 @@ class Corpus:
 
 def _read_file(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
     if path.suffix in (".txt", ".md"):
-        yield str(path), path.read_text(encoding="utf-8", errors="replace")
+        yield str(path), read_text(path)
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if text_field not in record:
-                    raise KinheritError(f"{path}:{number + 1} has no field {text_field!r} (fields: "
-                                        f"{sorted(record)}); set the corpus's text_field to the right one")
-                yield f"{path}:{number}", str(record[text_field])
+        for number, record in jsonl_records(path):
+            if text_field not in record:
+                raise KinheritError(f"{path}:{number} has no field {text_field!r} (fields: "
+                                    f"{sorted(record)}); set the corpus's text_field to the right one")
+            yield f"{path}:{number - 1}", str(record[text_field])
     elif path.suffix == ".parquet":
-        table = Dataset.from_parquet(str(path))
+        with reading(path):
+            table = Dataset.from_parquet(str(path))
         if text_field not in table.column_names:
             raise KinheritError(f"{path} has no column {text_field!r} (columns: {table.column_names}); "
                                 "set the corpus's text_field to the right one")

@@ -13,12 +13,12 @@ import ast
 import bz2
 import csv
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kinherit.data.builtin import package_dir, python_code
+from kinherit.data.input_files import jsonl_records, reading
 from kinherit.errors import KinheritError
 
 SPLIT_NAMES = ("train", "dev", "test")
@@ -135,21 +135,22 @@ def _read_rows(path: Path) -> list[dict]:
     if path.is_dir():
         from datasets import load_from_disk
 
-        dataset = load_from_disk(str(path))
+        with reading(path):
+            dataset = load_from_disk(str(path))
         if hasattr(dataset, "keys"):  # a DatasetDict: its splits, in order
             raise KinheritError(f"{path} holds several splits ({', '.join(dataset.keys())}); give one split's folder "
                                 "and the others with --dev_file / --test_file")
         return list(dataset)
     if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
+        with reading(path), path.open(encoding="utf-8", newline="") as handle:
             return list(csv.DictReader(handle))
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return [record for _number, record in jsonl_records(path)]
     if path.suffix == ".parquet":
         from datasets import Dataset
 
-        return list(Dataset.from_parquet(str(path)))
+        with reading(path):
+            return list(Dataset.from_parquet(str(path)))
     raise KinheritError(f"task file {path} is not .csv, .jsonl, .parquet or a saved dataset folder")
 
 

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from kinherit.errors import KinheritError
-from kinherit.sealed import is_sealed, staged_folder, verify
+from kinherit.sealed import MANIFEST, foreign_files, is_sealed, staged_folder, verify
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
                   "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
 
 
 def train_tokenizer(texts: Dataset, vocab_size: int, output_dir: str | os.PathLike,
-                    min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE of `vocab_size` tokens on the `text` column and save it to `output_dir`."""
+                    min_frequency: int = 2, replace: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of `vocab_size` tokens on the `text` column and save it to `output_dir` (a folder
+    that exists is refused before any training, unless `replace` and it holds a tokenizer this function wrote)."""
+    check_tokenizer_output(output_dir, replace)
     from tokenizers import ByteLevelBPETokenizer
 
     if vocab_size < 300:
@@ -40,16 +41,34 @@ def train_tokenizer(texts: Dataset, vocab_size: int, output_dir: str | os.PathLi
                             special_tokens=ordered_specials, length=len(texts))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, model_max_length=1_000_000,
                                         **SPECIAL_TOKENS)
-    save_tokenizer(tokenizer, output_dir)
+    save_tokenizer(tokenizer, output_dir, replace)
     return tokenizer
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | os.PathLike) -> None:
-    """Save as a sealed folder: written to a temporary folder, then renamed into place (replacing `output_dir`)."""
-    target = Path(output_dir)
-    if target.exists():
-        shutil.rmtree(target)
-    with staged_folder(target) as staging:
+def check_tokenizer_output(output_dir: str | os.PathLike, replace: bool) -> None:
+    """Refuse an output folder that exists, unless `replace` and it is a sealed tokenizer folder and nothing else
+    (so that a mistyped path never deletes a user's files)."""
+    target = Path(os.path.abspath(output_dir))
+    if not target.exists() and not target.is_symlink():
+        return
+    if not replace:
+        raise KinheritError(f"{target} already exists; a tokenizer is saved only into a new folder: choose another "
+                            "output, or pass --overwrite true to replace a tokenizer saved there earlier")
+    if not target.is_dir() or target.is_symlink() or not is_sealed(target) or not (target / "tokenizer.json").is_file():
+        raise KinheritError(f"{target} is not a tokenizer folder written by kinherit (no {MANIFEST} and "
+                            "tokenizer.json), so it is not replaced; choose a new folder")
+    unexpected = foreign_files(target)
+    if unexpected:
+        raise KinheritError(f"{target} holds files that are not part of its tokenizer ({', '.join(unexpected)}), so "
+                            "it is not replaced; choose a new folder")
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | os.PathLike, replace: bool = False) -> None:
+    """Save as a sealed folder: written to a temporary folder, then renamed into place. An existing folder is
+    replaced only when `replace` and it holds a sealed tokenizer alone (`check_tokenizer_output`)."""
+    target = Path(os.path.abspath(output_dir))
+    check_tokenizer_output(target, replace)
+    with staged_folder(target, replace=replace) as staging:
         tokenizer.save_pretrained(staging)
 
 

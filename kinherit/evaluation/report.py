@@ -10,21 +10,18 @@ from typing import Any
 from kinherit.atomic import save_figure_atomic, write_json_atomic, write_text_atomic
 from kinherit.errors import KinheritError
 from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, loss_at, summarise
+from kinherit.lm import perplexity
+from kinherit.names import check_name
+from kinherit.run_log import LOG_FILE, read_records
 
 FRACTIONS = ("steps_fraction", "flops_fraction", "time_fraction")
 
 
 def read_curve(run_dir: Path) -> list[EvalPoint]:
     """The evaluation records of a run's log.jsonl, in step order (later records win on repeats)."""
-    path = run_dir / "log.jsonl"
-    if not path.exists():
-        return []
     by_step: dict[int, EvalPoint] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        if "eval_loss" in record:
+    for record in read_records(run_dir / LOG_FILE):
+        if "eval_loss" in record and "step" in record:
             by_step[record["step"]] = EvalPoint(step=record["step"], loss=record["eval_loss"],
                                                 flops=record.get("train_flops", 0.0),
                                                 seconds=record.get("train_seconds", 0.0))
@@ -33,12 +30,8 @@ def read_curve(run_dir: Path) -> list[EvalPoint]:
 
 def inheritance_end(run_dir: Path) -> int | None:
     """The first logged step at which the run's inheritance rate was 0 (None: it inherited to its last log)."""
-    path = run_dir / "log.jsonl"
-    if not path.exists():
-        return None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if record.get("inherit/alpha") == 0.0:
+    for record in read_records(run_dir / LOG_FILE):
+        if record.get("inherit/alpha") == 0.0 and "step" in record:
             return int(record["step"])
     return None
 
@@ -123,7 +116,7 @@ def plot_curves(folder: Path, students: dict[str, list[EvalPoint]], teacher_loss
     secondary = axes[2].secondary_yaxis("right", functions=(lambda x: x, lambda x: x))
     ticks = axes[0].get_yticks()
     secondary.set_yticks(ticks)
-    secondary.set_yticklabels([f"{math.exp(t):.0f}" for t in ticks])
+    secondary.set_yticklabels([f"{perplexity(t):.0f}" for t in ticks])
     secondary.set_ylabel("validation perplexity")
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
@@ -308,6 +301,8 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
     target = report_folder(folder, experiment)
     target.mkdir(parents=True, exist_ok=True)
     runs = manifest["runs"]
+    for name in runs:
+        check_name(f"run in {manifest_path(folder, experiment)}", name)
     curves = {name: read_curve(folder / "runs" / name) for name in runs}
     summaries = {}
     for name in runs:
@@ -371,7 +366,7 @@ def render_markdown(report: dict[str, Any], summaries: dict[str, Any]) -> str:
             lines.append(f"| {name} | (not finished) | | | | | |")
             continue
         loss = summary["final_val_loss"]
-        scored = f"{loss:.4f} | {math.exp(loss):.1f}" if loss is not None else "(no validation split) |"
+        scored = f"{loss:.4f} | {perplexity(loss):.1f}" if loss is not None else "(no validation split) |"
         lines.append(f"| {name} | {summary['model']} | {summary['steps']} | {scored} | "
                      f"{summary['tokens_per_second']:.0f} | {summary['train_seconds']:.0f} |")
     if report["evaluation"]:

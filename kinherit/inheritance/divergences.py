@@ -19,10 +19,15 @@ from kinherit.inheritance.rowwise import agreements
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
 
 
-def validate_options(temperature: float, divergence: str, beta: float) -> None:
-    """Raise a clear error for a temperature, divergence or JSD beta that cannot work."""
+def check_temperature(temperature: float) -> None:
+    """Raise a clear error for a temperature that cannot soften a distribution."""
     if not temperature > 0 or not math.isfinite(temperature):
         raise KinheritError(f"temperature must be a positive number, got {temperature}")
+
+
+def validate_options(temperature: float, divergence: str, beta: float) -> None:
+    """Raise a clear error for a temperature, divergence or JSD beta that cannot work."""
+    check_temperature(temperature)
     if divergence not in DIVERGENCES:
         raise KinheritError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     if divergence == "jsd" and not 0.0 < beta < 1.0:

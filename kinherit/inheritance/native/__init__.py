@@ -21,6 +21,8 @@ from types import ModuleType
 
 import torch
 
+from kinherit.locks import exclusive
+
 # ATen's vector types and the compiler flags for the instructions torch dispatches to on this CPU (others
 # build ATen's portable vector type)
 _ISA_FLAGS = {
@@ -39,6 +41,11 @@ def kernels() -> ModuleType | None:
     if "module" not in _state:
         _state["module"] = _build()
     return _state["module"]
+
+
+def compiler() -> str | None:
+    """The C++ compiler torch builds extensions with (`$CXX`, else `c++`), or None where there is none."""
+    return shutil.which(os.environ.get("CXX", "c++"))
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -70,6 +77,21 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")
 
 
+def module_name() -> str:
+    """The kernels' module name: one build per instruction set and torch version, so that a build folder shared
+    across machines or upgrades never hands out a library built for another."""
+    tag = re.sub(r"\W", "_", f"{torch.backends.cpu.get_cpu_capability()}_{torch.__version__}").lower()
+    return f"kinherit_rowwise_{tag}"
+
+
+def build_folder() -> Path:
+    """Where the kernels are built and cached: `$TORCH_EXTENSIONS_DIR` (else torch's default root)/kinherit/NAME."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / "kinherit" / module_name()
+
+
 def _build() -> ModuleType | None:
     from torch.utils import cpp_extension
 
@@ -77,13 +99,20 @@ def _build() -> ModuleType | None:
     capability = torch.backends.cpu.get_cpu_capability()
     logger.info("loading the native loss kernels for %s (built once per machine, about half a minute)", capability)
     flags = ["-O3", "-fopenmp", "-fno-math-errno", *_ISA_FLAGS.get(capability, [])]
+    folder = build_folder()
     try:
-        # one build per instruction set and torch version: a cache directory shared across machines or upgrades
-        # never hands out a library built for another
-        tag = re.sub(r"\W", "_", f"{capability}_{torch.__version__}").lower()
-        return cpp_extension.load(name=f"kinherit_rowwise_{tag}",
-                                  sources=[str(Path(__file__).with_name("rowwise.cpp"))],
-                                  extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+        folder.mkdir(parents=True, exist_ok=True)
+        # torch's own build lock is a plain file, left behind by a build that was killed, after which every later
+        # build waits for it forever. Builders hold our lock instead (the kernel releases it when a builder dies),
+        # so a torch lock found while holding ours is stale.
+        with exclusive(folder, waiting="waiting for another process to build the native loss kernels"):
+            stale = folder / "lock"
+            if stale.exists():
+                logger.warning("removing %s, left by a kernel build that was killed", stale)
+                stale.unlink(missing_ok=True)
+            return cpp_extension.load(name=module_name(), sources=[str(Path(__file__).with_name("rowwise.cpp"))],
+                                      extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(folder),
+                                      verbose=False)
     except Exception as error:  # noqa: BLE001 - no compiler, no ninja, an unknown platform: the compiled path remains
         warnings.warn(f"the native KI loss kernels could not be built, using the torch.compile ones: {error}",
                       stacklevel=3)
