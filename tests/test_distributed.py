@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,23 @@ from kinherit.pretrain import pretrain
 from kinherit.sealed import is_sealed
 from kinherit.trainer import InheritanceTrainer
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def loopback_rendezvous() -> dict[str, str | int]:
+    """torchrun options for one machine that name its address, not `localhost` (`--standalone` resolves the host's
+    names, which a machine without /etc/hosts cannot)."""
+    return {"nnodes": 1, "master_addr": "127.0.0.1", "master_port": free_port()}
+
+
+def torchrun(processes: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+            *[f"--{key}={value}" for key, value in loopback_rendezvous().items()]]
+
 WORKER = Path(__file__).with_name("parallel_worker.py")
 STEPS = 8
 BLOCKS = 4  # per process and step
@@ -60,7 +77,7 @@ def start(workdir: Path, tokenizer_dir: Path, name: str, processes: int, batch: 
           model: str = "llama-2x64", prefix: list[str] | None = None) -> subprocess.CompletedProcess:
     out = workdir / name
     if prefix is None:
-        prefix = [*TORCHRUN, f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+        prefix = torchrun(processes) if processes > 1 else [sys.executable]
     command = [*prefix, "-m", "kinherit", "pretrain", "--model", model, "--tokenizer", str(tokenizer_dir),
                "--block_size", "32", "--max_documents", "30", "--validation_fraction", "0.1",
                "--cache_dir", str(workdir / "cache"), "--output_dir", str(out), "--max_steps", str(STEPS),
@@ -143,8 +160,8 @@ def test_only_the_main_process_writes_and_a_second_launch_resumes(workdir, token
 
 @pytest.fixture(scope="module")
 def worker_output(workdir, tokenizer_dir) -> str:
-    done = subprocess.run([*TORCHRUN, "--nproc_per_node=2", str(WORKER), str(tokenizer_dir), str(workdir / "worker")],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    done = subprocess.run([*torchrun(2), str(WORKER), str(tokenizer_dir), str(workdir / "worker")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=420)
     assert done.returncode == 0, done.stderr[-6000:]
     return done.stdout
 
@@ -188,6 +205,15 @@ def test_a_nonfinite_loss_on_one_process_is_decided_on_by_all(worker_output):
     assert all(r["skipped"] == 1 and r["zero_grads"] and r["synchronised"] for r in skip), skip
 
 
+def test_uneven_validation_parts_join_every_gather(worker_output):
+    """3 validation blocks on 2 processes, one per forward pass, sharded student and teacher, adaptive schedule:
+    the process with fewer blocks runs a discarded pass instead of leaving the other waiting in a gather."""
+    (uneven,) = lines(worker_output, "UNEVEN")
+    assert uneven["positions"] == 3 * 31, uneven
+    assert uneven["eval_loss"] == pytest.approx(uneven["whole_eval_loss"], rel=1e-5), uneven
+    assert uneven["teacher_loss"] == pytest.approx(uneven["whole_teacher_loss"], rel=1e-5), uneven
+
+
 def test_parallel_setups_that_cannot_work_are_refused(tmp_path, tokenizer, workdir, tokenizer_dir, teacher):
     # on CPU accelerate would silently run DDP instead of FSDP
     done = start(workdir, tokenizer_dir, "fsdp-on-cpu", 2, BLOCKS, "--teacher", str(teacher), "--inherit_steps", "6",
@@ -207,7 +233,8 @@ def test_parallel_setups_that_cannot_work_are_refused(tmp_path, tokenizer, workd
 
 def test_experiment_runs_each_run_under_its_launcher(tmp_path, capsys):
     config = {
-        "name": "mini-ddp", "output_dir": str(tmp_path / "out"), "launcher": {"nproc_per_node": 2, "standalone": True},
+        "name": "mini-ddp", "output_dir": str(tmp_path / "out"),
+        "launcher": {"nproc_per_node": 2, **loopback_rendezvous()},
         "tokenizer": {"corpus": "wiki", "vocab_size": 400},
         "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1, "max_documents": 20}},
         "defaults": {"block_size": 32, "per_device_train_batch_size": 4, "eval_steps": 5, "logging_steps": 5,
@@ -221,7 +248,9 @@ def test_experiment_runs_each_run_under_its_launcher(tmp_path, capsys):
     path.write_text(yaml.safe_dump(config))
     report = run_experiment(path)
     out = tmp_path / "out"
-    assert "torch.distributed.run --nproc_per_node=2 --standalone -m kinherit pretrain" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "-m torch.distributed.run --" in printed and "--nproc_per_node=2" in printed
+    assert "-m kinherit pretrain" in printed
     arguments = json.loads((out / "runs" / "ki" / "launch.json").read_text())
     assert arguments["teacher"] == [str(out / "runs" / "teacher")] and arguments["per_device_train_batch_size"] == 4
     assert report["compute_saved"]["ki"]["ki_final_val_loss"] == json.loads(
