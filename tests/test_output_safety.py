@@ -271,15 +271,27 @@ def test_a_diverged_loss_prints_a_capped_perplexity(tmp_path, tokenizer_dir, mon
     assert "validation loss 900.0000 (ppl 5184705528587072045056.0)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("bad.jsonl", b'{"text": "a"}\n{"text": \n', "bad.jsonl:2 is not valid JSON"),
-    ("list.jsonl", b'["a"]\n', "list.jsonl:1 is a JSON list, not an object"),
-    ("latin.jsonl", '{"text": "caf\u00e9"}\n'.encode("latin-1"), "latin.jsonl is not UTF-8 text"),
+def read_corpus(path: Path) -> None:
+    load_corpus([CorpusSpec(str(path))])
+
+
+def read_task(path: Path) -> None:
+    load_task(str(path))
+
+
+@pytest.mark.parametrize("read, name, content, message", [
+    (read_corpus, "bad.jsonl", b'{"text": "a"}\n{"text": \n', "bad.jsonl:2 is not valid JSON"),
+    (read_corpus, "list.jsonl", b'["a"]\n', "list.jsonl:1 is a JSON list, not an object"),
+    (read_corpus, "latin.jsonl", '{"text": "caf\u00e9"}\n'.encode("latin-1"), "latin.jsonl is not UTF-8 text"),
+    (read_task, "t.csv", b"text,label\n" + b"a" * 200_000 + b",1\n", "t.csv is not a valid CSV file"),
+    (read_task, "t.jsonl", b'{"text": "a", "label": 1}\nnot json\n', "t.jsonl:2 is not valid JSON"),
+    (read_task, "t2.csv", "text,label\ncaf\u00e9,1\n".encode("latin-1"), "t2.csv is not UTF-8 text"),
 ])
-def test_malformed_corpus_files_are_clear_errors(tmp_path, name, content, message):
+def test_malformed_input_files_are_clear_errors(tmp_path, read, name, content, message):
+    """Corpus and task files alike: the file (and line) named, never a parser's traceback."""
     (tmp_path / name).write_bytes(content)
     with pytest.raises(KinheritError, match=message):
-        load_corpus([CorpusSpec(str(tmp_path / name))])
+        read(tmp_path / name)
 
 
 def test_an_unreadable_corpus_file_is_a_clear_error(tmp_path):
@@ -304,17 +316,6 @@ def test_non_utf8_text_is_replaced_and_counted(tmp_path, caplog):
     corpus = load_corpus([CorpusSpec(str(tmp_path / "a.txt"), validation_fraction=0.0)])
     assert "\ufffd" in corpus.train[0]["text"]
     assert "a.txt is not valid UTF-8: 6 characters were replaced by U+FFFD" in caplog.text
-
-
-@pytest.mark.parametrize("name, content, message", [
-    ("t.csv", b'text,label\n"unclosed,1\n', "t.csv"),
-    ("t.jsonl", b'{"text": "a", "label": 1}\nnot json\n', "t.jsonl:2 is not valid JSON"),
-    ("t2.csv", "text,label\ncaf\u00e9,1\n".encode("latin-1"), "t2.csv is not UTF-8 text"),
-])
-def test_malformed_task_files_are_clear_errors(tmp_path, name, content, message):
-    (tmp_path / name).write_bytes(content)
-    with pytest.raises(KinheritError, match=message):
-        load_task(str(tmp_path / name))
 
 
 def test_continuing_a_checkpoint_with_another_tokenizer_is_refused(tmp_path, finished_run, capsys):

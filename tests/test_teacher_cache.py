@@ -197,5 +197,6 @@ def test_pretrain_reads_the_cache(tmp_path, tokenizer, tokenizer_dir, teachers):
     log = [json.loads(line) for line in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
     assert any("inherit/ki_loss" in r for r in log) and summary["teacher_val_losses"][0] > 0
     args.seed = 1  # other masks than the cached ones
+    args.output_dir = str(tmp_path / "student-seed1")
     with pytest.raises(KinheritError, match="seed: cache 0, run 1"):
         pretrain(ModelArguments(model="roberta-2x64"), data_args(tokenizer_dir, tmp_path), inherit, args)
