@@ -70,6 +70,14 @@ def test_tokenizer_refuses_an_existing_folder_and_replaces_only_its_own(tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tok")]  # nothing staged is left behind
 
 
+def test_the_root_folder_is_never_a_tokenizer_output():
+    from kinherit.data.tokenizer import check_tokenizer_output
+
+    for replace in (False, True):
+        with pytest.raises(KinheritError, match="already exists|not a tokenizer folder"):
+            check_tokenizer_output("/", replace)
+
+
 # ------------------------------------------------------------------ 2: a finished run is not overwritten unasked
 
 def test_a_fresh_run_refuses_a_finished_run_folder(tmp_path, tokenizer_dir, finished_run, capsys):
