@@ -198,7 +198,8 @@ def _pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inherita
     with training_args.main_process_first(local=True, desc="preparing the tokenizer and data blocks"):
         corpus = load_corpus(data.corpus_specs())
         tokenizer = resolve_tokenizer(model_args, data, corpus, str(output_dir))
-        for checkpoint in (model_args.model, resume):
+        # without --tokenizer a checkpoint's own tokenizer is the run's, so only a given one can differ from it
+        for checkpoint in ((model_args.model if data.tokenizer else None), resume):
             check_same_tokenizer(checkpoint, tokenizer, model_args.trust_remote_code)
         train_blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
                                     "train", data.cache_dir)

@@ -53,7 +53,7 @@ def foreign_files(folder: str | os.PathLike) -> list[str]:
     what replacing the folder would delete that is not its own."""
     folder = Path(folder)
     listed = set(json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"])
-    parents = {str(Path(name).parent) for name in listed} | {str(p) for name in listed for p in Path(name).parents}
+    parents = {str(parent) for name in listed for parent in Path(name).parents}
     return sorted(rel for p in folder.rglob("*") if (rel := str(p.relative_to(folder))) != MANIFEST
                   and rel not in listed and not (p.is_dir() and rel in parents))
 
@@ -68,8 +68,8 @@ def seal(folder: str | os.PathLike, files: Iterable[str] | None = None) -> None:
     names = sorted(files) if files is not None else _files_of(folder)
     entries = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_digest(folder / name, flush=True)}
                for name in names}
-    for sub in sorted({(folder / name).parent for name in names} | {folder}, reverse=True):
-        fsync_folder(sub)
+    for sub in sorted({folder / parent for name in names for parent in Path(name).parents}, reverse=True):
+        fsync_folder(sub)  # deepest first: each folder's entry in its parent is flushed after it
     write_json_atomic(folder / MANIFEST, {"format": MANIFEST_FORMAT, "files": entries})
     fsync_folder(folder.parent)  # the folder's own entry
 
@@ -123,15 +123,14 @@ def staged_folder(target: str | os.PathLike, replace: bool = False) -> Iterator[
     try:
         yield staging
         seal(staging)
+        old = None
         if replace and target.is_dir():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
-            os.replace(staging, target)
-            fsync_folder(target.parent)
-            shutil.rmtree(old, ignore_errors=True)
-            return
         os.replace(staging, target)
         fsync_folder(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         if not is_sealed(target):

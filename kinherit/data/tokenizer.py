@@ -64,11 +64,9 @@ def check_tokenizer_output(output_dir: str | os.PathLike, replace: bool) -> None
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | os.PathLike, replace: bool = False) -> None:
-    """Save as a sealed folder: written to a temporary folder, then renamed into place. An existing folder is
-    replaced only when `replace` and it holds a sealed tokenizer alone (`check_tokenizer_output`)."""
-    target = Path(os.path.abspath(output_dir))
-    check_tokenizer_output(target, replace)
-    with staged_folder(target, replace=replace) as staging:
+    """Save as a sealed folder: written to a temporary folder, then renamed into place (replacing an existing one
+    only with `replace`, once `check_tokenizer_output` has allowed it)."""
+    with staged_folder(output_dir, replace=replace) as staging:
         tokenizer.save_pretrained(staging)
 
 

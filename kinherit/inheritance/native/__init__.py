@@ -95,6 +95,10 @@ def build_folder() -> Path:
 def _build() -> ModuleType | None:
     from torch.utils import cpp_extension
 
+    if compiler() is None:
+        warnings.warn("the native KI loss kernels need a C++ compiler ($CXX, else c++) and none was found; using the "
+                      "torch.compile ones", stacklevel=3)
+        return None
     _ninja_on_path()
     capability = torch.backends.cpu.get_cpu_capability()
     logger.info("loading the native loss kernels for %s (built once per machine, about half a minute)", capability)
