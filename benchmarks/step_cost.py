@@ -36,14 +36,21 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast, TrainingArguments
 
-from kinherit.atomic import write_json_atomic
-from kinherit.evaluation.flops import FlopModel
+from kinherit.core.atomic import write_json_atomic
 from kinherit.inheritance.teachers import TeacherSet, freeze
-from kinherit.lm import TEACHER_TENSORS, chunk_positions, target_labels
-from kinherit.models import load_model
-from kinherit.options import InheritanceArguments
-from kinherit.teacher_cache import CACHE_FORMAT, TeacherCache, batch_top_k, cache_settings, seal_cache, write_shard
-from kinherit.trainer import InheritanceTrainer
+from kinherit.models.lm import TEACHER_TENSORS, chunk_positions, target_labels
+from kinherit.models.loading import load_model
+from kinherit.training.flops import FlopModel
+from kinherit.training.options import InheritanceArguments
+from kinherit.training.teacher_cache import (
+    CACHE_FORMAT,
+    TeacherCache,
+    batch_top_k,
+    cache_settings,
+    seal_cache,
+    write_shard,
+)
+from kinherit.training.trainer import InheritanceTrainer
 
 
 @dataclass(frozen=True)
@@ -111,10 +118,10 @@ class Bench:
         torch.manual_seed(1)
         return freeze(load_model(self.pair.teacher, self.tokenizer, self.pair.block)).to(self.device)
 
-    def trainer(self, teacher: str | None, compiled: bool = True) -> InheritanceTrainer:
+    def trainer(self, teacher: str | None, kernels: str = "auto") -> InheritanceTrainer:
         """The trainer with the live teacher (`teacher="live"`), a teacher cache (`"cache"`), or none."""
         inherit = InheritanceArguments(inherit_schedule="constant", inherit_value=0.5, temperature=self.temperature,
-                                       compile_loss=compiled, chunk_size=self.chunk_size)
+                                       loss_kernels=kernels, chunk_size=self.chunk_size)
         args = TrainingArguments(self.output_dir, report_to="none", use_cpu=self.device.type == "cpu")
         return InheritanceTrainer(model=self.student, args=args, inherit_args=inherit, vocab_size=self.pair.vocab,
                                   teachers=TeacherSet([self.teacher]) if teacher == "live" else None,
@@ -148,7 +155,7 @@ class Bench:
         if variant == "naive":
             return self.naive_step
         teacher = {"self": None, "ki_cache": "cache"}.get(variant, "live")
-        trainer = self.trainer(teacher, compiled=variant != "ki_eager")
+        trainer = self.trainer(teacher, "eager" if variant == "ki_eager" else "auto")
         batch = {**self.batch, "block_index": torch.arange(self.pair.batch), "mask_epoch": torch.tensor(0)}
 
         def ours() -> None:

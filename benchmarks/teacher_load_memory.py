@@ -20,8 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kinherit.models import load_model, reshard_model, shard_layers
-from kinherit.sharded_load import load_sharded
+from kinherit.models.loading import load_model
+from kinherit.models.parts import reshard_model, shard_layers
+from kinherit.models.sharded_load import load_sharded
 
 
 def status_mb(field: str) -> float:

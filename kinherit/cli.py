@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 
 COMMANDS = {
     "pretrain": "pre-train a model by self-learning, or with Knowledge Inheritance from --teacher checkpoints",
@@ -23,16 +23,16 @@ COMMANDS = {
 
 
 def parse(argv: Sequence[str], classes: tuple, command: str, positional: Sequence[str] = ()) -> tuple:
-    """The options of `kinherit COMMAND` (see `kinherit.options.parse_arguments`)."""
-    from kinherit.options import parse_arguments
+    """The options of `kinherit COMMAND` (see `kinherit.training.options.parse_arguments`)."""
+    from kinherit.training.options import parse_arguments
 
     return parse_arguments(argv, classes, f"kinherit {command}", COMMANDS[command], positional)
 
 
 def run_cache_teacher(argv: Sequence[str]) -> int:
     """Build a teacher cache."""
-    from kinherit.options import CacheArguments, DataArguments, ModelArguments, TeacherArguments
-    from kinherit.teacher_cache import build_cache
+    from kinherit.training.options import CacheArguments, DataArguments, ModelArguments, TeacherArguments
+    from kinherit.training.teacher_cache import build_cache
 
     model, data, teachers, cache = parse(
         argv, (ModelArguments, DataArguments, TeacherArguments, CacheArguments), "cache-teacher")
@@ -47,8 +47,8 @@ def run_pretrain(argv: Sequence[str]) -> int:
     """Parse `TrainingArguments` plus our dataclasses and train."""
     import torch.distributed as dist
 
-    from kinherit.options import parse_pretrain_args
-    from kinherit.pretrain import pretrain
+    from kinherit.commands.pretrain import pretrain
+    from kinherit.training.options import parse_pretrain_args
 
     model_args, data, inherit, training = parse_pretrain_args(argv)
     summary = pretrain(model_args, data, inherit, training)
@@ -62,8 +62,8 @@ def run_pretrain(argv: Sequence[str]) -> int:
 
 def run_experiment(argv: Sequence[str]) -> int:
     """Run (or resume) every run of an experiment YAML, then write its report."""
-    from kinherit.experiment import run_experiment as execute
-    from kinherit.options import ExperimentArguments
+    from kinherit.experiment.runner import run_experiment as execute
+    from kinherit.training.options import ExperimentArguments
 
     (options,) = parse(argv, (ExperimentArguments,), "experiment", positional=("config",))
     execute(options.config, output_dir=options.output_dir, only=options.only or None, finetune=options.finetune)
@@ -72,8 +72,8 @@ def run_experiment(argv: Sequence[str]) -> int:
 
 def run_evaluate(argv: Sequence[str]) -> int:
     """Evaluate a checkpoint on corpora and print the table."""
-    from kinherit.evaluate import evaluate, table
-    from kinherit.options import EvaluateArguments
+    from kinherit.commands.evaluate import evaluate, table
+    from kinherit.training.options import EvaluateArguments
 
     (options,) = parse(argv, (EvaluateArguments,), "evaluate", positional=("checkpoint",))
     print(table(evaluate(options)))
@@ -82,8 +82,8 @@ def run_evaluate(argv: Sequence[str]) -> int:
 
 def run_finetune(argv: Sequence[str]) -> int:
     """Fine-tune a checkpoint on a classification task and print the test scores."""
-    from kinherit.finetune import finetune, table
-    from kinherit.options import FinetuneArguments
+    from kinherit.commands.finetune import finetune, table
+    from kinherit.training.options import FinetuneArguments
 
     (options,) = parse(argv, (FinetuneArguments,), "finetune", positional=("checkpoint",))
     print(table(finetune(options)))
@@ -92,8 +92,8 @@ def run_finetune(argv: Sequence[str]) -> int:
 
 def run_report(argv: Sequence[str]) -> int:
     """Rebuild an experiment's report from its run logs."""
-    from kinherit.evaluation.report import experiment_names, write_report
-    from kinherit.options import ReportArguments
+    from kinherit.experiment.report import experiment_names, write_report
+    from kinherit.training.options import ReportArguments
 
     (options,) = parse(argv, (ReportArguments,), "report", positional=("folder",))
     for name in [options.experiment] if options.experiment else experiment_names(options.folder):
@@ -106,7 +106,7 @@ def run_tokenizer(argv: Sequence[str]) -> int:
     """Train and save a tokenizer on the training split of the corpus the data options describe."""
     from kinherit.data import load_corpus, train_tokenizer
     from kinherit.data.tokenizer import check_tokenizer_output
-    from kinherit.options import DataArguments, TokenizerArguments
+    from kinherit.training.options import DataArguments, TokenizerArguments
 
     options, data = parse(argv, (TokenizerArguments, DataArguments), "tokenizer", positional=("output",))
     check_tokenizer_output(options.output, options.overwrite)  # before the corpus is read
@@ -118,8 +118,8 @@ def run_tokenizer(argv: Sequence[str]) -> int:
 
 def run_grow(argv: Sequence[str]) -> int:
     """Grow a checkpoint into a larger preset or config."""
-    from kinherit.grow import grow_checkpoint
-    from kinherit.options import GrowArguments
+    from kinherit.commands.grow import grow_checkpoint
+    from kinherit.training.options import GrowArguments
 
     (options,) = parse(argv, (GrowArguments,), "grow", positional=("source", "output"))
     report = grow_checkpoint(options.source, options.to, options.output, options.noise, options.seed,
@@ -135,8 +135,8 @@ def run_grow(argv: Sequence[str]) -> int:
 
 def run_presets(argv: Sequence[str]) -> int:
     """Print the presets."""
-    from kinherit.models import GPT_PAPER, ROBERTA_PAPER, preset_names
-    from kinherit.options import NoArguments
+    from kinherit.models.presets import GPT_PAPER, ROBERTA_PAPER, preset_names
+    from kinherit.training.options import NoArguments
 
     parse(argv, (NoArguments,), "presets")
     shapes = {**ROBERTA_PAPER, **GPT_PAPER}
@@ -151,7 +151,7 @@ def run_presets(argv: Sequence[str]) -> int:
 def run_corpora(argv: Sequence[str]) -> int:
     """Print the built-in corpora and whether their files are present."""
     from kinherit.data import BUILTIN_CORPORA
-    from kinherit.options import NoArguments
+    from kinherit.training.options import NoArguments
 
     parse(argv, (NoArguments,), "corpora")
     for name, reader in BUILTIN_CORPORA.items():

@@ -37,20 +37,18 @@ def tokenizer(tokenizer_dir):
 
 
 @pytest.fixture(autouse=True)
-def kernel_choice(request, monkeypatch):
-    """A test's "compiled" path runs the torch.compile loss kernels (the native ones switched off); its "native" path
-    fails where the native kernels could not be built, rather than test the fallback twice."""
+def kernel_choice(request):
+    """A test's "native" path fails where the native kernels could not be built, rather than test another backend
+    under its name."""
     path = request.node.callspec.params.get("path") if hasattr(request.node, "callspec") else None
-    if path == "compiled":
-        monkeypatch.setenv("KINHERIT_NATIVE_KERNELS", "0")
-    elif path == "native":
+    if path == "native":
         require_native_kernels()
 
 
 def require_native_kernels():
     """The native kernels, which must build wherever a C++ compiler is present; skipped where none is (kinherit
     then uses its torch.compile kernels, which the "compiled" paths test)."""
-    from kinherit.inheritance import native
+    from kinherit.inheritance.kernels import native
 
     if native.compiler() is None:
         pytest.skip("no C++ compiler on this machine, so no native kernels to test (kinherit uses torch.compile's)")

@@ -1,4 +1,4 @@
-"""A stand-in for `kinherit.pretrain.pretrain` in tests of the experiment runner's own logic: it writes what a
+"""A stand-in for `kinherit.commands.pretrain.pretrain` in tests of the experiment runner's own logic: it writes what a
 finished run writes (log.jsonl, run.json) where the runner told it to, without training."""
 
 from __future__ import annotations

@@ -23,14 +23,15 @@ import torch.distributed as dist
 from datasets import Dataset
 from transformers import TrainingArguments
 
+from kinherit.core.errors import KinheritError
 from kinherit.data import BlockCollator, load_tokenizer
-from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet, freeze
-from kinherit.lm import validation_loss
-from kinherit.load_teachers import load_teacher
-from kinherit.models import load_model, reshard_model, shard_layers
-from kinherit.options import InheritanceArguments
-from kinherit.trainer import InheritanceTrainer
+from kinherit.models.lm import validation_loss
+from kinherit.models.loading import load_model
+from kinherit.models.parts import reshard_model, shard_layers
+from kinherit.training.load_teachers import load_teacher
+from kinherit.training.options import InheritanceArguments
+from kinherit.training.trainer import InheritanceTrainer
 
 
 def batch_for(kind: str, tokenizer, processes: int) -> dict[str, torch.Tensor]:
@@ -56,13 +57,13 @@ def run_case(preset: str, teacher_preset: str, placement: str, tokenizer, args) 
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     reference_teacher.load_state_dict(teacher.state_dict())
-    inherit = InheritanceArguments(inherit_steps=10, temperature=2.0, compile_loss=False, teacher_placement=placement)
+    inherit = InheritanceArguments(inherit_steps=10, temperature=2.0, loss_kernels="eager", teacher_placement=placement)
     kind = "masked" if preset.startswith("roberta") else "causal"
     batch = batch_for(kind, tokenizer, processes)
 
     whole = InheritanceTrainer(model=reference, args=args, teachers=TeacherSet([freeze(reference_teacher)]),
                                inherit_args=InheritanceArguments(inherit_steps=10, temperature=2.0,
-                                                                 compile_loss=False), vocab_size=len(tokenizer))
+                                                                 loss_kernels="eager"), vocab_size=len(tokenizer))
     whole.state.global_step = 3  # alpha = 0.7: both terms count
     reference.train()
     # every process holds the whole batch here, so the global count is processes x the batch's own
@@ -137,7 +138,7 @@ def nonfinite_case(policy: str, tokenizer, args) -> dict:
     wrapped = torch.nn.parallel.DistributedDataParallel(student)
     trainer = InheritanceTrainer(model=student, args=args, teachers=TeacherSet([teacher]),
                                  inherit_args=InheritanceArguments(inherit_steps=10, nonfinite=policy,
-                                                                   compile_loss=False), vocab_size=len(tokenizer))
+                                                                   loss_kernels="eager"), vocab_size=len(tokenizer))
     student.train()
     ids = torch.randint(5, len(tokenizer), (2, 32), generator=torch.Generator().manual_seed(rank))
     batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
@@ -156,7 +157,7 @@ def nonfinite_case(policy: str, tokenizer, args) -> dict:
     grad = student.get_input_embeddings().weight.grad.clone()
     other = [torch.zeros_like(grad) for _ in range(2)]
     dist.all_gather(other, grad)
-    return {"policy": policy, "rank": rank, "skipped": trainer.skipped_batches, "zero_grads": zero_grads,
+    return {"policy": policy, "rank": rank, "skipped": trainer.counters.skipped_batches, "zero_grads": zero_grads,
             "synchronised": bool(torch.equal(other[0], other[1]) and grad.abs().sum() > 0),
             "loss": loss.item()}
 
@@ -171,7 +172,7 @@ def uneven_validation_case(tokenizer, output_dir: str) -> dict:
     ids = torch.randint(5, len(tokenizer), (3, 32), generator=torch.Generator().manual_seed(3)).tolist()
     blocks = Dataset.from_dict({"input_ids": ids, "index": [0, 1, 2]})
     args = TrainingArguments(output_dir, report_to="none", use_cpu=True, per_device_eval_batch_size=1)
-    inherit = InheritanceArguments(inherit_schedule="adaptive", teacher_placement="shard", compile_loss=False)
+    inherit = InheritanceArguments(inherit_schedule="adaptive", teacher_placement="shard", loss_kernels="eager")
     shard_layers(student)
     sharded = InheritanceTrainer(model=student, args=args, teachers=TeacherSet([freeze(teacher)]),
                                  inherit_args=inherit, vocab_size=len(tokenizer),

@@ -9,8 +9,8 @@ import sys
 
 from transformers import TrainerCallback
 
-from kinherit.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
-from kinherit.pretrain import pretrain
+from kinherit.commands.pretrain import pretrain
+from kinherit.training.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
 
 
 def small_data(tokenizer: str, cache: str) -> DataArguments:

@@ -1,5 +1,5 @@
-"""The step-cost benchmark runs every variant it times (on a tiny pair), so that a change to the trainer or the
-teacher cache cannot leave `benchmarks/step_cost.py` broken until someone next runs it in full."""
+"""Each benchmark runs what it times on a tiny input, so that a change to the trainer, the teacher cache or the loss
+kernels cannot leave a script under `benchmarks/` broken until someone next runs it in full."""
 
 import importlib.util
 import math
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "step_cost.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("step_cost", BENCHMARK)
+def load_benchmark(name: str = "step_cost"):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["step_cost"] = module  # its dataclasses look their module up
+    sys.modules[name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -32,3 +32,12 @@ def test_every_variant_of_the_step_cost_benchmark_steps_on_a_tiny_pair(tmp_path)
         assert sum(norms) > 0, variant
     bound, student, teacher = bench.bound()
     assert bound == 1.0 + teacher / student and teacher > 0
+
+
+def test_the_loss_kernel_benchmark_times_every_backend(tmp_path, capsys):
+    kernels = load_benchmark("loss_kernels")
+    result = kernels.main(["--shapes", "8x300", "--rounds", "1", "--warmup", "0", "--json", str(tmp_path / "k.json")])
+    timings = result["shapes"]["8x300"]
+    assert set(timings) == {"eager", "compiled", "native"}
+    assert all(value > 0 for terms in timings.values() for value in terms.values())
+    assert "| 8x300 | ki |" in capsys.readouterr().out and (tmp_path / "k.json").exists()

@@ -93,9 +93,9 @@ def tree(root: Path) -> set[str]:
 def test_experiment_names_never_escape_the_output_folder(tmp_path, tokenizer_dir, monkeypatch, capsys, experiment,
                                                          run, group):
     """Any experiment, run or group name either runs inside the output folder or is refused with a message."""
-    import kinherit.pretrain
+    import kinherit.commands.pretrain
 
-    monkeypatch.setattr(kinherit.pretrain, "pretrain", fake_pretrain())
+    monkeypatch.setattr(kinherit.commands.pretrain, "pretrain", fake_pretrain())
     sandbox = tmp_path / f"s{next(EXAMPLES)}"
     output = sandbox / "outer" / "out"
     output.mkdir(parents=True)

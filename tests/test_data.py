@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from kinherit.core.errors import KinheritError
 from kinherit.data import BlockCollator, CorpusSpec, build_blocks, load_corpus, load_tokenizer, split_documents
 from kinherit.data import blocks as blocks_module
-from kinherit.errors import KinheritError
 
 
 def test_builtin_wikipedia_is_real_text(wiki_corpus):
@@ -65,7 +65,7 @@ def test_corpus_weights_resample_blocks_to_their_shares():
     from datasets import Dataset
 
     from kinherit.data.mixture import mix_blocks
-    from kinherit.options import DataArguments
+    from kinherit.training.options import DataArguments
 
     blocks = Dataset.from_dict({"domain_id": [0] * 90 + [1] * 10, "index": list(range(100))})
     mixed = mix_blocks(blocks, [1.0, 1.0], seed=0)

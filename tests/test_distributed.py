@@ -18,14 +18,14 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from kinherit.errors import KinheritError
-from kinherit.experiment import run_experiment
+from kinherit.commands.pretrain import pretrain
+from kinherit.core.errors import KinheritError
+from kinherit.core.sealed import is_sealed
+from kinherit.experiment.runner import run_experiment
 from kinherit.inheritance.teachers import TeacherSet, freeze
-from kinherit.models import load_model
-from kinherit.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
-from kinherit.pretrain import pretrain
-from kinherit.sealed import is_sealed
-from kinherit.trainer import InheritanceTrainer
+from kinherit.models.loading import load_model
+from kinherit.training.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
+from kinherit.training.trainer import InheritanceTrainer
 
 
 def free_port() -> int:
@@ -83,7 +83,7 @@ def start(workdir: Path, tokenizer_dir: Path, name: str, processes: int, batch: 
                "--cache_dir", str(workdir / "cache"), "--output_dir", str(out), "--max_steps", str(STEPS),
                "--per_device_train_batch_size", str(batch), "--learning_rate", "3e-3", "--warmup_steps", "0",
                "--eval_steps", "2", "--logging_steps", "1", "--save_steps", "4", "--save_total_limit", "2",
-               "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--compile_loss", "false",
+               "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--loss_kernels", "eager",
                "--seed", "3", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -243,7 +243,7 @@ def test_experiment_runs_each_run_under_its_launcher(tmp_path, capsys):
         "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 10},
                  {"name": "scratch", "model": "llama-2x64", "max_steps": 10},
                  {"name": "ki", "model": "llama-2x64", "max_steps": 10, "teachers": ["teacher"],
-                  "baseline": "scratch", "inherit": {"inherit_steps": 5, "compile_loss": False}}]}
+                  "baseline": "scratch", "inherit": {"inherit_steps": 5, "loss_kernels": "eager"}}]}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(config))
     report = run_experiment(path)

@@ -8,16 +8,16 @@ import math
 import pytest
 
 from kinherit.cli import main
-from kinherit.errors import KinheritError
-from kinherit.evaluate import evaluate
-from kinherit.options import (
+from kinherit.commands.evaluate import evaluate
+from kinherit.commands.pretrain import pretrain
+from kinherit.core.errors import KinheritError
+from kinherit.training.options import (
     DataArguments,
     EvaluateArguments,
     InheritanceArguments,
     KinheritTrainingArguments,
     ModelArguments,
 )
-from kinherit.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import threading
 import pytest
 import yaml
 
-from kinherit.errors import KinheritError
-from kinherit.evaluation.compute_saved import EvalPoint, compute_saved, crossing, summarise
-from kinherit.experiment import load_experiment, parse_experiment, run_arguments, run_experiment, run_lock
+from kinherit.core.errors import KinheritError
+from kinherit.experiment.compute_saved import EvalPoint, compute_saved, crossing, summarise
+from kinherit.experiment.runner import run_experiment, run_lock
+from kinherit.experiment.spec import load_experiment, parse_experiment, run_arguments
 
 BASE = {"name": "x", "corpora": {"wiki": {"source": "wikipedia"}},
         "runs": [{"name": "teacher", "model": "llama-2x64"},
@@ -35,8 +36,8 @@ def test_valid_experiment_orders_teachers_first():
 @pytest.mark.parametrize("data, message", [
     ({**BASE, "runz": []}, r"unknown key\(s\) \['runz'\] in the experiment; valid keys"),
     (with_runs([{"name": "a", "model": "llama-2x64", "lr": 1}]), r"unknown key\(s\) \['lr'\] in run 'a'; valid keys"),
-    (with_runs([{"name": "a", "model": "m", "batch_size": 4}]), "'batch_size' is now 'per_device_train_batch_size'"),
-    (with_runs([{"name": "a", "model": "m", "inherit": {"steps": 4}}]), "'steps' is now 'inherit_steps'"),
+    (with_runs([{"name": "a", "model": "m", "batch_size": 4}]), r"unknown key\(s\) \['batch_size'\]"),
+    (with_runs([{"name": "a", "model": "m", "inherit": {"fused_loss": False}}]), "'fused_loss' is now loss_kernels"),
     (with_runs([{"name": "a", "model": "m", "output_dir": "x"}]), "'output_dir' is set by the experiment itself"),
     (with_runs([{"name": "a", "model": "m", "max_steps": 3, "training_args": {"max_steps": 5}}]),
      r"\['max_steps'\] given both in training_args: and outside it"),
@@ -56,7 +57,7 @@ def test_valid_experiment_orders_teachers_first():
     (with_runs([{"name": "a", "model": "m", "max_steps": 0}]), "run 'a': --max_steps must be positive, got 0"),
     (with_runs([{"name": "a", "model": "m", "learning_rate": -1}]), "--learning_rate must be positive, got -1"),
     (with_runs([{"name": "a", "model": "m", "inherit": {"temperature": "hot"}}]), "--temperature.*invalid float"),
-    (with_runs([{"name": "a", "model": "m", "inherit": {"compile_loss": "maybe"}}]), "--compile_loss.*Truthy value"),
+    (with_runs([{"name": "a", "model": "m", "inherit": {"loss_kernels": "fast"}}]), "--loss_kernels must be one of"),
     (with_runs([{"name": "a", "model": "m", "seeds": None},
                 {"name": "b", "model": "m", "seeds": [0], "baseline": "a"}]),
      "run 'a': seeds must be a non-empty list of integers"),
@@ -277,8 +278,8 @@ def test_start_continues_another_runs_model_seed_by_seed(tmp_path):
 
 
 def test_report_curves_leave_out_teachers_and_the_runs_others_start_from():
-    from kinherit.evaluation.compute_saved import EvalPoint
-    from kinherit.evaluation.report import _students
+    from kinherit.experiment.compute_saved import EvalPoint
+    from kinherit.experiment.report import _students
 
     curve = [EvalPoint(step=0, loss=6.0, flops=0.0, seconds=0.0), EvalPoint(step=10, loss=5.0, flops=1.0, seconds=1.0)]
     runs = {"general": {"model": "llama-2x64"}, "teacher": {"model": "llama-1x64"},
@@ -293,7 +294,7 @@ def test_analyses_share_their_runs_consistently():
     with one tokenizer and one definition per corpus name, so that each shared run is trained once."""
     from pathlib import Path
 
-    from kinherit.experiment import run_fingerprint
+    from kinherit.experiment.spec import run_fingerprint
 
     files = sorted((Path(__file__).resolve().parents[1] / "configs" / "analyses").glob("*.yaml"))
     assert len(files) >= 4
@@ -318,21 +319,23 @@ def test_analyses_share_their_runs_consistently():
 def test_inherit_keys_reach_the_inheritance_arguments(tmp_path):
     inherit = {"inherit_schedule": "cosine", "inherit_steps": 30, "inherit_start": 0.8, "temperature": 1.5,
                "divergence": "jsd",
-               "jsd_beta": 0.3, "chunk_size": 64, "teacher_dtype": "float32", "compile_loss": False,
-               "fused_loss": False}
+               "jsd_beta": 0.3, "chunk_size": 64, "teacher_dtype": "float32", "loss_kernels": "eager"}
     runs = [{"name": "teacher", "model": "llama-2x64"},
             {"name": "ki", "model": "llama-2x128", "teachers": ["teacher"], "inherit": inherit}]
     experiment = parse_experiment(with_runs(runs), output_dir=str(tmp_path))
     _model, _data, args, _training = run_arguments(experiment, experiment.runs["ki"])
     assert (args.inherit_schedule, args.inherit_steps, args.inherit_start) == ("cosine", 30, 0.8)
     assert (args.temperature, args.divergence, args.jsd_beta, args.chunk_size) == (1.5, "jsd", 0.3, 64)
-    assert (args.teacher_dtype, args.compile_loss, args.fused_loss) == ("float32", False, False)
+    assert (args.teacher_dtype, args.loss_kernels) == ("float32", "eager")
+    retired = with_runs([runs[0], {**runs[1], "inherit": {"compile_loss": False}}])
+    with pytest.raises(KinheritError, match="'compile_loss' is now loss_kernels"):
+        parse_experiment(retired, output_dir=str(tmp_path))
     assert args.teacher == [str(tmp_path / "runs" / "teacher")]
     # keys left out keep the dataclass defaults
     plain = parse_experiment(with_runs([runs[0], {**runs[1], "inherit": {"inherit_steps": 5}}]),
                              output_dir=str(tmp_path))
     defaults = run_arguments(plain, plain.runs["ki"])[2]
-    assert (defaults.temperature, defaults.compile_loss, defaults.inherit_schedule) == (2.0, True, "linear")
+    assert (defaults.temperature, defaults.loss_kernels, defaults.inherit_schedule) == (2.0, "auto", "linear")
 
 
 def test_a_shared_run_is_trained_by_one_process_at_a_time(tmp_path, capsys):

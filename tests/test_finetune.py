@@ -10,11 +10,11 @@ import torch
 from datasets import Dataset
 
 from kinherit.cli import main
+from kinherit.commands.finetune import finetune, scores
+from kinherit.core.errors import KinheritError
 from kinherit.data.tasks import BUILTIN_TASKS, load_task, split_by_group
-from kinherit.errors import KinheritError
-from kinherit.finetune import finetune, scores
-from kinherit.models import load_model
-from kinherit.options import FinetuneArguments
+from kinherit.models.loading import load_model
+from kinherit.training.options import FinetuneArguments
 
 WORDS = {"sport": ["match", "goal", "team", "score", "coach"], "money": ["bank", "price", "stock", "market", "loan"]}
 

@@ -10,12 +10,13 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from kinherit.errors import KinheritError
-from kinherit.experiment import parse_experiment, run_experiment
-from kinherit.grow import grow_checkpoint, grow_model, max_logit_difference, target_config_for
-from kinherit.models import load_model
-from kinherit.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
-from kinherit.pretrain import pretrain
+from kinherit.commands.grow import grow_checkpoint, grow_model, max_logit_difference, target_config_for
+from kinherit.commands.pretrain import pretrain
+from kinherit.core.errors import KinheritError
+from kinherit.experiment.runner import run_experiment
+from kinherit.experiment.spec import parse_experiment
+from kinherit.models.loading import load_model
+from kinherit.training.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
 
 FAMILIES = ["llama", "gpt2", "roberta", "bert"]
 SHAPES = {"width": "2x128", "depth": "5x64", "both": "4x192"}

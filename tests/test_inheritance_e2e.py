@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from kinherit.errors import KinheritError
-from kinherit.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
-from kinherit.pretrain import pretrain
+from kinherit.commands.pretrain import pretrain
+from kinherit.core.errors import KinheritError
+from kinherit.training.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
 
 STEPS = 60
 

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 from kinherit.inheritance import InheritanceLoss
 from kinherit.inheritance import loss as loss_module
 from kinherit.inheritance.chunking import ChunkBuffers
-from kinherit.inheritance.rowwise import paired_logsumexp
-from kinherit.lm import chunk_positions
+from kinherit.inheritance.kernels.rowwise import paired_logsumexp
+from kinherit.models.lm import chunk_positions
 
 V = 23
 
@@ -55,10 +55,10 @@ def make(seed, shape=(3, 7), n_teachers=1, ignore=True):
     return student, teachers, labels
 
 
-# The four ways of computing the gradient: autograd, the closed form, and the closed form fused by torch.compile
-# or by the native CPU kernels (conftest's `kernel_choice` picks between the last two).
-PATHS = {"autograd": {"fused": False}, "fused": {"fused": True}, "compiled": {"fused": True, "compiled": True},
-         "native": {"fused": True, "compiled": True}}
+# The four ways of computing the gradient: autograd, the closed form in eager passes, and the closed form fused by
+# torch.compile or by the native CPU kernels.
+PATHS = {"autograd": {"kernels": "autograd"}, "fused": {"kernels": "eager"}, "compiled": {"kernels": "compiled"},
+         "native": {"kernels": "native"}}
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 3.0])
@@ -135,8 +135,8 @@ def test_the_default_chunk_bounds_its_tensors_by_bytes(monkeypatch):
         InheritanceLoss(chunk_size=0)
     # the loss splits by the default for its vocabulary and tensors (the budget shrunk to 12 rows of V logits:
     # 12 positions without a teacher, 6 with one)
-    monkeypatch.setattr("kinherit.lm.CHUNK_BYTES", 12 * V * 4)
-    monkeypatch.setattr("kinherit.lm.MIN_CHUNK", 1)
+    monkeypatch.setattr("kinherit.models.lm.CHUNK_BYTES", 12 * V * 4)
+    monkeypatch.setattr("kinherit.models.lm.MIN_CHUNK", 1)
     seen = []
     real = loss_module.chunked_loss
     monkeypatch.setattr(loss_module, "chunked_loss", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
@@ -257,23 +257,22 @@ def test_bad_teacher_weights(weights, message):
 
 
 def test_failed_compilation_falls_back_to_the_same_result(monkeypatch):
-    from kinherit.inheritance import targets
-
-    monkeypatch.setenv("KINHERIT_NATIVE_KERNELS", "0")
+    from kinherit.inheritance import kernels as backends
+    from kinherit.inheritance.kernels import compiled, eager
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("no compiler")
 
-    kernels = [targets.CompiledKernel(targets._forward_kl_statistics),
-               targets.CompiledKernel(targets._forward_kl_gradient_)]
-    monkeypatch.setattr(targets, "_COMPILED_STATISTICS", kernels[0])
-    monkeypatch.setattr(targets, "_COMPILED_GRADIENT", kernels[1])
+    kernels = [compiled.CompiledKernel(eager.forward_kl_statistics),
+               compiled.CompiledKernel(eager.forward_kl_gradient_)]
+    monkeypatch.setattr(backends.CompiledKernels, "statistics", kernels[0])
+    monkeypatch.setattr(backends.CompiledKernels, "gradient_", kernels[1])
     monkeypatch.setattr(torch, "compile", broken)
     student, teachers, labels = make(8)
-    eager = InheritanceLoss(temperature=2.0)(student, teachers[0], labels, alpha=0.3).total
+    eager_total = InheritanceLoss(temperature=2.0, kernels="eager")(student, teachers[0], labels, alpha=0.3).total
     with pytest.warns(UserWarning, match="no compiler"):
-        fallback = InheritanceLoss(temperature=2.0, compiled=True)(student, teachers[0], labels, alpha=0.3).total
-    assert all(kernel.failed for kernel in kernels) and fallback.item() == eager.item()
+        fallback = InheritanceLoss(temperature=2.0, kernels="compiled")(student, teachers[0], labels, alpha=0.3).total
+    assert all(kernel.failed for kernel in kernels) and fallback.item() == eager_total.item()
 
 
 @pytest.mark.parametrize("taught", [True, False])
@@ -358,7 +357,7 @@ def test_teacher_logits_of_successive_chunks_share_a_buffer_and_are_exact(tokeni
     # a plain linear teacher head writes each chunk's logits into one reused buffer; the targets must be
     # exactly those of the head applied to that chunk, whatever the previous chunk left there
     from kinherit.inheritance.teachers import TeacherSet, freeze
-    from kinherit.models import load_model
+    from kinherit.models.loading import load_model
 
     torch.manual_seed(0)
     teacher = freeze(load_model("llama-1x64", tokenizer, 16))

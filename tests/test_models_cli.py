@@ -9,9 +9,10 @@ import torch
 from transformers import AutoModelForMaskedLM
 
 from kinherit.cli import main
-from kinherit.errors import KinheritError
-from kinherit.models import load_model, model_kind, preset_config
-from kinherit.options import merge_repeated
+from kinherit.core.errors import KinheritError
+from kinherit.models.loading import load_model, model_kind
+from kinherit.models.presets import preset_config
+from kinherit.training.options import merge_repeated
 
 
 @pytest.mark.parametrize("name, millions", [("roberta-medium", 73.5), ("roberta-base", 124.7),
@@ -79,7 +80,7 @@ def test_cli_pretrain_without_validation_split_and_a_used_output_dir(tmp_path, t
 
 
 def test_pinned_memory_only_for_a_gpu(tmp_path):
-    from kinherit.options import KinheritTrainingArguments
+    from kinherit.training.options import KinheritTrainingArguments
 
     args = KinheritTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
     assert args.dataloader_pin_memory is False
@@ -104,14 +105,14 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
 ])
 def test_command_line_errors_name_the_option(argv, message):
-    from kinherit.options import parse_pretrain_args
+    from kinherit.training.options import parse_pretrain_args
 
     with pytest.raises(KinheritError, match=message):
         parse_pretrain_args(argv)
 
 
 def test_pretrain_arguments_from_one_json_file(tmp_path):
-    from kinherit.options import parse_pretrain_args
+    from kinherit.training.options import parse_pretrain_args
 
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"model": "llama-2x64", "corpus": ["wikipedia"], "temperature": 0.5,
@@ -131,10 +132,10 @@ def test_pretrain_arguments_from_one_json_file(tmp_path):
 
 
 def test_cli_experiment_passes_finetune_false_to_the_runner(monkeypatch):
-    import kinherit.experiment
+    import kinherit.experiment.runner
 
     calls = []
-    monkeypatch.setattr(kinherit.experiment, "run_experiment", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(kinherit.experiment.runner, "run_experiment", lambda *args, **kwargs: calls.append(kwargs))
     assert main(["experiment", "x.yaml", "--finetune", "false"]) == 0
     assert main(["experiment", "x.yaml", "--only", "a"]) == 0
     assert calls == [{"output_dir": None, "only": None, "finetune": False},

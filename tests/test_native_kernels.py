@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import require_native_kernels
 
-from kinherit.inheritance import InheritanceLoss, native
+from kinherit.inheritance import InheritanceLoss
+from kinherit.inheritance.kernels import native
 
 BLOCK = 2048  # the kernels' block of a row: sizes around it exercise the online rescaling and the row's tail
 
@@ -132,17 +133,17 @@ def test_only_float32_cpu_rows_are_taken(kernels):
         kernels.softmax_mix_(z, torch.zeros(2), torch.zeros(3), torch.zeros(3), 1.0, 0.0, 1.0)
 
 
-def test_the_loss_runs_them_and_can_be_told_not_to(kernels, monkeypatch):
+def test_the_loss_runs_them_by_default_and_can_be_told_not_to(kernels, monkeypatch):
     calls = []
     monkeypatch.setattr(native, "kernels", lambda real=native.kernels: calls.append(1) or real())
     student, teacher = rows(4, 6, 50)
     labels = torch.randint(0, 50, (6,))
-    loss = InheritanceLoss(temperature=2.0, compiled=True)
+    loss = InheritanceLoss(temperature=2.0)
     native_total = loss(student.requires_grad_(), teacher, labels, alpha=0.4).total
-    assert calls
-    monkeypatch.setenv("KINHERIT_NATIVE_KERNELS", "0")
-    assert not native.usable(student.detach())
-    compiled_total = loss(student, teacher, labels, alpha=0.4).total
+    assert calls and loss.backend("cpu").name == "native"
+    calls.clear()
+    compiled_total = InheritanceLoss(temperature=2.0, kernels="compiled")(student, teacher, labels, alpha=0.4).total
+    assert not calls
     assert compiled_total.item() == pytest.approx(native_total.item(), rel=1e-5)
 
 

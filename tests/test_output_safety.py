@@ -18,16 +18,16 @@ import torch
 from conftest import require_native_kernels
 from fake_runs import fake_pretrain
 
-from kinherit.atomic import write_text_atomic
 from kinherit.cli import main
+from kinherit.core.atomic import write_text_atomic
+from kinherit.core.errors import KinheritError
+from kinherit.core.locks import exclusive
+from kinherit.core.sealed import MANIFEST, seal
 from kinherit.data import CorpusSpec, load_corpus
 from kinherit.data.tasks import load_task
-from kinherit.errors import KinheritError
-from kinherit.lm import process_part
-from kinherit.locks import exclusive
-from kinherit.options import InheritanceArguments
-from kinherit.sealed import MANIFEST, seal
-from kinherit.teacher_cache import partial_folder
+from kinherit.models.lm import process_part
+from kinherit.training.options import InheritanceArguments
+from kinherit.training.teacher_cache import partial_folder
 
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true"]
 
@@ -95,7 +95,7 @@ def test_a_fresh_run_refuses_a_finished_run_folder(tmp_path, tokenizer_dir, fini
 
 @pytest.mark.parametrize("name", ["../escaped", "/abs", "a/b", "..", ".hidden", ""])
 def test_run_and_experiment_names_are_single_plain_folder_names(name):
-    from kinherit.experiment import parse_experiment
+    from kinherit.experiment.spec import parse_experiment
 
     base = {"name": "ok", "corpora": {"wiki": {"source": "wikipedia"}},
             "runs": [{"name": "r", "model": "llama-1x64", "max_steps": 1}]}
@@ -106,7 +106,7 @@ def test_run_and_experiment_names_are_single_plain_folder_names(name):
 
 
 def test_a_report_refuses_a_manifest_naming_a_run_outside_the_folder(tmp_path):
-    from kinherit.evaluation.report import write_report
+    from kinherit.experiment.report import write_report
 
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "x.json").write_text(json.dumps({"runs": {"../../etc": {"teachers": []}}}))
@@ -134,7 +134,8 @@ def test_a_second_pretrain_into_a_held_folder_is_refused(tmp_path, tokenizer_dir
 def test_a_shared_tokenizer_being_built_is_waited_for_not_rebuilt(tmp_path, tokenizer_dir, monkeypatch):
     """Two experiments sharing a folder: the second waits for the first's tokenizer and uses it."""
     import kinherit.data
-    from kinherit.experiment import ensure_tokenizer, parse_experiment
+    from kinherit.experiment.runner import ensure_tokenizer
+    from kinherit.experiment.spec import parse_experiment
 
     experiment = parse_experiment({"name": "x", "corpora": {"wiki": {"source": "wikipedia", "max_documents": 5}},
                                    "tokenizer": {"corpus": "wiki", "vocab_size": 300},
@@ -163,7 +164,8 @@ def test_a_shared_tokenizer_being_built_is_waited_for_not_rebuilt(tmp_path, toke
 
 
 def test_a_lock_is_released_when_its_holder_dies(tmp_path):
-    code = f"from kinherit.locks import exclusive\nwith exclusive({str(tmp_path / 'x')!r}):\n    import os; os._exit(9)"
+    code = (f"from kinherit.core.locks import exclusive\nwith exclusive({str(tmp_path / 'x')!r}):\n"
+            "    import os; os._exit(9)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 9
     with exclusive(tmp_path / "x", wait=False):
         pass
@@ -218,12 +220,12 @@ def test_every_process_part_runs_as_many_forward_passes_as_the_largest(blocks, p
 # ------------------------------------------------------------------ 8: a stale kernel-build lock
 
 def test_a_kernel_build_lock_left_by_a_killed_build_is_removed(tmp_path):
-    from kinherit.inheritance import native
+    from kinherit.inheritance.kernels import native
 
     require_native_kernels()
     stale = native.build_folder() / "lock"
     stale.touch()  # what torch leaves when a build is killed
-    code = "from kinherit.inheritance import native; assert native.kernels() is not None"
+    code = "from kinherit.inheritance.kernels import native; assert native.kernels() is not None"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "left by a kernel build that was killed" in done.stderr and not stale.exists()
@@ -255,7 +257,7 @@ def test_finetune_refuses_an_unfinished_run_and_a_truncated_checkpoint(tmp_path,
 
 
 def test_a_report_reads_a_log_whose_last_line_was_cut(tmp_path, finished_run):
-    from kinherit.evaluation.report import read_curve
+    from kinherit.experiment.report import read_curve
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -268,9 +270,9 @@ def test_a_report_reads_a_log_whose_last_line_was_cut(tmp_path, finished_run):
 def test_a_diverged_loss_prints_a_capped_perplexity(tmp_path, tokenizer_dir, monkeypatch, capsys):
     import yaml
 
-    import kinherit.pretrain
+    import kinherit.commands.pretrain
 
-    monkeypatch.setattr(kinherit.pretrain, "pretrain", fake_pretrain(loss=900.0))
+    monkeypatch.setattr(kinherit.commands.pretrain, "pretrain", fake_pretrain(loss=900.0))
     config = {"name": "x", "output_dir": str(tmp_path / "out"), "tokenizer": {"path": str(tokenizer_dir)},
               "corpora": {"wiki": {"source": "wikipedia", "max_documents": 5}},
               "runs": [{"name": "r", "model": "llama-1x64", "max_steps": 1}]}
@@ -340,8 +342,8 @@ def test_a_batch_without_taught_positions_adds_a_zero_loss_not_nan(tmp_path, tok
     from transformers import TrainingArguments
 
     from kinherit.inheritance.teachers import TeacherSet, freeze
-    from kinherit.models import load_model
-    from kinherit.trainer import InheritanceTrainer
+    from kinherit.models.loading import load_model
+    from kinherit.training.trainer import InheritanceTrainer
 
     student = load_model("llama-1x64", tokenizer, 32)
     trainer = InheritanceTrainer(model=student, args=TrainingArguments(str(tmp_path), report_to="none", use_cpu=True),

@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kinherit.errors import KinheritError
-from kinherit.experiment import load_experiment, parse_experiment, run_arguments
-from kinherit.options import parse_pretrain_args
+from kinherit.core.errors import KinheritError
+from kinherit.experiment.spec import load_experiment, parse_experiment, run_arguments
+from kinherit.training.options import parse_pretrain_args
 
 BASE = {
     "name": "prop", "seed": 0, "tokenizer": {"corpus": "wiki", "vocab_size": 512},
@@ -98,7 +98,7 @@ def test_any_yaml_text_validates_or_raises_our_error(tmp_path_factory, text):
 FLAGS = ["--model", "--corpus", "--tokenizer", "--block_size", "--validation_fraction", "--max_documents",
          "--vocab_size", "--mlm_probability", "--teacher", "--teacher_weights", "--temperature", "--divergence",
          "--jsd_beta", "--inherit_schedule", "--inherit_steps", "--inherit_start", "--inherit_value",
-         "--inherit_time_constant", "--chunk_size", "--teacher_dtype", "--nonfinite", "--compile_loss", "--max_steps",
+         "--inherit_time_constant", "--chunk_size", "--teacher_dtype", "--nonfinite", "--loss_kernels", "--max_steps",
          "--learning_rate", "--warmup_steps", "--lr_scheduler_type", "--eval_strategy", "--save_strategy",
          "--per_device_train_batch_size", "--gradient_accumulation_steps", "--seed", "--bf16", "--fp16",
          "--weight_decay", "--no_such_flag", "--trust_remote_code", "--fused_loss"]

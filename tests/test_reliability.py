@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from resume_worker import small_data
 
-from kinherit.errors import KinheritError
-from kinherit.load_teachers import load_teacher
-from kinherit.models import load_model
-from kinherit.options import InheritanceArguments, KinheritTrainingArguments, ModelArguments
-from kinherit.pretrain import pretrain
-from kinherit.sealed import MANIFEST, last_good_checkpoint, rotate_checkpoints, seal, verify
+from kinherit.commands.pretrain import pretrain
+from kinherit.core.errors import KinheritError
+from kinherit.core.sealed import MANIFEST, last_good_checkpoint, rotate_checkpoints, seal, verify
+from kinherit.models.loading import load_model
+from kinherit.training.load_teachers import load_teacher
+from kinherit.training.options import InheritanceArguments, KinheritTrainingArguments, ModelArguments
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 STEPS = 24

@@ -8,10 +8,11 @@ import torch
 
 from kinherit.data import BlockCollator, build_blocks, load_corpus
 from kinherit.inheritance import InheritanceLoss
-from kinherit.lm import target_labels
-from kinherit.load_teachers import build_teachers
-from kinherit.models import backbone_and_head, load_model
-from kinherit.options import DataArguments, InheritanceArguments
+from kinherit.models.lm import target_labels
+from kinherit.models.loading import load_model
+from kinherit.models.parts import backbone_and_head
+from kinherit.training.load_teachers import build_teachers
+from kinherit.training.options import DataArguments, InheritanceArguments
 
 TAU = 2.0
 

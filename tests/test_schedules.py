@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 from kinherit.inheritance import (
     AdaptiveSchedule,
     Constant,

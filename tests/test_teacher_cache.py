@@ -9,23 +9,23 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
+from kinherit.commands.pretrain import pretrain
+from kinherit.core.errors import KinheritError
 from kinherit.data import BlockCollator, build_blocks, load_corpus
-from kinherit.errors import KinheritError
 from kinherit.inheritance.teachers import TeacherSet
-from kinherit.inheritance.topk import TopKTarget
-from kinherit.lm import target_labels
-from kinherit.load_teachers import load_teacher
-from kinherit.models import load_model
-from kinherit.options import (
+from kinherit.inheritance.topk import TopKTarget, check_cached_k
+from kinherit.models.lm import target_labels
+from kinherit.models.loading import load_model
+from kinherit.training.load_teachers import load_teacher
+from kinherit.training.options import (
     CacheArguments,
     DataArguments,
     InheritanceArguments,
     KinheritTrainingArguments,
     ModelArguments,
 )
-from kinherit.pretrain import pretrain
-from kinherit.teacher_cache import TeacherCache, build_cache
-from kinherit.trainer import InheritanceTrainer
+from kinherit.training.teacher_cache import TeacherCache, build_cache
+from kinherit.training.trainer import InheritanceTrainer
 
 
 def data_args(tokenizer_dir, tmp, block_size=32) -> DataArguments:
@@ -70,16 +70,16 @@ def test_cache_reads_back_the_live_top_k_exactly(tmp_path, tokenizer, tokenizer_
     positions = (labels != -100).nonzero().squeeze(-1)
     hidden, rows = teacher.hidden_states(batch["input_ids"], None, None)
     live = TopKTarget.from_log_probs(teacher.target(positions, hidden, rows, 1.0, len(tokenizer)).log_probs, 8)
-    cached = cache.target(batch["block_index"], 0, torch.full((4,), 31), torch.device("cpu"))
+    cached = cache.target(batch["block_index"], 0, torch.full((4,), 31), torch.device("cpu"), cache.held)
     assert torch.equal(cached.ids, live.ids)
     torch.testing.assert_close(cached.log_probs, live.log_probs, rtol=1e-5, atol=1e-5)
     assert manifest["bytes_per_position"] == pytest.approx(8 * (2 + 4), rel=0.05)  # uint16 ids, float32 values
     # a run's --top_k reads only the first K tokens of each position: the same values as cutting the whole rows
-    three = TeacherCache(path, top_k=3).target(batch["block_index"], 0, torch.full((4,), 31), torch.device("cpu"))
+    three = cache.target(batch["block_index"], 0, torch.full((4,), 31), torch.device("cpu"), 3)
     assert three.ids.shape == (4 * 31, 3) and torch.equal(three.ids, cached.ids[:, :3])
     assert torch.equal(three.log_probs, cached.log_probs[:, :3])
     with pytest.raises(KinheritError, match="--top_k 9 asks for more tokens than the teacher cache holds"):
-        TeacherCache(path, top_k=9)
+        check_cached_k(9, cache.held)
 
 
 def test_a_cache_built_with_k_above_the_vocabulary_holds_and_serves_v_tokens(tmp_path, tokenizer, tokenizer_dir,
@@ -88,10 +88,11 @@ def test_a_cache_built_with_k_above_the_vocabulary_holds_and_serves_v_tokens(tmp
     _manifest, path = build(tmp_path, tokenizer_dir, teachers / "llama-1x64", vocab + 5)
     blocks = live_blocks(tmp_path, tokenizer, tokenizer_dir)
     batch = BlockCollator(tokenizer, masked=False)([blocks[0], blocks[1]])
-    cached = TeacherCache(path).target(batch["block_index"], 0, torch.full((2,), 31), torch.device("cpu"))
+    cache = TeacherCache(path)
+    cached = cache.target(batch["block_index"], 0, torch.full((2,), 31), torch.device("cpu"), cache.held)
     assert cached.ids.shape == (2 * 31, vocab)
     with pytest.raises(KinheritError, match=f"--top_k {vocab + 1} asks for more tokens than the teacher cache holds"):
-        TeacherCache(path, top_k=vocab + 1)
+        check_cached_k(vocab + 1, cache.held)
 
 
 @pytest.mark.parametrize("kind", ["llama-1x64", "roberta-1x64"])
@@ -136,7 +137,7 @@ def test_manifest_mismatches_are_errors(tmp_path, tokenizer, tokenizer_dir, teac
 
 
 def test_interrupted_build_resumes_and_never_reads_as_complete(tmp_path, tokenizer_dir, teachers, monkeypatch):
-    from kinherit import teacher_cache
+    from kinherit.training import teacher_cache
 
     real = teacher_cache._cache_blocks
     calls = []
@@ -171,7 +172,7 @@ def test_interrupted_build_resumes_and_never_reads_as_complete(tmp_path, tokeniz
 
 
 def test_build_stopped_before_sealing_resumes(tmp_path, tokenizer_dir, teachers, monkeypatch):
-    from kinherit import teacher_cache
+    from kinherit.training import teacher_cache
 
     real = teacher_cache.seal
 

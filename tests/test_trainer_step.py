@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainingArguments
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
+from kinherit.core.sealed import seal
 from kinherit.inheritance.teachers import TeacherSet, freeze
-from kinherit.models import load_model
-from kinherit.options import InheritanceArguments
-from kinherit.sealed import seal
-from kinherit.trainer import InheritanceTrainer
+from kinherit.models.loading import load_model
+from kinherit.training.options import InheritanceArguments
+from kinherit.training.trainer import InheritanceTrainer
 
 
 def make_trainer(tmp_path, tokenizer, poison: str, nonfinite: str = "stop") -> tuple[InheritanceTrainer, dict]:
@@ -49,7 +49,7 @@ def test_non_finite_batches_can_be_skipped_and_are_counted(tmp_path, tokenizer, 
     trainer.model.zero_grad(set_to_none=True)
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()
-    assert loss.item() == 0.0 and trainer.skipped_batches == 1
+    assert loss.item() == 0.0 and trainer.counters.skipped_batches == 1
     assert all(p.grad is None for p in trainer.model.parameters())  # AdamW leaves such parameters as they are
     trainer.log({"loss": 0.0})
     assert trainer.state.log_history[-1]["inherit/skipped_batches"] == 1
@@ -94,8 +94,8 @@ def plain_loss(student, teacher, batch, kind: str, alpha: float, tau: float, smo
 
 
 @pytest.mark.parametrize("preset", ["llama-1x64", "roberta-1x64"])
-@pytest.mark.parametrize("compiled, smoothing", [(False, 0.0), (True, 0.0), (True, 0.2)])
-def test_fast_step_equals_plain_full_logits_step(tmp_path, tokenizer, preset, compiled, smoothing):
+@pytest.mark.parametrize("kernels, smoothing", [("eager", 0.0), ("auto", 0.0), ("auto", 0.2)])
+def test_fast_step_equals_plain_full_logits_step(tmp_path, tokenizer, preset, kernels, smoothing):
     torch.manual_seed(0)
     student = load_model(preset, tokenizer, 32)
     teacher = freeze(load_model(preset, tokenizer, 32))
@@ -110,7 +110,7 @@ def test_fast_step_equals_plain_full_logits_step(tmp_path, tokenizer, preset, co
         labels[0, :5] = -100
     batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
     inherit = InheritanceArguments(inherit_schedule="constant", inherit_value=0.3, temperature=2.0, chunk_size=16,
-                                   compile_loss=compiled)
+                                   loss_kernels=kernels)
     args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, label_smoothing_factor=smoothing)
     trainer = InheritanceTrainer(model=student, args=args, teachers=TeacherSet([teacher]), inherit_args=inherit,
                                  vocab_size=len(tokenizer))

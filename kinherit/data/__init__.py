@@ -1,4 +1,7 @@
-"""Corpora, tokenizers, packed blocks and collators."""
+"""Data: corpora, tokenizers, packed blocks, collators and downstream tasks.
+
+May import: `kinherit.core`.
+"""
 
 from kinherit.data.blocks import build_blocks, default_cache_dir
 from kinherit.data.builtin import BUILTIN_CORPORA

@@ -17,9 +17,9 @@ import datasets
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from kinherit.core.errors import KinheritError
+from kinherit.core.sealed import staged_folder, verify
 from kinherit.data.tokenizer import tokenizer_fingerprint
-from kinherit.errors import KinheritError
-from kinherit.sealed import staged_folder, verify
 
 CACHE_FORMAT = "blocks-v2"  # v2: sealed with a manifest, blocks carry their index
 

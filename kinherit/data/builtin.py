@@ -14,7 +14,7 @@ import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 
 Docs = Iterator[tuple[str, str]]
 

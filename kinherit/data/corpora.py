@@ -16,9 +16,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from kinherit.core.errors import KinheritError
 from kinherit.data.builtin import BUILTIN_CORPORA
 from kinherit.data.input_files import jsonl_records, read_text, reading
-from kinherit.errors import KinheritError
 
 FILE_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 
 logger = logging.getLogger(__name__)
 

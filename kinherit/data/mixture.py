@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 
 
 def mix_blocks(blocks: Dataset, weights: list[float], seed: int) -> Dataset:

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kinherit.core.errors import KinheritError
 from kinherit.data.builtin import package_dir, python_code
 from kinherit.data.input_files import jsonl_records, reading
-from kinherit.errors import KinheritError
 
 SPLIT_NAMES = ("train", "dev", "test")
 

@@ -13,11 +13,19 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from kinherit.errors import KinheritError
-from kinherit.sealed import MANIFEST, foreign_files, is_sealed, staged_folder, verify
+from kinherit.core.errors import KinheritError
+from kinherit.core.sealed import MANIFEST, foreign_files, is_sealed, staged_folder, verify
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
                   "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
+MIN_VOCAB = 256 + len(set(SPECIAL_TOKENS.values()))  # byte-level BPE: every byte, then the special tokens
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    """Refuse a BPE vocabulary too small to hold every byte and the special tokens."""
+    if vocab_size < MIN_VOCAB:
+        raise KinheritError(f"--vocab_size must be at least {MIN_VOCAB} (256 bytes and the special tokens), got "
+                            f"{vocab_size}")
 
 
 def train_tokenizer(texts: Dataset, vocab_size: int, output_dir: str | os.PathLike,
@@ -27,9 +35,7 @@ def train_tokenizer(texts: Dataset, vocab_size: int, output_dir: str | os.PathLi
     check_tokenizer_output(output_dir, replace)
     from tokenizers import ByteLevelBPETokenizer
 
-    if vocab_size < 300:
-        raise KinheritError(f"vocab_size {vocab_size} is too small for a byte-level BPE (256 bytes + "
-                            "special tokens); use at least 300")
+    check_vocab_size(vocab_size)
     bpe = ByteLevelBPETokenizer()
     ordered_specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 

@@ -1,7 +1,7 @@
-"""The method itself, usable without our trainer: the loss, its divergences, teacher targets, schedules and teachers.
+"""The method itself, usable without our trainer: the loss, its divergences, teacher targets, schedules, live
+teachers, and the kernels that compute the forward KL (`kinherit.inheritance.kernels`).
 
-Depends on torch and transformers (and the neutral `kinherit.lm`, `kinherit.models`), never on our data or
-trainer modules.
+May import: `kinherit.core`, `kinherit.models`; never data, training or anything above.
 """
 
 from kinherit.inheritance.divergences import DIVERGENCES, divergence_per_position, mixture_log_probs

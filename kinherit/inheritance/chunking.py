@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from kinherit.errors import KinheritError
-
 ChunkResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
 ChunkFn = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]], ChunkResult]
 
@@ -167,8 +165,6 @@ def chunked_loss(compute: ChunkFn, index: torch.Tensor, chunk_size: int, row_ten
     accumulators of the shared tensors (None where none is wanted): `compute` may add a shared tensor's
     gradient there itself (`linear_into`), and then must keep that tensor out of `output`'s graph.
     """
-    if chunk_size < 1:
-        raise KinheritError(f"chunk_size must be at least 1, got {chunk_size}")
     device = index.device
     if index.numel() == 0:
         zero = sum((t.sum() * 0.0 for t in [*row_tensors, *shared_tensors] if t.requires_grad),

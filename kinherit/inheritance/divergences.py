@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from kinherit.errors import KinheritError
-from kinherit.inheritance.rowwise import agreements
+from kinherit.core.errors import KinheritError
+from kinherit.inheritance.kernels.rowwise import agreements
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
 

@@ -8,20 +8,21 @@ teachers, a cache). Every softmax and divergence is computed in float32, one chu
 time, with the student's LM head applied inside the chunk loop, so no float32 tensor of shape
 [positions, vocabulary] ever exists whole.
 
-The definitions live in `kinherit.inheritance.divergences`, and the autograd path (`fused=False`)
+The definitions live in `kinherit.inheritance.divergences`, and the autograd path (`kernels="autograd"`)
 computes exactly them. The forward KL (the paper's choice, and self-learning) takes a closed-form
-gradient per chunk (`Target.forward_kl_terms`, `TopKTarget.forward_kl_terms`), tested equal to the
-definitions in float64.
+gradient per chunk (`Target.forward_kl_terms`, `TopKTarget.forward_kl_terms`) from the backend that
+`kernels` names (`kinherit.inheritance.kernels`), tested equal to the definitions in float64.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 from kinherit.inheritance.chunking import (
     ChunkBuffers,
     ChunkResult,
@@ -31,9 +32,10 @@ from kinherit.inheritance.chunking import (
     unguarded,
 )
 from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
-from kinherit.inheritance.targets import Target, TargetFn, self_learning_terms
+from kinherit.inheritance.kernels import EagerKernels, check_loss_kernels, select
+from kinherit.inheritance.targets import Target, TargetFn, TeacherSource
 from kinherit.inheritance.topk import TopKMode, TopKTarget, check_top_k
-from kinherit.lm import SELF_TENSORS, TEACHER_TENSORS, chunk_positions, taught_positions
+from kinherit.models.lm import SELF_TENSORS, TEACHER_TENSORS, check_chunk_size, chunk_positions, taught_positions
 
 
 @dataclass
@@ -65,23 +67,22 @@ class InheritanceLoss:
     (-100 ignored) returns the means; `teacher_logits` may be a list of tensors, `teacher_weights` then
     gives their mixture weights (normalised to sum to one). `loss.sums(hidden, labels, alpha, targets,
     head)` is what the trainer calls: the head runs per chunk. Padded vocabulary rows (beyond
-    `vocab_size`) are cut. `fused=False` takes every gradient through autograd (the plain path the fused
-    one is tested against); `compiled=True` runs the fused forward-KL kernels through `torch.compile`.
+    `vocab_size`) are cut. `kernels` names the backend of the forward-KL terms (`kinherit.inheritance.kernels`:
+    auto, native, compiled, eager, or autograd, the plain path the closed forms are tested against).
     `label_smoothing` eps smooths the CE's one-hot label: the target becomes (1 - eps) onehot + eps / V,
     as in `F.cross_entropy(label_smoothing=eps)`. `top_k` keeps only the teacher's K most likely tokens per
     position, and `top_k_mode` says what becomes of the rest of its mass (kinherit.inheritance.topk).
     """
 
     def __init__(self, temperature: float = 2.0, divergence: str = "forward_kl", beta: float = 0.5,
-                 chunk_size: int | None = None, vocab_size: int | None = None, fused: bool = True,
-                 compiled: bool = False, label_smoothing: float = 0.0, top_k: int | None = None,
-                 top_k_mode: TopKMode = "tail") -> None:
+                 chunk_size: int | None = None, vocab_size: int | None = None, kernels: str = "auto",
+                 label_smoothing: float = 0.0, top_k: int | None = None, top_k_mode: TopKMode = "tail") -> None:
         validate_options(temperature, divergence, beta)
+        check_loss_kernels(kernels)
         check_top_k(top_k, top_k_mode)
         self.top_k = top_k
         self.top_k_mode = top_k_mode
-        if chunk_size is not None:
-            chunk_positions(chunk_size, 1)  # refuses a size below 1 now, not at the first step
+        check_chunk_size(chunk_size)  # now, not at the first step
         if not 0.0 <= label_smoothing < 1.0:
             raise KinheritError(f"label smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
@@ -90,8 +91,15 @@ class InheritanceLoss:
         self.beta = beta
         self.chunk_size = chunk_size
         self.vocab_size = vocab_size
-        self.fused = fused
-        self.compiled = compiled
+        self.kernels = kernels
+        self._backends: dict[str, EagerKernels] = {}
+
+    def backend(self, device: torch.device | str) -> EagerKernels:
+        """The kernels that `kernels` means for logits on `device`, chosen once per device type."""
+        kind = torch.device(device).type
+        if kind not in self._backends:
+            self._backends[kind] = select(self.kernels, device)
+        return self._backends[kind]
 
     def sums(self, hidden: torch.Tensor, labels: torch.Tensor, alpha: float, targets: TargetFn | None = None,
              head: torch.nn.Module | None = None) -> LossSums:
@@ -132,10 +140,16 @@ class InheritanceLoss:
         ce, ki, agree = stats.tolist()
         return LossSums(total=total, self_loss=ce, ki_loss=ki, agreements=agree, positions=positions.numel())
 
+    def targets(self, source: TeacherSource, inputs: dict[str, torch.Tensor],
+                labels: torch.Tensor) -> AbstractContextManager[TargetFn]:
+        """One batch's targets from a teacher source, at this loss's temperature, vocabulary and K."""
+        return source.targets(inputs, labels, self.temperature, self.vocab_size, self.top_k)
+
     def restrict(self, target: Target | TopKTarget) -> Target | TopKTarget:
-        """The target cut to `top_k` tokens under `top_k_mode` (a dense target stays whole without `top_k`)."""
+        """The target under `top_k_mode`, a dense one cut to `top_k` tokens (whole without `top_k`); a top-K
+        source read its `top_k` tokens already."""
         if isinstance(target, TopKTarget):
-            return target.truncated(self.top_k, self.top_k_mode)
+            return TopKTarget(target.ids, target.log_probs, self.top_k_mode)
         if self.top_k is None:
             return target
         return TopKTarget.from_log_probs(target.log_probs, min(self.top_k, target.log_probs.shape[-1]),
@@ -148,7 +162,8 @@ class InheritanceLoss:
         The closed-form kernels write the gradient over the float32 logits when `writable` (nothing else reads
         them) or when they are a float32 copy of low-precision ones: one [positions, V] tensor fewer per chunk.
         Else it goes into the reused "grad" buffer of `buffers` when given."""
-        closed_form = self.divergence == "forward_kl" and (self.fused or isinstance(target, TopKTarget))
+        kernels = self.backend(logits.device)
+        closed_form = self.divergence == "forward_kl" and (kernels.closed_form or isinstance(target, TopKTarget))
         if closed_form:
             z = logits.detach().float()
             if logits.dtype != torch.float32:  # z is a copy
@@ -158,10 +173,10 @@ class InheritanceLoss:
             else:
                 out = None if buffers is None else buffers.get("grad", *z.shape, torch.float32, z.device)
             if target is None:
-                ce, ki, agree, grad = self_learning_terms(z, labels, self.label_smoothing, out, self.compiled)
+                ce, ki, agree, grad = kernels.self_terms(z, labels, self.label_smoothing, out)
             else:
-                ce, ki, agree, grad = target.forward_kl_terms(z, labels, alpha, self.temperature,
-                                                              self.compiled, self.label_smoothing, out)
+                ce, ki, agree, grad = target.forward_kl_terms(z, labels, alpha, self.temperature, kernels,
+                                                              self.label_smoothing, out)
             loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
             return logits, grad.to(logits.dtype), loss, torch.stack([ce, ki, agree])
         if isinstance(target, TopKTarget):

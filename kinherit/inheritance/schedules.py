@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 
 
 def _check_unit(name: str, value: float) -> None:

@@ -12,11 +12,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import PreTrainedModel
 
-from kinherit.errors import KinheritError
+from kinherit.core.errors import KinheritError
 from kinherit.inheritance.chunking import ChunkBuffers, linear_logits, plain_linear
 from kinherit.inheritance.divergences import normalise_weights
 from kinherit.inheritance.targets import Target, TargetFn
-from kinherit.models import backbone_and_head, forward_as_body, is_sharded, reshard_model, shard_layers
+from kinherit.models.parts import backbone_and_head, forward_as_body, is_sharded, reshard_model, shard_layers
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:
@@ -101,9 +101,10 @@ class TeacherSet:
         return linear_logits(states, head.weight, head.bias, out)
 
     @contextlib.contextmanager
-    def targets(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, temperature: float,
-                vocab: int) -> Iterator[TargetFn]:
-        """The teachers run once on the batch; targets are then made per chunk from their hidden states."""
+    def targets(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, temperature: float, vocab: int,
+                top_k: int | None = None) -> Iterator[TargetFn]:
+        """The teachers run once on the batch; dense targets are then made per chunk from their hidden states (the
+        loss keeps their `top_k` tokens)."""
         hidden, row_teacher = self.hidden_states(inputs["input_ids"], inputs.get("attention_mask"),
                                                  inputs.get("domain_id"))
         buffers = ChunkBuffers()

@@ -31,9 +31,9 @@ from typing import Literal
 
 import torch
 
-from kinherit.errors import KinheritError
-from kinherit.inheritance import native
-from kinherit.inheritance.rowwise import CompiledKernel, agreements, label_logits, logits_into, paired_logsumexp
+from kinherit.core.errors import KinheritError
+from kinherit.inheritance.kernels import EagerKernels
+from kinherit.inheritance.kernels.rowwise import logits_into
 
 TOP_K_MODES = ("tail", "renormalize")
 TopKMode = Literal["tail", "renormalize"]
@@ -70,14 +70,9 @@ class TopKTarget:
         values, ids = log_probs.float().topk(k, dim=-1)
         return cls(ids, values, mode)
 
-    def truncated(self, k: int | None, mode: TopKMode) -> TopKTarget:
-        """The first `k` tokens (all when None) under `mode`: a cache built with a large K serves every smaller K."""
-        check_cached_k(k, self.ids.shape[-1])
-        return TopKTarget(self.ids[:, :k], self.log_probs[:, :k], mode)
-
     @torch.no_grad()
     def forward_kl_terms(self, logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
-                         compiled: bool = False, smoothing: float = 0.0,
+                         kernels: EagerKernels, smoothing: float = 0.0,
                          out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(CE sum, tau^2 * KL_K sum, top-1 agreements, d total / d logits), total = (1 - alpha) CE + alpha tau^2 KL_K.
 
@@ -85,14 +80,13 @@ class TopKTarget:
         logits, then the gradient written over `out` (which may be the float32 logits themselves; a new tensor
         when None). The tail is found by setting the top-K of `out` to -inf (a boolean [n, V] mask would cost
         a tensor and, built by a scatter on CPU, more time than the whole kernel); the top-K and label terms
-        land through one scatter. `compiled` runs the [n, V] passes through `torch.compile`, which then holds
-        no [n, V] temporary (eager fallback with a warning).
+        land through one scatter. `kernels` makes the three passes over the vocabulary (a compiled or native
+        backend holds no [n, V] temporary).
         """
         z = logits.float()
         ids, log_p = self.ids.long(), self.log_probs.float()
-        kernels = (_NATIVE if native.usable(z) else _COMPILED) if compiled else \
-            (_topk_statistics, _tail_logsumexp, _topk_gradient_)
-        ce, agree, lse, tempered_lse, z_k = kernels[0](z, ids, labels, temperature, smoothing)
+        statistics, tail_logsumexp, gradient_ = kernels.topk_passes(z)
+        ce, agree, lse, tempered_lse, z_k = statistics(z, ids, labels, temperature, smoothing)
         out = logits_into(z, out)
         log_q_k = z_k / temperature - tempered_lse
         step = alpha * temperature
@@ -104,7 +98,7 @@ class TopKTarget:
             top_values = -step * p_k  # the softmaxes' part at the top-K comes from the pass over all tokens
         else:
             p_k = log_p.exp()
-            tail_lse = kernels[1](out.scatter_(1, ids, float("-inf")), temperature)  # over the tempered tail
+            tail_lse = tail_logsumexp(out.scatter_(1, ids, float("-inf")), temperature)  # over the tempered tail
             empty_tail = torch.isinf(tail_lse)  # K = V: no tail outcome
             p_tail = torch.where(empty_tail, 0.0, (1.0 - p_k.sum(-1, keepdim=True)).clamp_min(0.0))
             log_q_tail = torch.where(empty_tail, 0.0, tail_lse - tempered_lse)
@@ -115,7 +109,7 @@ class TopKTarget:
             # their whole gradient comes through the scatter
             top_values = (1.0 - alpha) * (z_k - lse).exp() + step * (log_q_k.exp() - p_k)
         alpha_t = torch.tensor(alpha, device=z.device)
-        grad = kernels[2](out, lse, tempered_lse, shift, p_tail, alpha_t, temperature, smoothing)
+        grad = gradient_(out, lse, tempered_lse, shift, p_tail, alpha_t, temperature, smoothing)
         index = torch.cat([labels[:, None], ids], 1)
         values = torch.cat([(-(1.0 - alpha) * (1.0 - smoothing)) * torch.ones_like(lse), top_values], 1)
         return ce, kl * temperature**2, agree, grad.scatter_add_(1, index, values)
@@ -125,74 +119,17 @@ class TopKTarget:
         return (1.0 - self.log_probs.exp().sum(-1)).clamp_min(0.0)
 
 
-def _topk_statistics(z: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, temperature: float,
-                     smoothing: float) -> tuple[torch.Tensor, ...]:
-    """(CE sum, top-1 agreements with the teacher, logsumexp of z and of z / tau ([n, 1]), the logits at the
-    teacher's top-K [n, K]) of float32 logits `z`: reads only."""
-    peak = z.amax(-1, keepdim=True)
-    lse, tempered_lse = paired_logsumexp(z, peak, temperature)
-    rows = torch.arange(z.shape[0], device=z.device)
-    ce = (lse.squeeze(-1) - label_logits(z, rows, labels, smoothing)).sum()
-    return ce, agreements(z, peak, ids[:, :1]), lse, tempered_lse, z.gather(1, ids)
 
 
-def _tail_logsumexp(masked: torch.Tensor, temperature: float) -> torch.Tensor:
-    """logsumexp(z / tau) over the tokens off the teacher's top-K (set to -inf in `masked`), [n, 1]."""
-    return torch.logsumexp(masked / temperature, dim=-1, keepdim=True)
 
 
-def _topk_gradient_(z: torch.Tensor, lse: torch.Tensor, tempered_lse: torch.Tensor, shift: torch.Tensor,
-                    p_tail: torch.Tensor, alpha: torch.Tensor, temperature: float, smoothing: float) -> torch.Tensor:
-    """Overwrite `z` with (1 - alpha) (softmax(z) - eps / V) + alpha tau (softmax(z / tau) - p_tail exp(z / tau -
-    shift)): the gradient off the top-K and the label (tail mode: the student's tail in its own proportions).
-
-    Both tempered terms are e = exp(z / tau - shift) times a row factor, and softmax(z) is e (tau = 1), e^2
-    (tau = 2) or e' (tau = 1/2, with e = e'^2) times another: one exponential per logit instead of three. Scaled
-    at `shift` (the tail's tempered logsumexp, at most the whole row's), e <= 1 on the tail and every row factor
-    is bounded. Element by element, so that `torch.compile` writes it over z in one fused pass."""
-    tempered = ((shift - tempered_lse).exp() - p_tail) * (alpha * temperature)  # times e: the KI part
-    if temperature == 1.0:  # softmax(z) = e exp(shift - lse)
-        grad = z.sub_(shift).exp_().mul_((1.0 - alpha) * (shift - lse).exp() + tempered)
-    elif temperature == 2.0:  # softmax(z) = e^2 exp(2 shift - lse)
-        e = z.mul_(0.5).sub_(shift).exp_()
-        plain = e.square().mul_((1.0 - alpha) * (2.0 * shift - lse).exp())
-        grad = e.mul_(tempered).add_(plain)
-    elif temperature == 0.5:  # e' = exp(z - shift / 2): softmax(z) = e' exp(shift / 2 - lse), e = e'^2
-        root = z.sub_(0.5 * shift).exp_()
-        ki = root.square().mul_(tempered)
-        grad = root.mul_((1.0 - alpha) * (0.5 * shift - lse).exp()).add_(ki)
-    else:
-        plain = (z - lse).exp_().mul_(1.0 - alpha)
-        grad = z.div_(temperature).sub_(shift).exp_().mul_(tempered).add_(plain)
-    if smoothing:
-        grad.sub_((1.0 - alpha) * smoothing / z.shape[-1])
-    return grad
 
 
-_COMPILED = tuple(CompiledKernel(kernel) for kernel in (_topk_statistics, _tail_logsumexp, _topk_gradient_))
 
 
-def _native_topk_statistics(z: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, temperature: float,
-                            smoothing: float) -> tuple[torch.Tensor, ...]:
-    """`_topk_statistics` by the native kernels (one read of each row)."""
-    stats = native.kernels().row_statistics(z, temperature)
-    rows = torch.arange(z.shape[0], device=z.device)
-    ce = (stats[:, 1] - label_logits(z, rows, labels, smoothing, stats[:, 3])).sum()
-    return ce, agreements(z, stats[:, :1], ids[:, :1]), stats[:, 1:2], stats[:, 2:3], z.gather(1, ids)
 
 
-def _native_tail_logsumexp(masked: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`_tail_logsumexp` by the native kernels."""
-    return native.kernels().row_statistics(masked, temperature)[:, 2:3]
 
 
-def _native_topk_gradient_(z: torch.Tensor, lse: torch.Tensor, tempered_lse: torch.Tensor, shift: torch.Tensor,
-                           p_tail: torch.Tensor, alpha: torch.Tensor, temperature: float,
-                           smoothing: float) -> torch.Tensor:
-    """`_topk_gradient_` by the native kernels: the same terms, one exponential per logit at tau = 1 and 2."""
-    keep = 1.0 - alpha.item()
-    tempered = ((shift - tempered_lse).exp() - p_tail) * (alpha.item() * temperature)
-    return native.softmax_mix_(z, lse, shift, tempered, keep, -keep * smoothing / z.shape[-1], temperature)
 
 
-_NATIVE = (_native_topk_statistics, _native_tail_logsumexp, _native_topk_gradient_)

@@ -1,1 +1,0 @@
-"""Evaluation: FLOP counts, the compute-saved analysis, plots and reports."""

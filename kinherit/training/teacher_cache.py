@@ -1,0 +1,360 @@
+"""Teacher cache: run frozen teachers once over a corpus's packed training blocks and keep, for every
+position a student is taught on, the teacher's top-K token ids and tempered log-probabilities.
+
+Many students (the paper's analyses train dozens from the same teachers) then read the cache instead
+of running the teachers. Layout of a cache folder (sealed, see `kinherit.core.sealed`):
+
+- `cache.json`: the manifest: what was cached (teachers and their weight digests, tokenizer, corpus
+  and block layout fingerprints, temperature, K, masking seed, probability and epochs), the teachers'
+  validation loss, sizes and build time.
+- `epoch{E}-shard{S}.safetensors`: for blocks `S * blocks_per_shard ...` in block-index order, `ids`
+  `[positions, K]` (uint16 when the vocabulary fits, else int32), `log_probs` `[positions, K]`
+  (float16 or float32) and `offsets` `[blocks + 1]` (each block's first row).
+
+Positions: causal LMs are taught at every position that has a next token (block length - 1 per
+block), the same in every epoch, so one epoch is stored. Masked LMs are taught at the masked positions
+of each epoch's masks, which are a function of (seed, epoch, block) (see `kinherit.data.collate`); the
+cache stores `--epochs` epochs of them, and a student that would still inherit in a later epoch is
+refused before training starts. A build is written to `OUTPUT.partial/`, one shard file at a time
+(each atomically); an interrupted build resumes from the shards already there, and only the complete,
+sealed folder is renamed to `OUTPUT`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import PreTrainedTokenizerBase, TrainingArguments
+
+from kinherit.core.atomic import fsync_folder, staging_path, write_json_atomic
+from kinherit.core.errors import KinheritError
+from kinherit.core.locks import exclusive
+from kinherit.core.sealed import seal, unseal, verify, weights_digest
+from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
+from kinherit.data.corpora import Corpus
+from kinherit.data.tokenizer import tokenizer_fingerprint
+from kinherit.inheritance.targets import TargetFn
+from kinherit.inheritance.topk import TopKTarget, check_cached_k
+from kinherit.models.lm import (
+    IGNORE_INDEX,
+    SCORING_TENSORS,
+    chunk_positions,
+    target_labels,
+    taught_positions,
+    validation_loss,
+)
+from kinherit.models.loading import load_config, model_kind
+from kinherit.training.load_teachers import build_teachers, parse_teacher_specs
+from kinherit.training.options import CacheArguments, DataArguments, InheritanceArguments, TeacherArguments
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "kinherit-teacher-cache-v1"
+MANIFEST_NAME = "cache.json"
+LOG_PROB_TYPES = {"float16": torch.float16, "float32": torch.float32}
+# Settings a student run must share with the cache it reads (the manifest's `settings`).
+MATCHED = ("tokenizer", "corpus", "block_size", "blocks", "kind", "temperature")
+MATCHED_MASKED = ("seed", "mlm_probability")
+
+
+def _fixed_mmap_threshold() -> None:
+    """Keep glibc from moving freed vocabulary-sized buffers into a fragmented heap.
+
+    glibc raises its mmap threshold to the size of each freed mmapped block (up to 32 MiB), after which
+    the [chunk, vocabulary] temporaries of every batch come from the heap, interleaved with the small
+    results that are kept, and the heap can never shrink: building the demo's cache grew to 5.8 GB of
+    resident memory, 0.7 GB with the threshold fixed at 128 KiB. No effect off glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
+def partial_folder(output: str | os.PathLike) -> Path:
+    """Where the cache `output` is built before it is complete: its sibling `NAME.partial`."""
+    output = Path(os.path.abspath(output))
+    return output.with_name(f"{output.name}.partial")
+
+
+def build_cache(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments,
+                trust_remote_code: bool = False, reuse: bool = False) -> dict[str, Any]:
+    """Run the teachers of `inherit` over the training blocks of `data` and write the cache; returns its manifest.
+
+    One process builds a given cache at a time (a second waits for it). An existing cache is never overwritten:
+    it is an error, or with `reuse` (a runner sharing caches between runs) its verified manifest is returned."""
+    if not inherit.teacher:
+        raise KinheritError("cache-teacher needs at least one --teacher")
+    output = Path(os.path.abspath(cache.output))
+    if output.parent == output:
+        raise KinheritError(f"--output {cache.output!r} names no folder; give a new folder's path")
+    with exclusive(output, waiting=f"waiting for {output}: another process is building it"):
+        if output.exists():
+            if not reuse:
+                raise KinheritError(f"{output} already exists; a cache is never overwritten: delete it or choose "
+                                    "another --output")
+            return TeacherCache(output).manifest
+        return _build(data, inherit, cache, output, trust_remote_code)
+
+
+def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments, output: Path,
+           trust_remote_code: bool) -> dict[str, Any]:
+    """Build the cache in its partial folder (resuming a build with the same settings), then seal it into place."""
+    _fixed_mmap_threshold()
+    partial = partial_folder(output)
+    started = time.perf_counter()
+    corpus = load_corpus(data.corpus_specs())
+    paths, _domains = parse_teacher_specs(inherit.teacher)
+    tokenizer_path = data.tokenizer or paths[0]  # default: the (first) teacher's own tokenizer
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
+    blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint, "train",
+                          data.cache_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = model_kind(load_config(paths[0], trust_remote_code))
+    teachers = build_teachers(inherit, tokenizer, tokenizer_path, kind, corpus.domains, device, trust_remote_code)
+    masked = kind == "masked"
+    epochs = cache.epochs if masked else 1
+    vocab = len(tokenizer)
+    settings = cache_settings(tokenizer=tokenizer_fingerprint(tokenizer), corpus=corpus.fingerprint,
+                              block_size=data.block_size, blocks=len(blocks), kind=kind,
+                              temperature=inherit.temperature, top_k=cache.top_k, epochs=epochs,
+                              blocks_per_shard=cache.blocks_per_shard, log_prob_dtype=cache.log_prob_dtype,
+                              seed=cache.seed if masked else None,
+                              mlm_probability=data.mlm_probability if masked else None,
+                              teachers=[{"spec": spec, "weights": weights_digest(path)}
+                                        for spec, path in zip(inherit.teacher, paths, strict=True)],
+                              teacher_weights=list(inherit.teacher_weights), vocab_size=vocab)
+    _prepare_partial(partial, settings)
+    collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=cache.seed)
+    shards = math.ceil(len(blocks) / cache.blocks_per_shard)
+    for epoch in range(epochs):
+        collator.set_epoch(epoch)
+        for shard in range(shards):
+            path = partial / f"epoch{epoch}-shard{shard:05d}.safetensors"
+            if path.exists():
+                continue
+            lo, hi = shard * cache.blocks_per_shard, min((shard + 1) * cache.blocks_per_shard, len(blocks))
+            logger.info("caching epoch %d, blocks %d-%d of %d", epoch, lo, hi, len(blocks))
+            target, counts = _cache_blocks(blocks, range(lo, hi), collator, teachers, kind, inherit.temperature,
+                                           cache.top_k, vocab, inherit.chunk_size, cache.batch_size, device)
+            write_shard(path, target, counts, vocab, cache.log_prob_dtype)
+    positions = 0
+    for epoch_shard in sorted(partial.glob("epoch*-shard*.safetensors")):
+        with safe_open(str(epoch_shard), "pt") as handle:
+            positions += handle.get_slice("ids").get_shape()[0]
+    shard_bytes = sum(p.stat().st_size for p in partial.glob("epoch*-shard*.safetensors"))
+    teacher_val_loss = None
+    if len(corpus.validation):
+        eval_blocks = build_blocks(corpus.validation, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
+                                   "validation", data.cache_dir)
+        eval_collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed)
+        teacher_val_loss = min(validation_loss(m, eval_blocks, eval_collator, cache.batch_size, inherit.chunk_size,
+                                               vocab, kind)[0] for m in teachers.models)
+    manifest = {"format": CACHE_FORMAT, "settings": settings, "positions": positions, "bytes": shard_bytes,
+                "bytes_per_position": shard_bytes / max(positions, 1), "teacher_val_loss": teacher_val_loss,
+                "build_seconds": time.perf_counter() - started}
+    seal_cache(partial, output, manifest)  # build.json stays: a build stopped at any point resumes from it
+    return manifest
+
+
+def cache_settings(*, tokenizer: str, corpus: str, block_size: int, blocks: int, kind: str, temperature: float,
+                   top_k: int, epochs: int, blocks_per_shard: int, log_prob_dtype: str, seed: int | None,
+                   mlm_probability: float | None, teachers: list[dict[str, str]], teacher_weights: list[float],
+                   vocab_size: int) -> dict[str, Any]:
+    """A manifest's `settings`: what a run must share with the cache (MATCHED) and what reading it needs. Every
+    key is required, so that a cache written outside `build_cache` (a benchmark's) cannot lack one."""
+    return {"tokenizer": tokenizer, "corpus": corpus, "block_size": block_size, "blocks": blocks, "kind": kind,
+            "temperature": temperature, "top_k": top_k, "epochs": epochs, "blocks_per_shard": blocks_per_shard,
+            "log_prob_dtype": log_prob_dtype, "seed": seed, "mlm_probability": mlm_probability,
+            "teachers": teachers, "teacher_weights": teacher_weights, "vocab_size": vocab_size}
+
+
+def seal_cache(partial: Path, output: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest into the finished `partial` folder, seal it and move it to `output`: a cache folder
+    exists only complete. A build stopped after sealing, before the move, is sealed anew."""
+    unseal(partial)
+    write_json_atomic(partial / MANIFEST_NAME, manifest)
+    seal(partial)
+    os.replace(partial, output)
+    fsync_folder(output.parent)
+
+
+def batch_top_k(target_of: TargetFn, labels: torch.Tensor, blocks: int, top_k: int, vocab: int,
+                chunk_size: int | None) -> tuple[TopKTarget, list[int]]:
+    """The top-K targets of one batch's taught positions (`labels` flattened, `blocks` blocks), one chunk of
+    positions at a time so that no [positions, V] tensor exists for all of them at once, and each block's count
+    of taught positions (its rows in a shard)."""
+    counts = (labels != IGNORE_INDEX).view(blocks, -1).sum(1).tolist()
+    ids, log_probs = [], []
+    for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab, SCORING_TENSORS)):
+        top = TopKTarget.from_log_probs(target_of(chunk).log_probs, min(top_k, vocab))
+        ids.append(top.ids.cpu())
+        log_probs.append(top.log_probs.cpu())
+    return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
+
+
+def write_shard(path: Path, target: TopKTarget, counts: list[int], vocab: int, log_prob_dtype: str) -> None:
+    """Write one shard atomically: ids (uint16 when the vocabulary fits), log-probs and each block's first row."""
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+    tensors = {"ids": target.ids.cpu().to(torch.uint16 if vocab <= 65536 else torch.int32).contiguous(),
+               "log_probs": target.log_probs.cpu().to(LOG_PROB_TYPES[log_prob_dtype]).contiguous(),
+               "offsets": offsets}
+    staging = staging_path(path)
+    save_file(tensors, str(staging))
+    os.replace(staging, path)
+
+
+def _prepare_partial(partial: Path, settings: dict[str, Any]) -> None:
+    """Resume a partial build with the same settings; restart one with other settings; refuse anything else."""
+    build = partial / "build.json"
+    if partial.exists():
+        if not build.exists():
+            raise KinheritError(f"{partial} exists but is not a partial cache build (no build.json); move it away")
+        if json.loads(build.read_text())["settings"] == settings:
+            logger.info("resuming the cache build in %s", partial)
+            return
+        logger.warning("%s holds a partial build with other settings; starting over", partial)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    write_json_atomic(build, {"settings": settings})
+
+
+def _cache_blocks(blocks, indices: range, collator: BlockCollator, teachers, kind: str, temperature: float,
+                  top_k: int, vocab: int, chunk_size: int | None, batch_size: int,
+                  device: torch.device) -> tuple[TopKTarget, list[int]]:
+    """Top-K targets of the taught positions of `blocks[indices]` (rows in block order) and each block's count."""
+    ids, log_probs, counts = [], [], []
+    for start in range(indices.start, indices.stop, batch_size):
+        rows = [blocks[i] for i in range(start, min(start + batch_size, indices.stop))]
+        batch = {key: value.to(device) for key, value in collator(rows).items()}
+        labels = target_labels(batch["labels"], kind)
+        with teachers.targets(batch, labels, temperature, vocab) as target_of:
+            top, batch_counts = batch_top_k(target_of, labels, len(rows), top_k, vocab, chunk_size)
+        counts += batch_counts
+        ids.append(top.ids)
+        log_probs.append(top.log_probs)
+    return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
+
+
+class TeacherCache:
+    """A built cache, verified on opening; `target` returns the top-K targets of a batch's taught positions.
+
+    A batch's targets read only each position's first K tokens (the loss's `top_k`): a cache built once with a
+    large K then serves a small-K run at the small K's reading cost, not the large K's.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir() and partial_folder(self.path).is_dir():
+            raise KinheritError(f"teacher cache {self.path} is incomplete (its build was interrupted); re-run the same "
+                                "`kinherit cache-teacher` command to finish it")
+        if not self.path.is_dir():
+            raise KinheritError(f"teacher cache {self.path} does not exist; build it with `kinherit cache-teacher`")
+        verify(self.path, "teacher cache")
+        self.manifest = json.loads((self.path / MANIFEST_NAME).read_text())
+        if self.manifest.get("format") != CACHE_FORMAT:
+            raise KinheritError(f"{self.path} is not a {CACHE_FORMAT} teacher cache")
+        self.settings = self.manifest["settings"]
+        self.held = min(self.settings["top_k"], self.settings["vocab_size"])  # a K above V was built as V
+        self._handles: dict[tuple[int, int], Any] = {}
+        self._offsets: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def teacher_val_loss(self) -> float | None:
+        """The (best) teacher's validation loss measured when the cache was built."""
+        return self.manifest.get("teacher_val_loss")
+
+    def check_run(self, run: dict[str, Any], epochs_needed: int) -> None:
+        """Refuse a run whose tokenizer, data, block layout, kind, temperature or masking differ from the cache's."""
+        keys = MATCHED + (MATCHED_MASKED if self.settings["kind"] == "masked" else ())
+        differ = [f"{key}: cache {self.settings[key]!r}, run {run[key]!r}" for key in keys
+                  if self.settings[key] != run[key]]
+        if differ:
+            raise KinheritError(f"teacher cache {self.path} does not match this run ({'; '.join(differ)}); rebuild the "
+                                "cache with the run's settings or change the run")
+        if epochs_needed > self.settings["epochs"]:
+            raise KinheritError(f"this run inherits over {epochs_needed} epochs of masks but the cache {self.path} "
+                                f"holds {self.settings['epochs']}; rebuild it with --epochs {epochs_needed} or "
+                                "inherit over fewer steps")
+
+    @contextlib.contextmanager
+    def targets(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, temperature: float, vocab: int,
+                top_k: int | None = None) -> Iterator[TargetFn]:
+        """The cached rows of the batch's taught positions, their first `top_k` tokens (None: all the cache holds);
+        a chunk of flattened positions picks its rows. The temperature, vocabulary and K were checked against the
+        run when the cache was opened (`open_teacher_cache`)."""
+        positions = taught_positions(labels)
+        counts = (labels.view(inputs["input_ids"].shape) != IGNORE_INDEX).sum(1)
+        cached = self.target(inputs["block_index"], int(inputs["mask_epoch"]), counts, labels.device,
+                             top_k or self.held)
+        row = torch.full_like(labels, -1)
+        row[positions] = torch.arange(positions.numel(), device=labels.device)
+        yield lambda chunk: TopKTarget(cached.ids[row[chunk]], cached.log_probs[row[chunk]])
+
+    def _shard(self, epoch: int, shard: int):
+        key = (epoch, shard)
+        if key not in self._handles:
+            path = self.path / f"epoch{epoch}-shard{shard:05d}.safetensors"
+            handle = safe_open(str(path), "pt")
+            self._handles[key] = handle
+            self._offsets[key] = handle.get_tensor("offsets")
+        return self._handles[key], self._offsets[key]
+
+    def target(self, block_index: torch.Tensor, epoch: int, counts: torch.Tensor, device: torch.device,
+               columns: int) -> TopKTarget:
+        """The first `columns` tokens of the cached rows of these blocks (in order), checked against the positions
+        the batch is taught on."""
+        if self.settings["kind"] != "masked":
+            epoch = 0
+        if epoch >= self.settings["epochs"]:
+            raise KinheritError(f"teacher cache {self.path} holds masks for {self.settings['epochs']} epoch(s); "
+                                f"the run reached epoch {epoch + 1} while still inheriting")
+        per_shard = self.settings["blocks_per_shard"]
+        positions = int(counts.sum())
+        ids = torch.empty(positions, columns, dtype=torch.long)
+        log_probs = torch.empty(positions, columns, dtype=torch.float32)
+        row = 0
+        for block, count in zip(block_index.tolist(), counts.tolist(), strict=True):
+            if not 0 <= block < self.settings["blocks"]:
+                raise KinheritError(f"block {block} is not in teacher cache {self.path}")
+            handle, offsets = self._shard(epoch, block // per_shard)
+            local = block % per_shard
+            lo, hi = int(offsets[local]), int(offsets[local + 1])
+            if hi - lo != count:
+                raise KinheritError(f"teacher cache {self.path} holds {hi - lo} positions for block {block} but the "
+                                    f"run is taught on {count}: the masks differ (seed or masking settings)")
+            # only the columns the run reads, converted once, straight into the batch's tensors
+            ids[row:row + count] = handle.get_slice("ids")[lo:hi, :columns]
+            log_probs[row:row + count] = handle.get_slice("log_probs")[lo:hi, :columns]
+            row += count
+        return TopKTarget(ids.to(device), log_probs.to(device))
+
+
+def open_teacher_cache(inherit: InheritanceArguments, training_args: TrainingArguments, data: DataArguments,
+                       tokenizer: PreTrainedTokenizerBase, corpus: Corpus, kind: str,
+                       blocks: int) -> TeacherCache | None:
+    """The `--teacher_cache`, checked against this run (tokenizer, data, block layout, kind, temperature, masks)."""
+    if not inherit.teacher_cache:
+        return None
+    cache = TeacherCache(inherit.teacher_cache)
+    check_cached_k(inherit.top_k, cache.held)
+    steps = inherit.inherit_steps or training_args.max_steps
+    seen = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * \
+        training_args.world_size
+    run = {"tokenizer": tokenizer_fingerprint(tokenizer), "corpus": corpus.fingerprint, "block_size": data.block_size,
+           "blocks": blocks, "kind": kind, "temperature": inherit.temperature, "seed": training_args.seed,
+           "mlm_probability": data.mlm_probability}
+    cache.check_run(run, epochs_needed=math.ceil(seen / max(blocks, 1)) if kind == "masked" else 1)
+    return cache
