@@ -17,6 +17,7 @@ COMMANDS = {
     "cache-teacher": "run teachers once over a corpus and store their top-K predictions for students to read",
     "grow": "initialise a larger model of the same family from a smaller one, preserving its function",
     "tokenizer": "train a byte-level BPE tokenizer on a corpus and save it as an HF tokenizer",
+    "prepare": "split, tokenise and pack a corpus into the block cache once, for every run that uses it",
     "presets": "list the named model presets",
     "corpora": "list the built-in offline corpora and whether each is available",
 }
@@ -110,9 +111,24 @@ def run_tokenizer(argv: Sequence[str]) -> int:
 
     options, data = parse(argv, (TokenizerArguments, DataArguments), "tokenizer", positional=("output",))
     check_tokenizer_output(options.output, options.overwrite)  # before the corpus is read
-    tokenizer = train_tokenizer(load_corpus(data.corpus_specs()).train, data.vocab_size, options.output,
-                                replace=options.overwrite)
+    corpus = load_corpus(data.corpus_specs(), data.cache_dir)
+    tokenizer = train_tokenizer(corpus.train, data.vocab_size, options.output, replace=options.overwrite)
     print(f"tokenizer of {len(tokenizer)} tokens saved to {options.output}")
+    return 0
+
+
+def run_prepare(argv: Sequence[str]) -> int:
+    """Prepare a corpus's blocks."""
+    from kinherit.commands.prepare import prepare
+    from kinherit.training.options import DataArguments, NoArguments
+
+    _none, data = parse(argv, (NoArguments, DataArguments), "prepare")
+    summary = prepare(data)
+    for split in ("train", "validation"):
+        if split in summary:
+            part = summary[split]
+            print(f"{split}: {part['documents']:,} documents, {part['blocks']:,} blocks of {data.block_size} tokens "
+                  f"in {part['file']}")
     return 0
 
 
@@ -167,7 +183,7 @@ def run_corpora(argv: Sequence[str]) -> int:
 HANDLERS = {"pretrain": run_pretrain, "experiment": run_experiment, "report": run_report, "evaluate": run_evaluate,
             "finetune": run_finetune,
             "cache-teacher": run_cache_teacher, "grow": run_grow,
-            "tokenizer": run_tokenizer, "presets": run_presets, "corpora": run_corpora}
+            "tokenizer": run_tokenizer, "prepare": run_prepare, "presets": run_presets, "corpora": run_corpora}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# documents and blocks that a test caches without naming a folder go to this session's own folder, not the user's
+os.environ["KINHERIT_CACHE"] = tempfile.mkdtemp(prefix="kinherit-test-cache-")
 
 
 @pytest.fixture(scope="session")

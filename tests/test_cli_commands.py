@@ -30,16 +30,21 @@ def test_every_command_parses_its_options(command, capsys):
 
 
 def test_readme_commands_run_end_to_end(tmp_path, tokenizer_dir, capsys):
-    """The README's commands in the order a user meets them: a tokenizer, a teacher, a teacher cache (its output
-    given with a trailing slash), a student reading it, evaluate, grow, finetune, an experiment and its report,
-    presets and corpora."""
+    """The README's commands in the order a user meets them: a tokenizer, a prepared corpus, a teacher, a teacher
+    cache (its output given with a trailing slash), a student reading it, evaluate, grow, finetune, an experiment
+    and its report, presets and corpora."""
     cache = ["--cache_dir", str(tmp_path / "blocks")]
     assert main(["tokenizer", str(tmp_path / "tok"), "--corpus", "wikipedia", "--max_documents", "5",
                  "--vocab_size", "300"]) == 0
     assert (tmp_path / "tok" / "tokenizer.json").exists()
+    assert main(["prepare", "--tokenizer", str(tokenizer_dir), *TINY, *cache]) == 0
+    assert "train: 18 documents" in capsys.readouterr().out
+    prepared = sorted(path.name for path in (tmp_path / "blocks" / "blocks").iterdir())
     teacher = tmp_path / "teacher"
     assert main(["pretrain", "--model", "llama-1x64", "--tokenizer", str(tokenizer_dir), *TINY, *cache, *QUIET,
                  "--max_steps", "6", "--eval_steps", "3", "--output_dir", str(teacher)]) == 0
+    # the teacher's run found the prepared blocks and built none of its own
+    assert sorted(path.name for path in (tmp_path / "blocks" / "blocks").iterdir()) == prepared
     assert main(["cache-teacher", "--teacher", str(teacher), *TINY, *cache, "--temperature", "0.5", "--top_k", "8",
                  "--output", f"{tmp_path / 'teacher-cache'}/"]) == 0
     assert "cached" in capsys.readouterr().out

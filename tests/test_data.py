@@ -151,11 +151,58 @@ def test_blocks_are_full_and_cached(tmp_path, wiki_corpus, tokenizer, monkeypatc
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(blocks_module, "_pack", fail)
+    monkeypatch.setattr(blocks_module, "packed_blocks", fail)
     second = build_blocks(wiki_corpus.train, tokenizer, 64, wiki_corpus.domains, wiki_corpus.fingerprint, "train",
                           tmp_path)
     assert second["input_ids"] == first["input_ids"]
     assert not [p for p in (tmp_path / "blocks").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_the_split_streams_as_the_sorted_split_of_its_definition():
+    """`split_codes` keeps 16 bytes per document; it splits as sorting the ids by their SHA-1 does: empty texts and
+    repeated ids (the first with text counts) left out, the first fraction held out, a slice of the rest kept."""
+    import hashlib
+    import random
+
+    rng = random.Random(3)
+    docs = [(f"d{rng.randrange(400)}", rng.choice(["text", "", "  \n", "more text"])) for _ in range(600)]
+    first = {}
+    for place, (doc_id, text) in enumerate(docs):
+        if text.strip():
+            first.setdefault(doc_id, place)
+    ranked = sorted(first, key=lambda d: hashlib.sha1(d.encode()).hexdigest())
+    held_out = round(0.1 * len(ranked))
+    rest = ranked[held_out:]
+    kept = rest[round(0.25 * len(rest)):round(0.75 * len(rest))]
+    train, validation = split_documents(docs, 0.1, "x", 0.5, 0.25)
+    assert train == [docs[p] for p in sorted(first[d] for d in kept)]
+    assert validation == [docs[p] for p in sorted(first[d] for d in ranked[:held_out])]
+
+
+def test_packing_a_batch_at_a_time_cuts_each_domain_as_one_stream(tmp_path, tokenizer, monkeypatch):
+    """Documents tokenised three at a time give the blocks of each domain's whole token stream cut at once: only
+    a domain's last partial block is dropped; token ids are stored in two bytes."""
+    corpus = load_corpus([CorpusSpec("wikipedia", max_documents=8, validation_fraction=0.0),
+                          CorpusSpec("shakespeare", max_documents=4, validation_fraction=0.0)], tmp_path)
+    monkeypatch.setattr(blocks_module, "DOCUMENTS_PER_BATCH", 3)
+    blocks = build_blocks(corpus.train, tokenizer, 48, corpus.domains, corpus.fingerprint, "train", tmp_path)
+    expected = []
+    for domain_id, domain in enumerate(corpus.domains):
+        stream = [t for row in corpus.train if row["domain"] == domain
+                  for t in tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+        expected += [(stream[i:i + 48], domain_id) for i in range(0, len(stream) // 48 * 48, 48)]
+    assert [(row["input_ids"], row["domain_id"]) for row in blocks] == expected
+    assert list(blocks["index"]) == list(range(len(expected)))
+    assert str(blocks.features["input_ids"].feature.dtype) == "uint16"
+
+
+def test_a_text_file_too_large_for_one_document_is_refused(tmp_path, monkeypatch):
+    from kinherit.data import corpora
+
+    monkeypatch.setattr(corpora, "TEXT_FILE_LIMIT", 100)
+    (tmp_path / "big.txt").write_text("word " * 50)
+    with pytest.raises(KinheritError, match="big.txt is 0 MiB, and a .txt or .md file is one document"):
+        load_corpus([CorpusSpec(str(tmp_path / "big.txt"), validation_fraction=0.0)], tmp_path)
 
 
 def test_corpus_shorter_than_a_block_is_an_error(tmp_path, tokenizer):

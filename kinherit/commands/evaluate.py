@@ -17,7 +17,7 @@ import torch
 
 from kinherit.core.atomic import write_json_atomic
 from kinherit.core.errors import KinheritError
-from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
+from kinherit.data import BlockCollator, corpus_blocks, load_corpus, load_tokenizer
 from kinherit.models.lm import perplexity, taught_logits
 from kinherit.models.loading import is_checkpoint, load_model, model_kind
 from kinherit.training.options import CORPUS_OPTIONS, DataArguments, EvaluateArguments
@@ -62,16 +62,14 @@ def evaluate(options: EvaluateArguments) -> dict[str, Any]:
     for item in options.corpus:
         data = data_options(options, item, recorded)
         collator = BlockCollator(tokenizer, kind == "masked", data.mlm_probability, seed=data.eval_mask_seed)
-        corpus = load_corpus(data.corpus_specs())
+        corpus = load_corpus(data.corpus_specs(), data.cache_dir)
         total, count, documents = 0.0, 0, 0
         entropy = dict.fromkeys(options.temperatures, 0.0)
         for split in splits:
-            docs = getattr(corpus, split)
-            documents += len(docs)
-            if not len(docs):
+            documents += corpus.count(split)
+            blocks = corpus_blocks(corpus, split, tokenizer, data.block_size, data.cache_dir)
+            if blocks is None:
                 continue
-            blocks = build_blocks(docs, tokenizer, data.block_size, corpus.domains, corpus.fingerprint, split,
-                                  data.cache_dir)
             for logits, labels in taught_logits(model, blocks, collator, options.batch_size, options.chunk_size,
                                                 len(tokenizer), kind):
                 total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()

@@ -34,7 +34,7 @@ from kinherit.core.sealed import (
     unseal,
     verify,
 )
-from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer, train_tokenizer
+from kinherit.data import BlockCollator, corpus_blocks, load_corpus, load_tokenizer, train_tokenizer
 from kinherit.data.corpora import Corpus
 from kinherit.data.mixture import mix_blocks
 from kinherit.data.tokenizer import first_vocab_difference
@@ -196,20 +196,16 @@ def _pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inherita
         training_args.eval_on_start = False
     # Each machine's first process trains the tokenizer and packs the blocks; the others then read them.
     with training_args.main_process_first(local=True, desc="preparing the tokenizer and data blocks"):
-        corpus = load_corpus(data.corpus_specs())
+        corpus = load_corpus(data.corpus_specs(), data.cache_dir)
         tokenizer = resolve_tokenizer(model_args, data, corpus, str(output_dir))
         # without --tokenizer a checkpoint's own tokenizer is the run's, so only a given one can differ from it
         for checkpoint in ((model_args.model if data.tokenizer else None), resume):
             check_same_tokenizer(checkpoint, tokenizer, model_args.trust_remote_code)
-        train_blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
-                                    "train", data.cache_dir)
+        train_blocks = corpus_blocks(corpus, "train", tokenizer, data.block_size, data.cache_dir)
         if data.corpus_weights:
             train_blocks = mix_blocks(train_blocks, data.domain_weights(corpus.domains), training_args.data_seed
                                       if training_args.data_seed is not None else training_args.seed)
-        eval_blocks = None
-        if len(corpus.validation):
-            eval_blocks = build_blocks(corpus.validation, tokenizer, data.block_size, corpus.domains,
-                                       corpus.fingerprint, "validation", data.cache_dir)
+        eval_blocks = corpus_blocks(corpus, "validation", tokenizer, data.block_size, data.cache_dir)
     tokenizer_path = data.tokenizer or (model_args.model if is_checkpoint(model_args.model)
                                         else str(output_dir / "tokenizer"))
     if eval_blocks is None and training_args.eval_strategy != "no":

@@ -1,65 +1,93 @@
 """Tokenise documents and pack them into fixed-length blocks, cached on disk.
 
 Documents are joined with the end-of-sequence token and cut into blocks of `block_size` tokens,
-one domain at a time (so each block has a single domain tag). The result is cached under a key made
-of the corpus fingerprint, the tokenizer fingerprint and the block length; the cache is written to a
-temporary folder, sealed with a manifest of its files' digests and renamed, so a half-written or
-corrupt cache is never read.
+one domain at a time (so each block has a single domain tag); only a domain's last partial block is
+dropped. The documents are read, tokenised and packed a batch at a time, and the blocks written as they
+are made, so memory does not grow with the corpus. The result is cached under a key made of the corpus
+fingerprint, the tokenizer fingerprint and the block length, as token ids in the fewest bytes the
+vocabulary needs (2 up to 65,536 tokens); it is written to a temporary folder, sealed with a manifest of
+its files' digests and renamed, so a half-written or corrupt cache is never read. Training memory-maps
+it: processes on one machine share its pages.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
-import datasets
+import numpy as np
+import pyarrow as pa
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from kinherit.core.arrow import write_arrow
 from kinherit.core.errors import KinheritError
 from kinherit.core.sealed import staged_folder, verify
+from kinherit.data.corpora import Corpus, default_cache_dir
 from kinherit.data.tokenizer import tokenizer_fingerprint
 
-CACHE_FORMAT = "blocks-v2"  # v2: sealed with a manifest, blocks carry their index
+CACHE_FORMAT = "blocks-v3"  # v3: one memory-mapped Arrow file, token ids in 2 or 4 bytes
+BLOCKS_FILE = "blocks.arrow"
+DOCUMENTS_PER_BATCH = 1024
 
 
-def default_cache_dir() -> Path:
-    """`$KINHERIT_CACHE` or `~/.cache/kinherit`."""
-    return Path(os.environ.get("KINHERIT_CACHE", Path.home() / ".cache" / "kinherit"))
+def token_type(vocab_size: int) -> tuple[pa.DataType, type]:
+    """The Arrow and numpy types of token ids below `vocab_size`: 2 bytes up to 65,536 tokens, else 4."""
+    return (pa.uint16(), np.uint16) if vocab_size <= 2**16 else (pa.int32(), np.int32)
 
 
-def _pack(docs: Dataset, tokenizer: PreTrainedTokenizerBase, block_size: int, domains: list[str]) -> Dataset:
+def packed_blocks(docs: Dataset, tokenizer: PreTrainedTokenizerBase, block_size: int,
+                  domains: list[str]) -> Iterator[tuple[np.ndarray, int]]:
+    """(blocks [n, block_size], domain id), domain after domain: each domain's documents in order, each followed
+    by the end-of-sequence token, cut into blocks; what is left over carries into the next batch, so only the
+    domain's last partial block is dropped."""
     eos = tokenizer.eos_token_id
-
-    def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"ids": [seq + [eos] for seq in ids]}
-
-    def group(batch):
-        stream = [token for seq in batch["ids"] for token in seq]
-        usable = len(stream) // block_size * block_size
-        blocks = [stream[i:i + block_size] for i in range(0, usable, block_size)]
-        return {"input_ids": blocks, "domain_id": [batch["domain_id"][0]] * len(blocks)}
-
-    parts = []
+    columns = docs.select_columns(["text", "domain"])
     for domain_id, domain in enumerate(domains):
-        part = docs.filter(lambda row, d=domain: row["domain"] == d)
-        if len(part) == 0:
-            continue
-        part = part.map(lambda row, i=domain_id: {"domain_id": i})
-        part = part.map(tokenize, batched=True, remove_columns=["text", "domain", "doc_id"],
-                        desc=f"tokenising {domain}")
-        # One pass over all documents of a domain, so only the last partial block is dropped.
-        part = part.map(group, batched=True, batch_size=len(part), remove_columns=part.column_names,
-                        desc=f"packing {domain} into blocks of {block_size}")
-        parts.append(part)
-    return datasets.concatenate_datasets(parts) if parts else Dataset.from_dict({"input_ids": [], "domain_id": []})
+        carry = np.empty(0, dtype=np.int64)
+        for batch in columns.iter(batch_size=DOCUMENTS_PER_BATCH):
+            texts = [text for text, tag in zip(batch["text"], batch["domain"], strict=True) if tag == domain]
+            if not texts:
+                continue
+            ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+            stream = np.concatenate([carry, np.fromiter(itertools.chain.from_iterable(
+                itertools.chain(seq, (eos,)) for seq in ids), dtype=np.int64)])
+            usable = len(stream) // block_size * block_size
+            if usable:
+                yield stream[:usable].reshape(-1, block_size), domain_id
+            carry = stream[usable:]
 
 
-def build_blocks(docs: Dataset, tokenizer: PreTrainedTokenizerBase, block_size: int, domains: list[str],
-                 corpus_fingerprint: str, split: str, cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Return the packed blocks of `docs` (columns input_ids, domain_id, index), building the cache if needed."""
+def _record_batches(blocks: Iterator[tuple[np.ndarray, int]], block_size: int,
+                    vocab_size: int) -> Iterator[pa.RecordBatch]:
+    arrow_type, numpy_type = token_type(vocab_size)
+    schema = block_schema(vocab_size)
+    start = 0
+    for rows, domain_id in blocks:
+        count = len(rows)
+        offsets = pa.array(np.arange(0, (count + 1) * block_size, block_size, dtype=np.int32))
+        ids = pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1).astype(numpy_type), type=arrow_type))
+        yield pa.record_batch([ids, pa.array(np.full(count, domain_id, dtype=np.int64)),
+                               pa.array(np.arange(start, start + count, dtype=np.int64))], schema=schema)
+        start += count
+
+
+def block_schema(vocab_size: int) -> pa.Schema:
+    """The columns of a block cache: input_ids, domain_id, and index (which keys each block's masks)."""
+    return pa.schema([("input_ids", pa.list_(token_type(vocab_size)[0])), ("domain_id", pa.int64()),
+                      ("index", pa.int64())])
+
+
+def build_blocks(docs: Dataset | Callable[[], Dataset], tokenizer: PreTrainedTokenizerBase, block_size: int,
+                 domains: list[str], corpus_fingerprint: str, split: str,
+                 cache_dir: str | os.PathLike | None = None) -> Dataset:
+    """Return the packed blocks of `docs` (columns input_ids, domain_id, index), building the cache if needed.
+
+    `docs` may be a callable returning the documents, so that a cached split is never read."""
     if block_size < 2:
         raise KinheritError(f"block_size must be at least 2, got {block_size}")
     key = hashlib.sha256(
@@ -67,18 +95,27 @@ def build_blocks(docs: Dataset, tokenizer: PreTrainedTokenizerBase, block_size: 
         f"{','.join(domains)}".encode()).hexdigest()[:24]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / "blocks" / f"{split}-{block_size}-{key}"
-    if target.exists():
-        verify(target, "block cache")
-        try:
-            return datasets.load_from_disk(str(target))
-        except Exception as error:
-            raise KinheritError(f"block cache {target} is unreadable ({error}); delete that folder and "
-                                "run again to rebuild it") from error
-    blocks = _pack(docs, tokenizer, block_size, domains)
-    blocks = blocks.add_column("index", list(range(len(blocks))))  # keys each block's masks (see collate.py)
-    if len(blocks) == 0:
-        raise KinheritError(f"the {split} split has fewer tokens than one block of {block_size}; use more "
-                            "documents, a larger validation_fraction, or a smaller block_size")
-    with staged_folder(target) as staging:  # another process may win the race; its copy is then kept
-        blocks.save_to_disk(str(staging))
-    return datasets.load_from_disk(str(target))
+    if not target.exists():
+        documents = docs() if callable(docs) else docs
+        with staged_folder(target) as staging:  # another process may win the race; its copy is then kept
+            written = write_arrow(staging / BLOCKS_FILE, block_schema(len(tokenizer)), _record_batches(
+                packed_blocks(documents, tokenizer, block_size, domains), block_size, len(tokenizer)))
+            if written == 0:
+                raise KinheritError(f"the {split} split has fewer tokens than one block of {block_size}; use more "
+                                    "documents, a larger validation_fraction, or a smaller block_size")
+    verify(target, "block cache")
+    try:
+        return Dataset.from_file(str(target / BLOCKS_FILE))
+    except Exception as error:
+        raise KinheritError(f"block cache {target} is unreadable ({error}); delete that folder and "
+                            "run again to rebuild it") from error
+
+
+def corpus_blocks(corpus: Corpus, split: str, tokenizer: PreTrainedTokenizerBase, block_size: int,
+                  cache_dir: str | os.PathLike | None = None) -> Dataset | None:
+    """The packed blocks of a corpus's split ("train" or "validation"), its documents read only when the blocks
+    are not cached yet; None when the split holds no documents."""
+    if not corpus.count(split):
+        return None
+    return build_blocks(partial(getattr, corpus, split), tokenizer, block_size, corpus.domains, corpus.fingerprint,
+                        split, cache_dir)

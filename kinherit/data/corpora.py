@@ -3,24 +3,45 @@
 A corpus is a list of documents, each with an id, a text and a domain tag. The train/validation
 split is by document and deterministic: documents are ordered by a hash of their id and the first
 `validation_fraction` of them are held out, so no document ever appears in both splits.
+
+Loading streams: a first pass reads only the documents' ids (8 bytes of hash each), a second computes the
+corpus's fingerprint, and a split's documents are written to a memory-mapped Arrow file in the cache only when
+something reads them (a run whose blocks are cached never does). Memory grows with the number of documents
+(a few bytes each), not with their text.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import os
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 from datasets import Dataset
 
+from kinherit.core.arrow import write_arrow
 from kinherit.core.errors import KinheritError
+from kinherit.core.sealed import staged_folder, verify
 from kinherit.data.builtin import BUILTIN_CORPORA
 from kinherit.data.input_files import jsonl_records, read_text, reading
 
 FILE_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
+TEXT_FILE_LIMIT = 256 * 2**20  # a .txt/.md file is one document, read whole
+TRAIN, VALIDATION = 1, 2  # a document's split code (0: in neither)
+SPLITS = {TRAIN: "train", VALIDATION: "validation"}
+DOCUMENTS_FILE = "documents.arrow"
+DOCUMENT_SCHEMA = pa.schema([("text", pa.string()), ("domain", pa.string()), ("doc_id", pa.string())])
+
+
+def default_cache_dir() -> Path:
+    """`$KINHERIT_CACHE` or `~/.cache/kinherit`: where documents, blocks and their manifests are cached."""
+    return Path(os.environ.get("KINHERIT_CACHE", Path.home() / ".cache" / "kinherit"))
 
 
 @dataclass(frozen=True)
@@ -58,18 +79,12 @@ class CorpusSpec:
         return path.stem or "local"
 
 
-@dataclass
-class Corpus:
-    """A split corpus: train and validation documents (columns text, domain, doc_id) and a fingerprint."""
-
-    train: Dataset
-    validation: Dataset
-    domains: list[str]
-    fingerprint: str
-
-
 def _read_file(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
     if path.suffix in (".txt", ".md"):
+        if path.stat().st_size > TEXT_FILE_LIMIT:
+            raise KinheritError(f"{path} is {path.stat().st_size / 2**20:,.0f} MiB, and a .txt or .md file is one "
+                                f"document (at most {TEXT_FILE_LIMIT // 2**20} MiB); split it into one file per "
+                                "document, or write its documents as the lines of a .jsonl file")
         yield str(path), read_text(path)
     elif path.suffix == ".jsonl":
         for number, record in jsonl_records(path):
@@ -83,8 +98,7 @@ def _read_file(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
         if text_field not in table.column_names:
             raise KinheritError(f"{path} has no column {text_field!r} (columns: {table.column_names}); "
                                 "set the corpus's text_field to the right one")
-        for number, text in enumerate(table[text_field]):
-            yield f"{path}:{number}", str(text)
+        yield from _column_texts(table, text_field, str(path))
 
 
 def _local_files(source: str) -> list[Path]:
@@ -131,8 +145,16 @@ def _hf_documents(spec: CorpusSpec, name_or_path: str) -> Iterator[tuple[str, st
     if spec.text_field not in table.column_names:
         raise KinheritError(f"dataset {name_or_path!r} has no column {spec.text_field!r} (columns: "
                             f"{table.column_names}); set the corpus's text_field")
-    for number, text in enumerate(table[spec.text_field]):
-        yield f"{name_or_path}:{number}", str(text)
+    yield from _column_texts(table, spec.text_field, name_or_path)
+
+
+def _column_texts(table: Dataset, field: str, name: str) -> Iterator[tuple[str, str]]:
+    """`(NAME:ROW, text)` of a dataset's text column, read a batch of rows at a time."""
+    number = 0
+    for batch in table.select_columns([field]).iter(batch_size=1024):
+        for text in batch[field]:
+            yield f"{name}:{number}", str(text)
+            number += 1
 
 
 def iter_documents(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
@@ -157,10 +179,6 @@ def iter_documents(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
                             "path, and hub datasets need the prefix 'hf:' (for example hf:wikitext)")
 
 
-def _split_rank(doc_id: str) -> str:
-    return hashlib.sha1(doc_id.encode("utf-8")).hexdigest()
-
-
 def check_train_slice(train_fraction: float, train_offset: float) -> None:
     """Refuse a training slice [train_offset, train_offset + train_fraction) that is not inside [0, 1]."""
     if not (0.0 < train_fraction <= 1.0 and 0.0 <= train_offset < 1.0 and train_offset + train_fraction <= 1.0 + 1e-9):
@@ -169,65 +187,147 @@ def check_train_slice(train_fraction: float, train_offset: float) -> None:
                             "at most 1")
 
 
-def split_documents(docs: Iterable[tuple[str, str]], validation_fraction: float, name: str,
-                    train_fraction: float = 1.0, train_offset: float = 0.0
-                    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split documents into (train, validation) by document, deterministically by a hash of the id.
+def _rank(doc_id: str) -> int:
+    """A document's place in the split order: the first 8 bytes of the SHA-1 of its id."""
+    return int.from_bytes(hashlib.sha1(doc_id.encode("utf-8")).digest()[:8], "big")
 
-    The first `validation_fraction` of the documents in hash order are held out; of the rest, in the same
-    order, the slice [train_offset, train_offset + train_fraction) is kept for training. So the validation
-    split never depends on the slice, smaller fractions are subsets of larger ones, and the slices
-    [0, 0.5) and [0.5, 1) are two disjoint halves.
+
+def _stream(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
+    """The corpus's `(doc_id, text)` pairs, at most `max_documents` of them."""
+    docs = iter_documents(spec)
+    return itertools.islice(docs, spec.max_documents) if spec.max_documents is not None else docs
+
+
+def split_codes(docs: Iterable[tuple[str, str]], validation_fraction: float, name: str, train_fraction: float = 1.0,
+                train_offset: float = 0.0) -> np.ndarray:
+    """Each document's split, by its place in `docs`: TRAIN, VALIDATION, or 0 (empty, a repeated id, or outside
+    the training slice). One pass that keeps 16 bytes per document, never its text.
+
+    The documents with text are ordered by a hash of their id (the first of a repeated id counts); the first
+    `validation_fraction` of them are held out, and of the rest, in the same order, the slice
+    [train_offset, train_offset + train_fraction) is kept for training. So the validation split never depends
+    on the slice, smaller fractions are subsets of larger ones, and the slices [0, 0.5) and [0.5, 1) are two
+    disjoint halves.
     """
     if not 0.0 <= validation_fraction < 1.0:
         raise KinheritError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     check_train_slice(train_fraction, train_offset)
-    unique: dict[str, str] = {}
-    for doc_id, text in docs:
-        if text.strip():
-            unique.setdefault(doc_id, text)
-    if not unique:
+    ranks, places, count = array("Q"), array("q"), 0
+    for count, (doc_id, text) in enumerate(docs, start=1):
+        if text and not text.isspace():
+            ranks.append(_rank(doc_id))
+            places.append(count - 1)
+    if not ranks:
         raise KinheritError(f"corpus {name!r} has no documents with text; check the source")
-    ranked = sorted(unique, key=_split_rank)
+    _ranks, first = np.unique(np.frombuffer(ranks, dtype=np.uint64), return_index=True)
+    ranked = np.frombuffer(places, dtype=np.int64)[first]  # hash order, each id once
     n_val = 0 if validation_fraction == 0 else max(1, round(validation_fraction * len(ranked)))
     if n_val >= len(ranked):
         raise KinheritError(f"corpus {name!r} has {len(ranked)} document(s), too few to hold out "
                             f"{validation_fraction:.0%} for validation; add documents or lower validation_fraction")
-    held_out = set(ranked[:n_val])
     rest = ranked[n_val:]
-    kept = set(rest[round(train_offset * len(rest)):round(min(1.0, train_offset + train_fraction) * len(rest))])
-    if not kept:
+    kept = rest[round(train_offset * len(rest)):round(min(1.0, train_offset + train_fraction) * len(rest))]
+    if not len(kept):
         raise KinheritError(f"corpus {name!r} keeps no training document: {len(rest)} training documents and "
                             f"train_fraction {train_fraction}; raise train_fraction")
-    train = [(d, unique[d]) for d in unique if d in kept]
-    validation = [(d, unique[d]) for d in unique if d in held_out]
-    return train, validation
+    codes = np.zeros(count, dtype=np.int8)
+    codes[kept] = TRAIN
+    codes[ranked[:n_val]] = VALIDATION
+    return codes
 
 
-def load_corpus(specs: list[CorpusSpec]) -> Corpus:
-    """Load, tag and split one or more corpora into a single `Corpus`."""
+def split_documents(docs: Iterable[tuple[str, str]], validation_fraction: float, name: str,
+                    train_fraction: float = 1.0, train_offset: float = 0.0
+                    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """`split_codes` applied to documents held in memory: the (train, validation) lists, in their given order."""
+    docs = list(docs)
+    codes = split_codes(docs, validation_fraction, name, train_fraction, train_offset)
+    return ([doc for doc, code in zip(docs, codes, strict=True) if code == TRAIN],
+            [doc for doc, code in zip(docs, codes, strict=True) if code == VALIDATION])
+
+
+@dataclass
+class _Part:
+    """One corpus of a `Corpus`: where it comes from, its domain, and each document's split."""
+
+    spec: CorpusSpec
+    domain: str
+    codes: np.ndarray
+
+    def documents(self, code: int) -> Iterator[tuple[str, str]]:
+        """The `(doc_id, text)` of this part's documents of one split, in the source's order."""
+        for (doc_id, text), mine in zip(_stream(self.spec), self.codes, strict=False):
+            if mine == code:
+                yield doc_id, text
+
+
+class Corpus:
+    """A split corpus: `train` and `validation` documents (memory-mapped datasets with columns text, domain,
+    doc_id, written to the cache on first use), the domains in order, and a fingerprint of the whole."""
+
+    def __init__(self, parts: list[_Part], cache_dir: str | os.PathLike | None = None) -> None:
+        self.parts = parts
+        self.domains = list(dict.fromkeys(part.domain for part in parts))
+        self.cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        digest = hashlib.sha256()
+        for part in parts:  # per corpus, its training documents then its validation ones, in the source's order
+            held_out = []
+            for code, (doc_id, text) in zip(part.codes, _stream(part.spec), strict=False):
+                if code:
+                    piece = (f"{SPLITS[code]}\0{part.domain}\0{doc_id}\0".encode()
+                             + hashlib.sha256(text.encode("utf-8")).digest())
+                    if code == TRAIN:
+                        digest.update(piece)
+                    else:
+                        held_out.append(piece)
+            for piece in held_out:
+                digest.update(piece)
+        self.fingerprint = digest.hexdigest()
+        self._splits: dict[int, Dataset] = {}
+
+    def count(self, split: str) -> int:
+        """How many documents a split ("train" or "validation") holds, without reading them."""
+        code = TRAIN if split == "train" else VALIDATION
+        return int(sum((part.codes == code).sum() for part in self.parts))
+
+    @property
+    def train(self) -> Dataset:
+        return self._documents(TRAIN)
+
+    @property
+    def validation(self) -> Dataset:
+        return self._documents(VALIDATION)
+
+    def _documents(self, code: int) -> Dataset:
+        """A split's documents, written once per fingerprint into the cache and memory-mapped from there."""
+        if code not in self._splits:
+            target = self.cache_root / "documents" / f"{SPLITS[code]}-{self.fingerprint[:24]}"
+            if not target.exists():
+                with staged_folder(target) as staging:
+                    write_arrow(staging / DOCUMENTS_FILE, DOCUMENT_SCHEMA, self._batches(code))
+            verify(target, "document cache")
+            self._splits[code] = Dataset.from_file(str(target / DOCUMENTS_FILE))
+        return self._splits[code]
+
+    def _batches(self, code: int, rows: int = 1024) -> Iterator[pa.RecordBatch]:
+        batch: dict[str, list[str]] = {"text": [], "domain": [], "doc_id": []}
+        for part in self.parts:
+            for doc_id, text in part.documents(code):
+                batch["text"].append(text)
+                batch["domain"].append(part.domain)
+                batch["doc_id"].append(doc_id)
+                if len(batch["text"]) == rows:
+                    yield pa.record_batch(list(batch.values()), schema=DOCUMENT_SCHEMA)
+                    batch = {key: [] for key in batch}
+        yield pa.record_batch(list(batch.values()), schema=DOCUMENT_SCHEMA)
+
+
+def load_corpus(specs: list[CorpusSpec], cache_dir: str | os.PathLike | None = None) -> Corpus:
+    """Split one or more corpora, tagged by domain, into one `Corpus` (its documents are read when used, into
+    `cache_dir`, default `$KINHERIT_CACHE` or ~/.cache/kinherit)."""
     if not specs:
         raise KinheritError("no corpus given; name at least one (for example --corpus wikipedia)")
-    rows: dict[str, dict[str, list[str]]] = {
-        split: {"text": [], "domain": [], "doc_id": []} for split in ("train", "validation")
-    }
-    digest = hashlib.sha256()
-    domains: list[str] = []
-    for spec in specs:
-        docs = iter_documents(spec)
-        if spec.max_documents is not None:
-            docs = (doc for i, doc in zip(range(spec.max_documents), docs, strict=False))
-        train, validation = split_documents(docs, spec.validation_fraction, spec.source, spec.train_fraction,
-                                            spec.train_offset)
-        domain = spec.domain_tag
-        if domain not in domains:
-            domains.append(domain)
-        for split, part in (("train", train), ("validation", validation)):
-            for doc_id, text in part:
-                rows[split]["text"].append(text)
-                rows[split]["domain"].append(domain)
-                rows[split]["doc_id"].append(doc_id)
-                digest.update(f"{split}\0{domain}\0{doc_id}\0".encode())
-                digest.update(hashlib.sha256(text.encode("utf-8")).digest())
-    return Corpus(train=Dataset.from_dict(rows["train"]), validation=Dataset.from_dict(rows["validation"]),
-                  domains=domains, fingerprint=digest.hexdigest())
+    parts = [_Part(spec, spec.domain_tag, split_codes(_stream(spec), spec.validation_fraction, spec.source,
+                                                      spec.train_fraction, spec.train_offset))
+             for spec in specs]
+    return Corpus(parts, cache_dir)

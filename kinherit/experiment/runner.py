@@ -96,7 +96,7 @@ def ensure_tokenizer(experiment: Experiment) -> Path:
             return target
         corpus_name = settings.get("corpus", next(iter(experiment.corpora)))
         spec = experiment.corpora[corpus_name]
-        corpus = load_corpus([CorpusSpec(**{k: v for k, v in spec.items()})])
+        corpus = load_corpus([CorpusSpec(**{k: v for k, v in spec.items()})], experiment.output_dir / "cache")
         logger.info("training the experiment's tokenizer (%s tokens) on %s", settings.get("vocab_size", 8192),
                     corpus_name)
         train_tokenizer(corpus.train, int(settings.get("vocab_size", 8192)), target)

@@ -43,7 +43,7 @@ from kinherit.core.atomic import fsync_folder, staging_path, write_json_atomic
 from kinherit.core.errors import KinheritError
 from kinherit.core.locks import exclusive
 from kinherit.core.sealed import seal, unseal, verify, weights_digest
-from kinherit.data import BlockCollator, build_blocks, load_corpus, load_tokenizer
+from kinherit.data import BlockCollator, corpus_blocks, load_corpus, load_tokenizer
 from kinherit.data.corpora import Corpus
 from kinherit.data.tokenizer import tokenizer_fingerprint
 from kinherit.inheritance.targets import TargetFn
@@ -114,12 +114,11 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
     _fixed_mmap_threshold()
     partial = partial_folder(output)
     started = time.perf_counter()
-    corpus = load_corpus(data.corpus_specs())
+    corpus = load_corpus(data.corpus_specs(), data.cache_dir)
     paths, _domains = parse_teacher_specs(inherit.teacher)
     tokenizer_path = data.tokenizer or paths[0]  # default: the (first) teacher's own tokenizer
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
-    blocks = build_blocks(corpus.train, tokenizer, data.block_size, corpus.domains, corpus.fingerprint, "train",
-                          data.cache_dir)
+    blocks = corpus_blocks(corpus, "train", tokenizer, data.block_size, data.cache_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kind = model_kind(load_config(paths[0], trust_remote_code))
     teachers = build_teachers(inherit, tokenizer, tokenizer_path, kind, corpus.domains, device, trust_remote_code)
@@ -155,9 +154,8 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
             positions += handle.get_slice("ids").get_shape()[0]
     shard_bytes = sum(p.stat().st_size for p in partial.glob("epoch*-shard*.safetensors"))
     teacher_val_loss = None
-    if len(corpus.validation):
-        eval_blocks = build_blocks(corpus.validation, tokenizer, data.block_size, corpus.domains, corpus.fingerprint,
-                                   "validation", data.cache_dir)
+    eval_blocks = corpus_blocks(corpus, "validation", tokenizer, data.block_size, data.cache_dir)
+    if eval_blocks is not None:
         eval_collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed)
         teacher_val_loss = min(validation_loss(m, eval_blocks, eval_collator, cache.batch_size, inherit.chunk_size,
                                                vocab, kind)[0] for m in teachers.models)
