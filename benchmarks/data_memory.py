@@ -3,7 +3,9 @@
 Synthetic corpora of the requested sizes are written as JSONL from the built-in corpora's documents, cycled with
 new document ids (one JSON line each, so every line is its own document), and a byte-level BPE of 8,192 tokens is
 trained once on the built-in Wikipedia. Each size is then prepared from an empty block cache in a fresh child
-process, which reports its peak resident memory (Linux VmHWM), the seconds and the tokens packed; the
+process, which reports its peak resident memory (Linux VmHWM, which counts the pages of memory-mapped files it
+has read) and its peak anonymous memory (RssAnon, sampled every 20 ms: what it allocated), the seconds and the
+tokens packed; the
 tokenizer's own batch-encode speed on a 20 MB sample of the same text is the pipeline's ceiling. A second child
 then trains a tiny model (llama-1x64) for two steps on the prepared corpus (its blocks cached, as every run after
 the first finds them) and reports its peak: the memory a run needs to start.
@@ -21,14 +23,23 @@ import sys
 import time
 from pathlib import Path
 
-CHILD = """
-import json, sys, time
-from kinherit.data import CorpusSpec, build_blocks, load_corpus, load_tokenizer
-path, tokenizer_dir, cache, block = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+SAMPLER = """
+import threading, time
 def status_mb(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
+anon = [0.0]
+def sample():
+    while True:
+        anon[0] = max(anon[0], status_mb("RssAnon"))
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+"""
+CHILD = SAMPLER + """
+import json, sys
+from kinherit.data import CorpusSpec, build_blocks, load_corpus, load_tokenizer
+path, tokenizer_dir, cache, block = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 tokenizer = load_tokenizer(tokenizer_dir)
 start_rss, started = status_mb("VmRSS"), time.perf_counter()
 corpus = load_corpus([CorpusSpec(source=path, validation_fraction=0.01)])
@@ -36,12 +47,13 @@ loaded = time.perf_counter()
 train = build_blocks(corpus.train, tokenizer, block, corpus.domains, corpus.fingerprint, "train", cache)
 validation = build_blocks(corpus.validation, tokenizer, block, corpus.domains, corpus.fingerprint, "validation", cache)
 done = time.perf_counter()
-print(json.dumps({"peak_mb": status_mb("VmHWM"), "start_mb": start_rss, "load_seconds": loaded - started,
+print(json.dumps({"peak_mb": status_mb("VmHWM"), "peak_anon_mb": anon[0], "start_mb": start_rss,
+                  "load_seconds": loaded - started,
                   "seconds": done - started, "blocks": len(train) + len(validation),
                   "tokens": (len(train) + len(validation)) * block,
                   "documents": len(corpus.train) + len(corpus.validation)}))
 """
-TRAIN_CHILD = """
+TRAIN_CHILD = SAMPLER + """
 import json, sys
 from kinherit.commands.pretrain import pretrain
 from kinherit.training.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
@@ -51,13 +63,11 @@ data = DataArguments(corpus=[path], tokenizer=tokenizer_dir, cache_dir=cache, bl
 args = KinheritTrainingArguments(output_dir=output, max_steps=2, per_device_train_batch_size=8, report_to="none",
                                  eval_strategy="no", save_strategy="no", disable_tqdm=True, use_cpu=True)
 pretrain(ModelArguments(model="llama-1x64"), data, InheritanceArguments(), args)
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        print(json.dumps({"train_peak_mb": int(line.split()[1]) / 1024}))
+print(json.dumps({"train_peak_mb": status_mb("VmHWM"), "train_peak_anon_mb": anon[0]}))
 """
 
 
-def write_corpus(path: Path, megabytes: int) -> int:
+def write_corpus(path: Path, megabytes: float) -> int:
     """A JSONL corpus of about `megabytes` MB of text from the built-in corpora; returns its documents."""
     from kinherit.data import BUILTIN_CORPORA
 
@@ -93,10 +103,11 @@ def encode_rate(tokenizer_dir: Path, corpus: Path, megabytes: int = 20) -> float
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400], help="corpus sizes in MB of text")
+    parser.add_argument("--sizes", type=float, nargs="+", default=[100, 400], help="corpus sizes in MB of text")
     parser.add_argument("--workdir", default="/tmp/kinherit-data", help="where the corpora and caches are written")
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--vocab_size", type=int, default=8192)
+    parser.add_argument("--no-train", action="store_true", help="measure the preparation only")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     from kinherit.data import CorpusSpec, load_corpus, train_tokenizer
@@ -115,15 +126,20 @@ def main(argv: list[str] | None = None) -> dict:
         child = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(tokenizer_dir), str(cache),
                                 str(args.block_size)], capture_output=True, text=True, check=True)
         entry = json.loads(child.stdout.strip().splitlines()[-1])
-        trained = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(corpus), str(tokenizer_dir), str(cache),
-                                  str(args.block_size), str(cache / "run")], capture_output=True, text=True, check=True)
-        entry.update(json.loads(trained.stdout.strip().splitlines()[-1]))
+        entry["train_peak_mb"] = entry["train_peak_anon_mb"] = None
+        if not args.no_train:
+            trained = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(corpus), str(tokenizer_dir), str(cache),
+                                      str(args.block_size), str(cache / "run")], capture_output=True, text=True,
+                                     check=True)
+            entry.update(json.loads(trained.stdout.strip().splitlines()[-1]))
         entry["encode_tokens_per_second"] = encode_rate(tokenizer_dir, corpus)
         entry["tokens_per_second"] = entry["tokens"] / entry["seconds"]
         entry["text_mb"] = megabytes
         results["sizes"][megabytes] = entry
-        print(f"{megabytes:>6} MB text: peak {entry['peak_mb']:,.0f} MB preparing, {entry['train_peak_mb']:,.0f} MB "
-              f"training to step 2 from the prepared blocks, {entry['seconds']:.1f} s "
+        training = "" if entry["train_peak_mb"] is None else \
+            f"; training to step 2: {entry['train_peak_mb']:,.0f} MB ({entry['train_peak_anon_mb']:,.0f} MB anonymous)"
+        print(f"{megabytes:>6g} MB text: preparing {entry['peak_mb']:,.0f} MB ({entry['peak_anon_mb']:,.0f} MB "
+              f"anonymous){training}; {entry['seconds']:.1f} s "
               f"({entry['load_seconds']:.1f} s reading and splitting), {entry['tokens']:,} tokens, "
               f"{entry['tokens_per_second']:,.0f} tokens/s (the tokenizer alone: "
               f"{entry['encode_tokens_per_second']:,.0f})", flush=True)

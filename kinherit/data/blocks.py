@@ -32,7 +32,8 @@ from kinherit.data.tokenizer import tokenizer_fingerprint
 
 CACHE_FORMAT = "blocks-v3"  # v3: one memory-mapped Arrow file, token ids in 2 or 4 bytes
 BLOCKS_FILE = "blocks.arrow"
-DOCUMENTS_PER_BATCH = 1024
+DOCUMENTS_PER_BATCH = 1024  # documents read from the document cache at a time
+CHARACTERS_PER_CALL = 2**20  # text handed to the tokenizer at a time: its encodings cost ~100x the text's size
 
 
 def token_type(vocab_size: int) -> tuple[pa.DataType, type]:
@@ -51,15 +52,28 @@ def packed_blocks(docs: Dataset, tokenizer: PreTrainedTokenizerBase, block_size:
         carry = np.empty(0, dtype=np.int64)
         for batch in columns.iter(batch_size=DOCUMENTS_PER_BATCH):
             texts = [text for text, tag in zip(batch["text"], batch["domain"], strict=True) if tag == domain]
-            if not texts:
-                continue
-            ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-            stream = np.concatenate([carry, np.fromiter(itertools.chain.from_iterable(
-                itertools.chain(seq, (eos,)) for seq in ids), dtype=np.int64)])
-            usable = len(stream) // block_size * block_size
-            if usable:
-                yield stream[:usable].reshape(-1, block_size), domain_id
-            carry = stream[usable:]
+            for group in _by_length(texts, CHARACTERS_PER_CALL):
+                ids = tokenizer(group, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+                stream = np.concatenate([carry, np.fromiter(itertools.chain.from_iterable(
+                    itertools.chain(seq, (eos,)) for seq in ids), dtype=np.int64)])
+                usable = len(stream) // block_size * block_size
+                if usable:
+                    yield stream[:usable].reshape(-1, block_size), domain_id
+                carry = stream[usable:]
+
+
+def _by_length(texts: list[str], characters: int) -> Iterator[list[str]]:
+    """Consecutive groups of `texts` of about `characters` characters (a longer text alone)."""
+    group: list[str] = []
+    size = 0
+    for text in texts:
+        if group and size + len(text) > characters:
+            yield group
+            group, size = [], 0
+        group.append(text)
+        size += len(text)
+    if group:
+        yield group
 
 
 def _record_batches(blocks: Iterator[tuple[np.ndarray, int]], block_size: int,
