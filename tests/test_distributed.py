@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -104,10 +105,10 @@ def two_processes(workdir, tokenizer_dir, teacher) -> Path:
 
 
 def test_two_processes_train_as_one_with_the_same_global_batch(workdir, tokenizer_dir, teacher, two_processes):
-    one = launch(workdir, tokenizer_dir, "one", 1, 2 * BLOCKS, "--teacher", str(teacher), "--inherit_steps", "6",
-                 "--temperature", "2", "--save_strategy", "no")
-    half = launch(workdir, tokenizer_dir, "half", 1, BLOCKS, "--teacher", str(teacher), "--inherit_steps", "6",
-                  "--temperature", "2", "--save_strategy", "no")
+    with ThreadPoolExecutor(2) as pool:  # two one-thread processes at once, one per core
+        one, half = pool.map(lambda name, batch: launch(workdir, tokenizer_dir, name, 1, batch, "--teacher",
+                                                        str(teacher), "--inherit_steps", "6", "--temperature", "2",
+                                                        "--save_strategy", "no"), ("one", "half"), (2 * BLOCKS, BLOCKS))
     for key in ("eval_loss", "loss", "inherit/self_loss", "inherit/ki_loss"):
         ddp, single, other = curve(two_processes, key), curve(one, key), curve(half, key)
         assert ddp.keys() == single.keys() and len(ddp) >= 4, key
