@@ -27,3 +27,11 @@ def test_every_link_resolves_inside_the_repository(page):
 
 def test_the_readme_is_short():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_test_a_page_names_exists(page):
+    named = re.findall(r"(tests/test_\w+\.py)::(\w+)", page.read_text(encoding="utf-8"))
+    missing = [f"{path}::{name}" for path, name in named
+               if not (ROOT / path).exists() or f"def {name}(" not in (ROOT / path).read_text(encoding="utf-8")]
+    assert missing == []
