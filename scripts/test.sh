@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the test suite (the slow end-to-end runs are behind `-m slow`).
+# Set up, then run the test suite; extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
