@@ -120,13 +120,16 @@ def run_tokenizer(argv: Sequence[str]) -> int:
 def run_prepare(argv: Sequence[str]) -> int:
     """Prepare a corpus's blocks."""
     from kinherit.commands.prepare import prepare
-    from kinherit.training.options import DataArguments, NoArguments
+    from kinherit.training.options import DataArguments, PrepareArguments
 
-    _none, data = parse(argv, (NoArguments, DataArguments), "prepare")
-    summary = prepare(data)
+    parts, data = parse(argv, (PrepareArguments, DataArguments), "prepare")
+    summary = prepare(data, parts)
     for split in ("train", "validation"):
-        if split in summary:
-            part = summary[split]
+        part = summary.get(split)
+        if part == "waiting":
+            print(f"{split}: part {parts.part} of {parts.parts} tokenised; the process that finishes the last part "
+                  "packs the blocks")
+        elif part:
             print(f"{split}: {part['documents']:,} documents, {part['blocks']:,} blocks of {data.block_size} tokens "
                   f"in {part['file']}")
     return 0

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from kinherit.core.errors import KinheritError
-from kinherit.data import BlockCollator, CorpusSpec, build_blocks, load_corpus, load_tokenizer, split_documents
+from kinherit.data import (
+    BlockCollator,
+    CorpusSpec,
+    build_blocks,
+    corpus_blocks,
+    load_corpus,
+    load_tokenizer,
+    split_documents,
+)
 from kinherit.data import blocks as blocks_module
+from kinherit.data.blocks import prepare_part
 
 
 def test_builtin_wikipedia_is_real_text(wiki_corpus):
@@ -194,6 +204,40 @@ def test_packing_a_batch_at_a_time_cuts_each_domain_as_one_stream(tmp_path, toke
     assert [(row["input_ids"], row["domain_id"]) for row in blocks] == expected
     assert list(blocks["index"]) == list(range(len(expected)))
     assert str(blocks.features["input_ids"].feature.dtype) == "uint16"
+
+
+@pytest.mark.parametrize("parts, order", [(3, [2, 0, 1]), (5, [4, 3, 2, 1, 0])])
+def test_preparing_in_parts_packs_the_blocks_one_process_makes(tmp_path, tokenizer, parts, order):
+    """Parts tokenised by separate calls in any order (some holding no document of a domain, or none at all) pack
+    into the blocks of one process, for both splits; only the call that finds every part done packs."""
+    specs = [CorpusSpec("wikipedia", max_documents=8, validation_fraction=0.25),
+             CorpusSpec("shakespeare", max_documents=4, validation_fraction=0.25)]
+    whole = load_corpus(specs, tmp_path / "one")
+    for split in ("train", "validation"):
+        expected = corpus_blocks(whole, split, tokenizer, 40, tmp_path / "one")
+        corpus = load_corpus(specs, tmp_path / "parts")
+        packed = [prepare_part(corpus, split, tokenizer, 40, part, parts, tmp_path / "parts") for part in order]
+        assert packed == [False] * (parts - 1) + [True]
+        made = corpus_blocks(corpus, split, tokenizer, 40, tmp_path / "parts")
+        assert made.to_dict() == expected.to_dict() and len(made) > 0
+        folder = {Path(blocks.cache_files[0]["filename"]).parent.name for blocks in (made, expected)}
+        assert len(folder) == 1  # the same key: runs find the blocks whichever way they were made
+    assert not list((tmp_path / "parts" / "documents").glob("*"))  # parts read their sources; nothing copied
+    assert sorted(p.name for p in (tmp_path / "parts" / "blocks").iterdir() if not p.name.startswith(".")) == \
+        sorted(p.name for p in (tmp_path / "one" / "blocks").iterdir() if not p.name.startswith("."))
+
+
+def test_parts_are_checked_and_follow_torchrun(monkeypatch):
+    from kinherit.training.options import PrepareArguments
+
+    with pytest.raises(KinheritError, match="--parts 4 needs --part"):
+        PrepareArguments(parts=4)
+    with pytest.raises(KinheritError, match="--part 4 of --parts 4"):
+        PrepareArguments(parts=4, part=4)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    launched = PrepareArguments()
+    assert (launched.parts, launched.part) == (3, 2)
 
 
 def test_a_text_file_too_large_for_one_document_is_refused(tmp_path, monkeypatch):

@@ -309,17 +309,24 @@ class Corpus:
             self._splits[code] = Dataset.from_file(str(target / DOCUMENTS_FILE))
         return self._splits[code]
 
-    def _batches(self, code: int, rows: int = 1024) -> Iterator[pa.RecordBatch]:
-        batch: dict[str, list[str]] = {"text": [], "domain": [], "doc_id": []}
+    def _in_order(self, code: int) -> Iterator[tuple[str, str, str]]:
+        """(doc_id, text, domain) of a split's documents in the split's order, read from their sources."""
         for part in self.parts:
             for doc_id, text in part.documents(code):
-                batch["text"].append(text)
-                batch["domain"].append(part.domain)
-                batch["doc_id"].append(doc_id)
-                if len(batch["text"]) == rows:
-                    yield pa.record_batch(list(batch.values()), schema=DOCUMENT_SCHEMA)
-                    batch = {key: [] for key in batch}
-        yield pa.record_batch(list(batch.values()), schema=DOCUMENT_SCHEMA)
+                yield doc_id, text, part.domain
+
+    def texts(self, split: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, str]]:
+        """(text, domain) of the split's documents `start` to `stop` (places in the split's order), read from their
+        sources without writing the split to the cache: what one part of a parallel preparation reads."""
+        code = TRAIN if split == "train" else VALIDATION
+        for _doc_id, text, domain in itertools.islice(self._in_order(code), start, stop):
+            yield text, domain
+
+    def _batches(self, code: int, rows: int = 1024) -> Iterator[pa.RecordBatch]:
+        documents = self._in_order(code)
+        while batch := list(itertools.islice(documents, rows)):
+            doc_ids, texts, domains = zip(*batch, strict=True)
+            yield pa.record_batch([list(texts), list(domains), list(doc_ids)], schema=DOCUMENT_SCHEMA)
 
 
 def load_corpus(specs: list[CorpusSpec], cache_dir: str | os.PathLike | None = None) -> Corpus:

@@ -415,6 +415,31 @@ class FinetuneArguments:
 
 
 @dataclass
+class PrepareArguments:
+    """Which share of the tokenising this process does (`kinherit prepare`)."""
+
+    parts: int | None = field(default=None, metadata={
+        "help": "Tokenise the corpus in this many parts, one per process or machine sharing --cache_dir "
+                "(default: one, or WORLD_SIZE under torchrun). The blocks are the same for any count."})
+    part: int | None = field(default=None, metadata={
+        "help": "Which part this process tokenises, 0 to parts - 1 (default: RANK under torchrun). The process "
+                "that finds every part done packs the blocks."})
+
+    def __post_init__(self) -> None:
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.parts is None:
+            self.parts = launched
+        if self.part is None:
+            if self.parts > 1 and launched != self.parts:
+                raise KinheritError(f"--parts {self.parts} needs --part (which one this process tokenises, 0 to "
+                                    f"{self.parts - 1}), or a launch of {self.parts} processes with torchrun")
+            self.part = int(os.environ.get("RANK", "0"))
+        if self.parts < 1 or not 0 <= self.part < self.parts:
+            raise KinheritError(f"--part {self.part} of --parts {self.parts}: parts must be at least 1 and part one "
+                                f"of 0 to {self.parts - 1}")
+
+
+@dataclass
 class NoArguments:
     """A command without options."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from kinherit.core.errors import KinheritError
 from kinherit.core.sealed import last_good_checkpoint, rotate_checkpoints, seal, unseal
@@ -33,6 +33,7 @@ from kinherit.training.counters import InheritStats, RunCounters
 from kinherit.training.flops import StepFlops
 from kinherit.training.options import InheritanceArguments
 from kinherit.training.refusals import check_training_setup
+from kinherit.training.sampler import BlockOrder
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,15 @@ class InheritanceTrainer(Trainer):
         self.stats = InheritStats()
         self.add_callback(_Clock(self))
         self.add_callback(_MaskEpoch(self))
+
+    def _get_train_sampler(self, train_dataset=None):
+        """The stock shuffled order, held in 4 bytes per block instead of a Python list (see `BlockOrder`)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if (self.args.train_sampling_strategy != "random" or not self.accelerator.use_seedable_sampler
+                or not has_length(dataset)):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else torch.random.initial_seed()
+        return BlockOrder(len(dataset), seed)
 
     # ---------------------------------------------------------------- the loss
     def inheritance_rate(self) -> float:
