@@ -5,10 +5,11 @@ new document ids (one JSON line each, so every line is its own document), and a 
 trained once on the built-in Wikipedia. Each size is then prepared from an empty block cache in a fresh child
 process, which reports its peak resident memory (Linux VmHWM, which counts the pages of memory-mapped files it
 has read) and its peak anonymous memory (RssAnon, sampled every 20 ms: what it allocated), the seconds and the
-tokens packed; the
-tokenizer's own batch-encode speed on a 20 MB sample of the same text is the pipeline's ceiling. A second child
-then trains a tiny model (llama-1x64) for two steps on the prepared corpus (its blocks cached, as every run after
-the first finds them) and reports its peak: the memory a run needs to start.
+tokens packed; the tokenizer's own batch-encode speed on a 20 MB sample of the same text is the pipeline's ceiling.
+A second child then trains a tiny model (llama-1x64) for two steps on the prepared corpus (its blocks cached, as
+every run after the first finds them; its validation pass skipped) and reports its peak: the memory a run needs to
+start. `--parts N` prepares with N processes at once (`kinherit prepare --parts`); `--train_processes N` starts N
+training runs at once on the same blocks.
 
     python benchmarks/data_memory.py --sizes 100 400 1000 --workdir /tmp/kinherit-data --json data.json
 """
@@ -38,24 +39,29 @@ threading.Thread(target=sample, daemon=True).start()
 """
 CHILD = SAMPLER + """
 import json, sys
-from kinherit.data import CorpusSpec, build_blocks, load_corpus, load_tokenizer
+from kinherit.data import CorpusSpec, corpus_blocks, load_corpus, load_tokenizer
+from kinherit.data.blocks import prepare_part
 path, tokenizer_dir, cache, block = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+part, parts = int(sys.argv[5]), int(sys.argv[6])
 tokenizer = load_tokenizer(tokenizer_dir)
 start_rss, started = status_mb("VmRSS"), time.perf_counter()
 corpus = load_corpus([CorpusSpec(source=path, validation_fraction=0.01)])
 loaded = time.perf_counter()
-train = build_blocks(corpus.train, tokenizer, block, corpus.domains, corpus.fingerprint, "train", cache)
-validation = build_blocks(corpus.validation, tokenizer, block, corpus.domains, corpus.fingerprint, "validation", cache)
+blocks = {}
+for split in ("train", "validation"):
+    if parts == 1 or prepare_part(corpus, split, tokenizer, block, part, parts, cache):
+        blocks[split] = len(corpus_blocks(corpus, split, tokenizer, block, cache))
 done = time.perf_counter()
 print(json.dumps({"peak_mb": status_mb("VmHWM"), "peak_anon_mb": anon[0], "start_mb": start_rss,
-                  "load_seconds": loaded - started,
-                  "seconds": done - started, "blocks": len(train) + len(validation),
-                  "tokens": (len(train) + len(validation)) * block,
-                  "documents": len(corpus.train) + len(corpus.validation)}))
+                  "load_seconds": loaded - started, "seconds": done - started,
+                  "blocks": sum(blocks.values()) if len(blocks) == 2 else None,
+                  "documents": corpus.count("train") + corpus.count("validation")}))
 """
 TRAIN_CHILD = SAMPLER + """
 import json, sys
 from kinherit.commands.pretrain import pretrain
+from kinherit.training.trainer import InheritanceTrainer
+InheritanceTrainer.evaluate = lambda self, *args, **kwargs: {"eval_loss": 0.0}  # measures the start, not validation
 from kinherit.training.options import DataArguments, InheritanceArguments, KinheritTrainingArguments, ModelArguments
 path, tokenizer_dir, cache, block, output = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 data = DataArguments(corpus=[path], tokenizer=tokenizer_dir, cache_dir=cache, block_size=block,
@@ -101,13 +107,52 @@ def encode_rate(tokenizer_dir: Path, corpus: Path, megabytes: int = 20) -> float
     return tokens / (time.perf_counter() - started)
 
 
+def _children(commands: list[list[str]]) -> list[dict]:
+    """Run the commands at once; each one's last line of output, read as JSON."""
+    running = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for command in commands]
+    results = []
+    for child in running:
+        out, err = child.communicate()
+        if child.returncode:
+            raise SystemExit(f"a measuring process failed:\n{err[-3000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def prepare(corpus: Path, tokenizer_dir: Path, cache: Path, block_size: int, parts: int) -> dict:
+    """Prepare `corpus` into `cache` with `parts` processes at once: the largest peak, the wall-clock seconds."""
+    started = time.perf_counter()
+    children = _children([[sys.executable, "-c", CHILD, str(corpus), str(tokenizer_dir), str(cache), str(block_size),
+                           str(part), str(parts)] for part in range(parts)])
+    seconds = time.perf_counter() - started
+    blocks = next(child["blocks"] for child in children if child["blocks"] is not None)  # the one that packed
+    return {"peak_mb": max(child["peak_mb"] for child in children),
+            "peak_anon_mb": max(child["peak_anon_mb"] for child in children),
+            "load_seconds": max(child["load_seconds"] for child in children), "seconds": seconds,
+            "blocks": blocks, "tokens": blocks * block_size, "tokens_per_second": blocks * block_size / seconds,
+            "documents": children[0]["documents"], "processes": parts}
+
+
+def train(corpus: Path, tokenizer_dir: Path, cache: Path, block_size: int, processes: int) -> list[dict]:
+    """Each of `processes` runs started at once on the prepared corpus, to step 2: its peak memory."""
+    return _children([[sys.executable, "-c", TRAIN_CHILD, str(corpus), str(tokenizer_dir), str(cache),
+                       str(block_size), str(cache / f"run-{time.time_ns()}-{index}")] for index in range(processes)])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[100, 400], help="corpus sizes in MB of text")
     parser.add_argument("--workdir", default="/tmp/kinherit-data", help="where the corpora and caches are written")
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--vocab_size", type=int, default=8192)
+    parser.add_argument("--parts", type=int, default=1,
+                        help="prepare with this many processes at once (`kinherit prepare --parts`)")
     parser.add_argument("--no-train", action="store_true", help="measure the preparation only")
+    parser.add_argument("--train_processes", type=int, default=1,
+                        help="training processes started at once on the prepared corpus (each reports its peak)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="train on this size's last prepared cache in --workdir, if there is one")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     from kinherit.data import CorpusSpec, load_corpus, train_tokenizer
@@ -122,27 +167,27 @@ def main(argv: list[str] | None = None) -> dict:
         corpus = work / f"corpus-{megabytes}MB.jsonl"
         if not corpus.exists():
             write_corpus(corpus, megabytes)
-        cache = work / f"cache-{megabytes}MB-{time.time_ns()}"
-        child = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(tokenizer_dir), str(cache),
-                                str(args.block_size)], capture_output=True, text=True, check=True)
-        entry = json.loads(child.stdout.strip().splitlines()[-1])
-        entry["train_peak_mb"] = entry["train_peak_anon_mb"] = None
+        earlier = sorted(work.glob(f"cache-{megabytes}MB-*/blocks/train-*/blocks.arrow")) if args.reuse else []
+        if earlier:
+            cache = earlier[-1].parents[2]
+            entry: dict = {"reused": str(cache)}
+            print(f"{megabytes:>6g} MB text: reusing the blocks in {cache}", flush=True)
+        else:
+            cache = work / f"cache-{megabytes}MB-{time.time_ns()}"
+            entry = prepare(corpus, tokenizer_dir, cache, args.block_size, args.parts)
+            entry["encode_tokens_per_second"] = encode_rate(tokenizer_dir, corpus)
+            print(f"{megabytes:>6g} MB text, {args.parts} process(es): preparing {entry['peak_mb']:,.0f} MB per "
+                  f"process ({entry['peak_anon_mb']:,.0f} MB anonymous); {entry['seconds']:.1f} s "
+                  f"({entry['load_seconds']:.1f} s reading and splitting), {entry['tokens']:,} tokens, "
+                  f"{entry['tokens_per_second']:,.0f} tokens/s (the tokenizer alone: "
+                  f"{entry['encode_tokens_per_second']:,.0f})", flush=True)
         if not args.no_train:
-            trained = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(corpus), str(tokenizer_dir), str(cache),
-                                      str(args.block_size), str(cache / "run")], capture_output=True, text=True,
-                                     check=True)
-            entry.update(json.loads(trained.stdout.strip().splitlines()[-1]))
-        entry["encode_tokens_per_second"] = encode_rate(tokenizer_dir, corpus)
-        entry["tokens_per_second"] = entry["tokens"] / entry["seconds"]
+            entry["training"] = train(corpus, tokenizer_dir, cache, args.block_size, args.train_processes)
+            for index, run in enumerate(entry["training"]):
+                print(f"{megabytes:>6g} MB text, training process {index + 1} of {args.train_processes}, to step 2: "
+                      f"{run['train_peak_mb']:,.0f} MB ({run['train_peak_anon_mb']:,.0f} MB anonymous)", flush=True)
         entry["text_mb"] = megabytes
         results["sizes"][megabytes] = entry
-        training = "" if entry["train_peak_mb"] is None else \
-            f"; training to step 2: {entry['train_peak_mb']:,.0f} MB ({entry['train_peak_anon_mb']:,.0f} MB anonymous)"
-        print(f"{megabytes:>6g} MB text: preparing {entry['peak_mb']:,.0f} MB ({entry['peak_anon_mb']:,.0f} MB "
-              f"anonymous){training}; {entry['seconds']:.1f} s "
-              f"({entry['load_seconds']:.1f} s reading and splitting), {entry['tokens']:,} tokens, "
-              f"{entry['tokens_per_second']:,.0f} tokens/s (the tokenizer alone: "
-              f"{entry['encode_tokens_per_second']:,.0f})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
     return results

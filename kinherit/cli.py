@@ -32,12 +32,15 @@ def parse(argv: Sequence[str], classes: tuple, command: str, positional: Sequenc
 
 def run_cache_teacher(argv: Sequence[str]) -> int:
     """Build a teacher cache."""
-    from kinherit.training.options import CacheArguments, DataArguments, ModelArguments, TeacherArguments
+    from kinherit.training.options import CacheArguments, DataArguments, ModelArguments, PartArguments, TeacherArguments
     from kinherit.training.teacher_cache import build_cache
 
-    model, data, teachers, cache = parse(
-        argv, (ModelArguments, DataArguments, TeacherArguments, CacheArguments), "cache-teacher")
-    manifest = build_cache(data, teachers, cache, model.trust_remote_code)
+    model, data, teachers, cache, parts = parse(
+        argv, (ModelArguments, DataArguments, TeacherArguments, CacheArguments, PartArguments), "cache-teacher")
+    manifest = build_cache(data, teachers, cache, model.trust_remote_code, parts=parts)
+    if manifest is None:
+        print(f"part {parts.part} of {parts.parts} cached; the process that finishes the last part seals the cache")
+        return 0
     print(f"cached {manifest['positions']} positions at top-{cache.top_k} in {cache.output}: "
           f"{manifest['bytes'] / 2**20:.1f} MiB, {manifest['bytes_per_position']:.1f} bytes per position, "
           f"{manifest['build_seconds']:.0f} s; teacher validation loss {manifest['teacher_val_loss']}")
@@ -120,9 +123,9 @@ def run_tokenizer(argv: Sequence[str]) -> int:
 def run_prepare(argv: Sequence[str]) -> int:
     """Prepare a corpus's blocks."""
     from kinherit.commands.prepare import prepare
-    from kinherit.training.options import DataArguments, PrepareArguments
+    from kinherit.training.options import DataArguments, PartArguments
 
-    parts, data = parse(argv, (PrepareArguments, DataArguments), "prepare")
+    parts, data = parse(argv, (PartArguments, DataArguments), "prepare")
     summary = prepare(data, parts)
     for split in ("train", "validation"):
         part = summary.get(split)

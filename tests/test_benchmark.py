@@ -45,8 +45,8 @@ def test_the_loss_kernel_benchmark_times_every_backend(tmp_path, capsys):
 
 def test_the_data_memory_benchmark_prepares_a_corpus(tmp_path, capsys):
     data = load_benchmark("data_memory")
-    result = data.main(["--sizes", "0.2", "--no-train", "--vocab_size", "300", "--block_size", "32",
+    result = data.main(["--sizes", "0.2", "--no-train", "--vocab_size", "300", "--block_size", "32", "--parts", "2",
                         "--workdir", str(tmp_path)])
     entry = result["sizes"][0.2]
     assert entry["tokens"] > 10_000 and entry["peak_anon_mb"] > 0 and entry["tokens_per_second"] > 0
-    assert "0.2 MB text: preparing" in capsys.readouterr().out
+    assert entry["processes"] == 2 and "0.2 MB text, 2 process(es): preparing" in capsys.readouterr().out

@@ -228,15 +228,15 @@ def test_preparing_in_parts_packs_the_blocks_one_process_makes(tmp_path, tokeniz
 
 
 def test_parts_are_checked_and_follow_torchrun(monkeypatch):
-    from kinherit.training.options import PrepareArguments
+    from kinherit.training.options import PartArguments
 
     with pytest.raises(KinheritError, match="--parts 4 needs --part"):
-        PrepareArguments(parts=4)
+        PartArguments(parts=4)
     with pytest.raises(KinheritError, match="--part 4 of --parts 4"):
-        PrepareArguments(parts=4, part=4)
+        PartArguments(parts=4, part=4)
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "2")
-    launched = PrepareArguments()
+    launched = PartArguments()
     assert (launched.parts, launched.part) == (3, 2)
 
 

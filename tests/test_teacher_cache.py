@@ -4,6 +4,7 @@ checks against the run, and interrupted builds that resume without ever reading 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from kinherit.training.options import (
     InheritanceArguments,
     KinheritTrainingArguments,
     ModelArguments,
+    PartArguments,
 )
 from kinherit.training.teacher_cache import TeacherCache, build_cache
 from kinherit.training.trainer import InheritanceTrainer
@@ -44,12 +46,13 @@ def teachers(tmp_path_factory, tokenizer):
     return root
 
 
-def build(tmp, tokenizer_dir, teacher, top_k, **options):
-    cache = CacheArguments(output=str(tmp / f"cache-{top_k}"), top_k=top_k, batch_size=7, blocks_per_shard=50,
+def build(tmp, tokenizer_dir, teacher, top_k, parts=None, name=None, **options):
+    cache = CacheArguments(output=str(tmp / (name or f"cache-{top_k}")), top_k=top_k, batch_size=7,
+                           blocks_per_shard=options.get("blocks_per_shard", 50),
                            **{k: v for k, v in options.items() if k in ("epochs", "seed", "log_prob_dtype")})
     inherit = InheritanceArguments(teacher=[str(teacher)], temperature=options.get("temperature", 1.0),
                                    inherit_schedule="constant")
-    return build_cache(data_args(tokenizer_dir, tmp), inherit, cache), cache.output
+    return build_cache(data_args(tokenizer_dir, tmp), inherit, cache, parts=parts), cache.output
 
 
 def live_blocks(tmp, tokenizer, tokenizer_dir):
@@ -169,6 +172,38 @@ def test_interrupted_build_resumes_and_never_reads_as_complete(tmp_path, tokeniz
     with pytest.raises(KinheritError, match="truncated"):
         TeacherCache(output)
     assert manifest["settings"]["epochs"] == 1
+
+
+def test_a_cache_built_in_parts_equals_one_built_at_once(tmp_path, tokenizer_dir, teachers):
+    """Parts (processes or machines sharing the folder) each build every third shard of every epoch's masks, in
+    any order; the last to finish seals a cache whose shards are the single build's, byte for byte."""
+    teacher, epochs = "roberta-1x64", 2
+    options = {"blocks_per_shard": 2, "epochs": epochs, "seed": 0}
+    whole, whole_path = build(tmp_path, tokenizer_dir, teachers / teacher, 4, name="whole", **options)
+    built = [build(tmp_path, tokenizer_dir, teachers / teacher, 4, PartArguments(parts=3, part=part), name="parts",
+                   **options)[0] for part in (1, 2, 0)]
+    assert built[0] is None and built[1] is None and built[2]["parts"] == 3
+    shards = sorted(p.name for p in Path(whole_path).glob("*.safetensors"))
+    assert len(shards) >= 3 * epochs
+    assert shards == sorted(p.name for p in (tmp_path / "parts").glob("*.safetensors"))
+    for name in shards:
+        assert (tmp_path / "parts" / name).read_bytes() == (Path(whole_path) / name).read_bytes()
+    assert built[2]["positions"] == whole["positions"] and built[2]["settings"] == whole["settings"]
+
+
+def test_a_corrupt_shard_is_found_when_first_read(tmp_path, tokenizer, tokenizer_dir, teachers):
+    """Opening a cache checks sizes only (a large cache is not read whole at every start); a shard whose bytes
+    changed is refused, naming it, when a batch first reads it."""
+    _manifest, path = build(tmp_path, tokenizer_dir, teachers / "llama-1x64", 4, blocks_per_shard=2)
+    shard = Path(path) / "epoch0-shard00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    cache = TeacherCache(path)
+    counts = torch.tensor([31])
+    cache.target(torch.tensor([0]), 0, counts, torch.device("cpu"), 4)  # shard 0 is intact
+    with pytest.raises(KinheritError, match=r"epoch0-shard00001.safetensors is corrupt"):
+        cache.target(torch.tensor([2]), 0, counts, torch.device("cpu"), 4)
 
 
 def test_build_stopped_before_sealing_resumes(tmp_path, tokenizer_dir, teachers, monkeypatch):

@@ -12,19 +12,19 @@ from typing import Any
 from kinherit.core.errors import KinheritError
 from kinherit.data import corpus_blocks, load_corpus, load_tokenizer
 from kinherit.data.blocks import prepare_part
-from kinherit.training.options import DataArguments, PrepareArguments
+from kinherit.training.options import DataArguments, PartArguments
 
 SPLITS = ("train", "validation")
 
 
-def prepare(data: DataArguments, parts: PrepareArguments | None = None,
+def prepare(data: DataArguments, parts: PartArguments | None = None,
             trust_remote_code: bool = False) -> dict[str, Any]:
     """Build (or find) the train and validation blocks of the corpus `data` describes; per split its documents,
     blocks, tokens and the cache file, or `"waiting"` while other parts are still tokenising."""
     if not data.tokenizer:
         raise KinheritError("kinherit prepare needs --tokenizer (the folder of the tokenizer your runs will use; "
                             "`kinherit tokenizer` trains one)")
-    parts = parts or PrepareArguments(parts=1, part=0)
+    parts = parts or PartArguments(parts=1, part=0)
     corpus = load_corpus(data.corpus_specs(), data.cache_dir)
     tokenizer = load_tokenizer(data.tokenizer, trust_remote_code)
     summary: dict[str, Any] = {"fingerprint": corpus.fingerprint, "domains": corpus.domains}

@@ -11,9 +11,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from kinherit.core.atomic import fsync_folder, write_json_atomic
 from kinherit.core.errors import KinheritError
@@ -84,8 +85,12 @@ def is_sealed(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MANIFEST).is_file()
 
 
-def verify(folder: str | os.PathLike, what: str) -> None:
-    """Raise a `KinheritError` naming the file if `folder` is unsealed, or a file is missing, truncated or corrupt."""
+def verify(folder: str | os.PathLike, what: str,
+           hash_now: Callable[[str], bool] = lambda name: True) -> dict[str, dict[str, Any]]:
+    """Raise a `KinheritError` naming the file if `folder` is unsealed, or a file is missing, truncated or corrupt;
+    returns the manifest's entries. Files for which `hash_now(name)` is false are checked for size only: their
+    reader checks each one's digest with `verify_file` when it first opens it (a large cache is then not read
+    whole at every start)."""
     folder = Path(folder)
     manifest = folder / MANIFEST
     if not manifest.is_file():
@@ -104,9 +109,16 @@ def verify(folder: str | os.PathLike, what: str) -> None:
         if size != entry["bytes"]:
             raise KinheritError(f"{what} file {path} has {size} bytes where its manifest says {entry['bytes']}: "
                                 "it is truncated or was changed; delete that folder and rebuild it")
-        if file_digest(path) != entry["sha256"]:
-            raise KinheritError(f"{what} file {path} is corrupt (its SHA-256 differs from the manifest); delete "
-                                "that folder and rebuild it")
+        if hash_now(name):
+            verify_file(path, entry, what)
+    return entries
+
+
+def verify_file(path: Path, entry: dict[str, Any], what: str) -> None:
+    """Raise a `KinheritError` if the file's SHA-256 differs from its manifest `entry`."""
+    if file_digest(path) != entry["sha256"]:
+        raise KinheritError(f"{what} file {path} is corrupt (its SHA-256 differs from the manifest); delete "
+                            "that folder and rebuild it")
 
 
 @contextmanager

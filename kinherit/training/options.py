@@ -415,15 +415,16 @@ class FinetuneArguments:
 
 
 @dataclass
-class PrepareArguments:
-    """Which share of the tokenising this process does (`kinherit prepare`)."""
+class PartArguments:
+    """Which share of the work this process does when `kinherit prepare` or `cache-teacher` runs on several
+    processes or machines that share their output folders; the result is the same for any count."""
 
     parts: int | None = field(default=None, metadata={
-        "help": "Tokenise the corpus in this many parts, one per process or machine sharing --cache_dir "
-                "(default: one, or WORLD_SIZE under torchrun). The blocks are the same for any count."})
+        "help": "Split the work in this many parts, one per process or machine (default: one, or WORLD_SIZE under "
+                "torchrun). The output is the same for any count."})
     part: int | None = field(default=None, metadata={
-        "help": "Which part this process tokenises, 0 to parts - 1 (default: RANK under torchrun). The process "
-                "that finds every part done packs the blocks."})
+        "help": "Which part this process does, 0 to parts - 1 (default: RANK under torchrun). The process that "
+                "finds every part done finishes the output."})
 
     def __post_init__(self) -> None:
         launched = int(os.environ.get("WORLD_SIZE", "1"))

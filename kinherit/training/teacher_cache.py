@@ -17,7 +17,9 @@ of each epoch's masks, which are a function of (seed, epoch, block) (see `kinher
 cache stores `--epochs` epochs of them, and a student that would still inherit in a later epoch is
 refused before training starts. A build is written to `OUTPUT.partial/`, one shard file at a time
 (each atomically); an interrupted build resumes from the shards already there, and only the complete,
-sealed folder is renamed to `OUTPUT`.
+sealed folder is renamed to `OUTPUT`. Several processes or machines (torchrun, or `--parts N --part I`) build
+every N-th shard each into the same partial folder; the one that finds every shard there seals the cache.
+Opening a cache checks every file's size; each shard's SHA-256 is checked when a process first reads it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 from kinherit.core.atomic import fsync_folder, staging_path, write_json_atomic
 from kinherit.core.errors import KinheritError
 from kinherit.core.locks import exclusive
-from kinherit.core.sealed import seal, unseal, verify, weights_digest
+from kinherit.core.sealed import seal, unseal, verify, verify_file, weights_digest
 from kinherit.data import BlockCollator, corpus_blocks, load_corpus, load_tokenizer
 from kinherit.data.corpora import Corpus
 from kinherit.data.tokenizer import tokenizer_fingerprint
@@ -58,7 +60,13 @@ from kinherit.models.lm import (
 )
 from kinherit.models.loading import load_config, model_kind
 from kinherit.training.load_teachers import build_teachers, parse_teacher_specs
-from kinherit.training.options import CacheArguments, DataArguments, InheritanceArguments, TeacherArguments
+from kinherit.training.options import (
+    CacheArguments,
+    DataArguments,
+    InheritanceArguments,
+    PartArguments,
+    TeacherArguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,28 +97,35 @@ def partial_folder(output: str | os.PathLike) -> Path:
 
 
 def build_cache(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments,
-                trust_remote_code: bool = False, reuse: bool = False) -> dict[str, Any]:
+                trust_remote_code: bool = False, reuse: bool = False,
+                parts: PartArguments | None = None) -> dict[str, Any] | None:
     """Run the teachers of `inherit` over the training blocks of `data` and write the cache; returns its manifest.
 
     One process builds a given cache at a time (a second waits for it). An existing cache is never overwritten:
-    it is an error, or with `reuse` (a runner sharing caches between runs) its verified manifest is returned."""
+    it is an error, or with `reuse` (a runner sharing caches between runs) its verified manifest is returned.
+    With `parts` (torchrun, or processes on several machines sharing the output's folder), each process builds
+    every `parts`-th shard; the one that finds every shard written seals the cache, the others return None."""
     if not inherit.teacher:
         raise KinheritError("cache-teacher needs at least one --teacher")
+    parts = parts or PartArguments(parts=1, part=0)
     output = Path(os.path.abspath(cache.output))
     if output.parent == output:
         raise KinheritError(f"--output {cache.output!r} names no folder; give a new folder's path")
-    with exclusive(output, waiting=f"waiting for {output}: another process is building it"):
+    alone = parts.parts == 1
+    with exclusive(output, waiting=f"waiting for {output}: another process is building it") if alone else \
+            contextlib.nullcontext():
         if output.exists():
             if not reuse:
                 raise KinheritError(f"{output} already exists; a cache is never overwritten: delete it or choose "
                                     "another --output")
             return TeacherCache(output).manifest
-        return _build(data, inherit, cache, output, trust_remote_code)
+        return _build(data, inherit, cache, output, trust_remote_code, parts)
 
 
 def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments, output: Path,
-           trust_remote_code: bool) -> dict[str, Any]:
-    """Build the cache in its partial folder (resuming a build with the same settings), then seal it into place."""
+           trust_remote_code: bool, parts: PartArguments) -> dict[str, Any] | None:
+    """Build this process's shards in the partial folder (resuming a build with the same settings); when every
+    shard is there, measure the teachers' validation loss and seal the cache into place."""
     _fixed_mmap_threshold()
     partial = partial_folder(output)
     started = time.perf_counter()
@@ -119,7 +134,8 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
     tokenizer_path = data.tokenizer or paths[0]  # default: the (first) teacher's own tokenizer
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
     blocks = corpus_blocks(corpus, "train", tokenizer, data.block_size, data.cache_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available()
+              else torch.device("cpu"))
     kind = model_kind(load_config(paths[0], trust_remote_code))
     teachers = build_teachers(inherit, tokenizer, tokenizer_path, kind, corpus.domains, device, trust_remote_code)
     masked = kind == "masked"
@@ -134,36 +150,51 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
                               teachers=[{"spec": spec, "weights": weights_digest(path)}
                                         for spec, path in zip(inherit.teacher, paths, strict=True)],
                               teacher_weights=list(inherit.teacher_weights), vocab_size=vocab)
-    _prepare_partial(partial, settings)
+    with exclusive(partial):  # the processes of one build start it once
+        _prepare_partial(partial, settings)
     collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=cache.seed)
     shards = math.ceil(len(blocks) / cache.blocks_per_shard)
-    for epoch in range(epochs):
+    every = [(epoch, shard) for epoch in range(epochs) for shard in range(shards)]
+    for epoch, shard in every[parts.part::parts.parts]:
+        path = partial / shard_name(epoch, shard)
+        if path.exists():
+            continue
         collator.set_epoch(epoch)
-        for shard in range(shards):
-            path = partial / f"epoch{epoch}-shard{shard:05d}.safetensors"
-            if path.exists():
-                continue
-            lo, hi = shard * cache.blocks_per_shard, min((shard + 1) * cache.blocks_per_shard, len(blocks))
-            logger.info("caching epoch %d, blocks %d-%d of %d", epoch, lo, hi, len(blocks))
-            target, counts = _cache_blocks(blocks, range(lo, hi), collator, teachers, kind, inherit.temperature,
-                                           cache.top_k, vocab, inherit.chunk_size, cache.batch_size, device)
-            write_shard(path, target, counts, vocab, cache.log_prob_dtype)
-    positions = 0
-    for epoch_shard in sorted(partial.glob("epoch*-shard*.safetensors")):
-        with safe_open(str(epoch_shard), "pt") as handle:
-            positions += handle.get_slice("ids").get_shape()[0]
-    shard_bytes = sum(p.stat().st_size for p in partial.glob("epoch*-shard*.safetensors"))
-    teacher_val_loss = None
-    eval_blocks = corpus_blocks(corpus, "validation", tokenizer, data.block_size, data.cache_dir)
-    if eval_blocks is not None:
-        eval_collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed)
-        teacher_val_loss = min(validation_loss(m, eval_blocks, eval_collator, cache.batch_size, inherit.chunk_size,
-                                               vocab, kind)[0] for m in teachers.models)
-    manifest = {"format": CACHE_FORMAT, "settings": settings, "positions": positions, "bytes": shard_bytes,
-                "bytes_per_position": shard_bytes / max(positions, 1), "teacher_val_loss": teacher_val_loss,
-                "build_seconds": time.perf_counter() - started}
-    seal_cache(partial, output, manifest)  # build.json stays: a build stopped at any point resumes from it
-    return manifest
+        lo, hi = shard * cache.blocks_per_shard, min((shard + 1) * cache.blocks_per_shard, len(blocks))
+        logger.info("caching epoch %d, blocks %d-%d of %d", epoch, lo, hi, len(blocks))
+        target, counts = _cache_blocks(blocks, range(lo, hi), collator, teachers, kind, inherit.temperature,
+                                       cache.top_k, vocab, inherit.chunk_size, cache.batch_size, device)
+        write_shard(path, target, counts, vocab, cache.log_prob_dtype)
+    with exclusive(output) if parts.parts > 1 else contextlib.nullcontext():
+        if output.exists():  # another part finished it
+            return TeacherCache(output).manifest
+        missing = [name for name in (shard_name(epoch, shard) for epoch, shard in every)
+                   if not (partial / name).exists()]
+        if missing:
+            logger.info("part %d of %d done; %d shard(s) of other parts still to come (%s, ...)", parts.part,
+                        parts.parts, len(missing), missing[0])
+            return None
+        positions = 0
+        for epoch_shard in sorted(partial.glob("epoch*-shard*.safetensors")):
+            with safe_open(str(epoch_shard), "pt") as handle:
+                positions += handle.get_slice("ids").get_shape()[0]
+        shard_bytes = sum(p.stat().st_size for p in partial.glob("epoch*-shard*.safetensors"))
+        teacher_val_loss = None
+        eval_blocks = corpus_blocks(corpus, "validation", tokenizer, data.block_size, data.cache_dir)
+        if eval_blocks is not None:
+            eval_collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed)
+            teacher_val_loss = min(validation_loss(m, eval_blocks, eval_collator, cache.batch_size,
+                                                   inherit.chunk_size, vocab, kind)[0] for m in teachers.models)
+        manifest = {"format": CACHE_FORMAT, "settings": settings, "positions": positions, "bytes": shard_bytes,
+                    "bytes_per_position": shard_bytes / max(positions, 1), "teacher_val_loss": teacher_val_loss,
+                    "build_seconds": time.perf_counter() - started, "parts": parts.parts}
+        seal_cache(partial, output, manifest)  # build.json stays: a build stopped at any point resumes from it
+        return manifest
+
+
+def shard_name(epoch: int, shard: int) -> str:
+    """The file of one shard of the cache: the targets of blocks shard * blocks_per_shard ... in one epoch."""
+    return f"epoch{epoch}-shard{shard:05d}.safetensors"
 
 
 def cache_settings(*, tokenizer: str, corpus: str, block_size: int, blocks: int, kind: str, temperature: float,
@@ -260,7 +291,7 @@ class TeacherCache:
                                 "`kinherit cache-teacher` command to finish it")
         if not self.path.is_dir():
             raise KinheritError(f"teacher cache {self.path} does not exist; build it with `kinherit cache-teacher`")
-        verify(self.path, "teacher cache")
+        self.entries = verify(self.path, "teacher cache", hash_now=lambda name: not name.endswith(".safetensors"))
         self.manifest = json.loads((self.path / MANIFEST_NAME).read_text())
         if self.manifest.get("format") != CACHE_FORMAT:
             raise KinheritError(f"{self.path} is not a {CACHE_FORMAT} teacher cache")
@@ -304,7 +335,8 @@ class TeacherCache:
     def _shard(self, epoch: int, shard: int):
         key = (epoch, shard)
         if key not in self._handles:
-            path = self.path / f"epoch{epoch}-shard{shard:05d}.safetensors"
+            path = self.path / shard_name(epoch, shard)
+            verify_file(path, self.entries[path.name], "teacher cache")  # each shard hashed once, when first read
             handle = safe_open(str(path), "pt")
             self._handles[key] = handle
             self._offsets[key] = handle.get_tensor("offsets")
