@@ -37,7 +37,10 @@ def test_readme_commands_run_end_to_end(tmp_path, tokenizer_dir, capsys):
     assert main(["tokenizer", str(tmp_path / "tok"), "--corpus", "wikipedia", "--max_documents", "5",
                  "--vocab_size", "300"]) == 0
     assert (tmp_path / "tok" / "tokenizer.json").exists()
-    assert main(["prepare", "--tokenizer", str(tokenizer_dir), *TINY, *cache]) == 0
+    # prepared in two parts, as two machines would: the second to finish packs the blocks
+    assert main(["prepare", "--tokenizer", str(tokenizer_dir), *TINY, *cache, "--parts", "2", "--part", "1"]) == 0
+    assert "train: part 1 of 2 tokenised" in capsys.readouterr().out
+    assert main(["prepare", "--tokenizer", str(tokenizer_dir), *TINY, *cache, "--parts", "2", "--part", "0"]) == 0
     assert "train: 18 documents" in capsys.readouterr().out
     prepared = sorted(path.name for path in (tmp_path / "blocks" / "blocks").iterdir())
     teacher = tmp_path / "teacher"
@@ -45,9 +48,12 @@ def test_readme_commands_run_end_to_end(tmp_path, tokenizer_dir, capsys):
                  "--max_steps", "6", "--eval_steps", "3", "--output_dir", str(teacher)]) == 0
     # the teacher's run found the prepared blocks and built none of its own
     assert sorted(path.name for path in (tmp_path / "blocks" / "blocks").iterdir()) == prepared
-    assert main(["cache-teacher", "--teacher", str(teacher), *TINY, *cache, "--temperature", "0.5", "--top_k", "8",
-                 "--output", f"{tmp_path / 'teacher-cache'}/"]) == 0
-    assert "cached" in capsys.readouterr().out
+    for part in ("1", "0"):  # two parts again, each running the teacher over every other shard
+        assert main(["cache-teacher", "--teacher", str(teacher), *TINY, *cache, "--temperature", "0.5", "--top_k",
+                     "8", "--output", f"{tmp_path / 'teacher-cache'}/", "--blocks_per_shard", "8", "--parts", "2",
+                     "--part", part]) == 0
+    out = capsys.readouterr().out
+    assert out.index("part 1 of 2 cached") < out.index("positions at top-8")  # the last part sealed it
     assert json.loads((tmp_path / "teacher-cache" / "cache.json").read_text())["settings"]["top_k"] == 8
     student = tmp_path / "student"
     assert main(["pretrain", "--model", "llama-2x64", "--tokenizer", str(teacher), "--teacher_cache",
