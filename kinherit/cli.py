@@ -10,6 +10,7 @@ from kinherit.core.errors import KinheritError
 
 COMMANDS = {
     "pretrain": "pre-train a model by self-learning, or with Knowledge Inheritance from --teacher checkpoints",
+    "plan": "forecast what KI will save for a student, teacher and budget from short pilots of both runs",
     "experiment": "run an experiment YAML (tokenizer, teachers, students, report); re-running skips what is done",
     "report": "regenerate report.md, report.json and the plots of the experiments in a folder from their logs",
     "evaluate": "validation loss and perplexity of a checkpoint on one or more corpora, as a run's eval_loss",
@@ -61,6 +62,18 @@ def run_pretrain(argv: Sequence[str]) -> int:
     loss = summary["final_val_loss"]
     evaluated = f"final validation loss {loss:.4f}" if loss is not None else "no validation split"
     print(f"{evaluated} after {summary['steps']} steps; model saved to {training.output_dir}")
+    return 0
+
+
+def run_plan(argv: Sequence[str]) -> int:
+    """Run the pilots, print the forecast and where its JSON and plot are."""
+    from kinherit.experiment.plan import PlanArguments, plan, summary_lines
+    from kinherit.training.options import PRETRAIN_CLASSES
+
+    options, *pretrain_options = parse(argv, (PlanArguments, *PRETRAIN_CLASSES), "plan")
+    result = plan(*pretrain_options, options)
+    print("\n".join(summary_lines(result)))
+    print(f"forecast and pilots: {pretrain_options[-1].output_dir}/plan.json, plot: {result['plot']}")
     return 0
 
 
@@ -186,8 +199,8 @@ def run_corpora(argv: Sequence[str]) -> int:
     return 0
 
 
-HANDLERS = {"pretrain": run_pretrain, "experiment": run_experiment, "report": run_report, "evaluate": run_evaluate,
-            "finetune": run_finetune,
+HANDLERS = {"pretrain": run_pretrain, "plan": run_plan, "experiment": run_experiment, "report": run_report,
+            "evaluate": run_evaluate, "finetune": run_finetune,
             "cache-teacher": run_cache_teacher, "grow": run_grow,
             "tokenizer": run_tokenizer, "prepare": run_prepare, "presets": run_presets, "corpora": run_corpora}
 

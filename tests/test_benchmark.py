@@ -2,6 +2,7 @@
 kernels cannot leave a script under `benchmarks/` broken until someone next runs it in full."""
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -50,3 +51,43 @@ def test_the_data_memory_benchmark_prepares_a_corpus(tmp_path, capsys):
     entry = result["sizes"][0.2]
     assert entry["tokens"] > 10_000 and entry["peak_anon_mb"] > 0 and entry["tokens_per_second"] > 0
     assert entry["processes"] == 2 and "0.2 MB text, 2 process(es): preparing" in capsys.readouterr().out
+
+
+def test_the_plan_backtest_forecasts_finished_pairs(tmp_path, capsys):
+    """Three analyses' worth of pairs from known curves: the back-test fits every one and ranks the teachers."""
+    import numpy as np
+
+    backtest = load_benchmark("plan_backtest")
+    steps = list(range(0, 801, 50))
+    saved = {}
+    for index, (teacher, floor) in enumerate([(5.2, 3.7), (5.4, 3.8), (5.6, 3.9)]):
+        ki = [9.0] + [float(floor + 12 * s ** -0.45) for s in steps[1:]]
+        base = [9.0] + [float(4.0 + 12 * s ** -0.4) for s in steps[1:]]
+        target = base[-1]
+        reached = float(np.interp(-target, [-v for v in ki], steps))
+        saved[f"ki-{index}"] = {"ki_val_loss_at_equal_steps": [{"step": s, "ki": k, "baseline": b}
+                                                               for s, k, b in zip(steps, ki, base, strict=True)],
+                                "steps_fraction": reached / 800, "teacher_val_loss": teacher}
+    (tmp_path / "teacher-size").mkdir()
+    (tmp_path / "teacher-size" / "report.json").write_text(json.dumps({"compute_saved": saved}))
+    result = backtest.main(["--reports", str(tmp_path / "*" / "report.json"), "--pilots", "0.5"])
+    summary = result["results"][0.5]
+    assert summary["compared"] == 3 and summary["mean_abs_error"] < 0.02  # exact curves: interpolation only
+    assert result["ranking"]["teacher-size"]["rho"] == 1.0
+    assert "3 distinct KI / self-learning pairs" in capsys.readouterr().out
+
+
+def test_the_cache_bytes_benchmark_reads_a_cache(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    cache_bytes = load_benchmark("cache_bytes")
+    ids = torch.randint(0, 300, (500, 8)).to(torch.uint16)
+    log_probs = -torch.rand(500, 8).sort(dim=1).values.to(torch.float16)
+    save_file({"ids": ids, "log_probs": log_probs, "offsets": torch.tensor([0, 500])},
+              str(tmp_path / "epoch0-shard00000.safetensors"))
+    (tmp_path / "cache.json").write_text(json.dumps({"settings": {"vocab_size": 300}}))
+    report = cache_bytes.main([str(tmp_path)])
+    assert report["positions"] == 500 and report["fields"]["ids"]["packed_bits"] == 9
+    assert report["fields"]["log_probs"]["zstd3"]["ratio"] > 1.0
+    assert "500 positions at K = 8" in capsys.readouterr().out

@@ -48,6 +48,12 @@ def test_readme_commands_run_end_to_end(tmp_path, tokenizer_dir, capsys):
                  "--max_steps", "6", "--eval_steps", "3", "--output_dir", str(teacher)]) == 0
     # the teacher's run found the prepared blocks and built none of its own
     assert sorted(path.name for path in (tmp_path / "blocks" / "blocks").iterdir()) == prepared
+    plan = tmp_path / "plan"
+    assert main(["plan", "--model", "llama-1x64", "--teacher", str(teacher), "--tokenizer", str(teacher), *TINY,
+                 *cache, *QUIET, "--max_steps", "16", "--inherit_steps", "16", "--pilot_fraction", "0.5",
+                 "--evaluations", "4", "--output_dir", str(plan)]) == 0
+    assert "pilots: 8 of 16 steps each" in capsys.readouterr().out
+    assert json.loads((plan / "plan.json").read_text())["verdict"] and (plan / "plan.png").exists()
     for part in ("1", "0"):  # two parts again, each running the teacher over every other shard
         assert main(["cache-teacher", "--teacher", str(teacher), *TINY, *cache, "--temperature", "0.5", "--top_k",
                      "8", "--output", f"{tmp_path / 'teacher-cache'}/", "--blocks_per_shard", "8", "--parts", "2",
