@@ -1,10 +1,11 @@
 """Forecast what KI will save from the first part of a KI run and of its self-learning baseline (the pilots).
 
-Each validation curve is fitted with a saturating power law, L(t) = a + b * t^-c (scipy's `curve_fit`, steps
-after the first evaluation), and extrapolated to the budget of T steps: the baseline's fitted loss at T is the
-target, and the forecast is the step at which the KI curve's fit reaches it (as a fraction of T), and the step at
-which it passes the teacher's validation loss (the natural end of inheritance). The uncertainty is a residual
-bootstrap: each curve refitted to its fit plus resampled residuals, the forecasts' 10th and 90th percentiles.
+Each validation curve is fitted with a saturating power law, L(t) = a + b * t^-c (scipy's `curve_fit`, the
+evaluations after the learning-rate warm-up), and extrapolated to the budget of T steps: the baseline's fitted
+loss at T is the target, and the forecast is the step at which the KI curve's fit reaches it (as a fraction of
+T), and the step at which it passes the teacher's validation loss (the natural end of inheritance). The
+uncertainty is a residual bootstrap: each curve refitted to its fit plus resampled residuals, the forecasts' 10th
+and 90th percentiles.
 Pilots must be the start of the full runs: the learning-rate and inheritance schedules of T steps, stopped early.
 How far to trust it is measured by `benchmarks/plan_backtest.py` on finished pairs (docs/RESULTS.md).
 """
@@ -52,12 +53,18 @@ class Fit:
         return float((self.b / (loss - self.a)) ** (1.0 / self.c))
 
 
-def fit_curve(steps: Sequence[float], losses: Sequence[float]) -> Fit:
-    """Fit L(t) = a + b t^-c to the evaluations at steps > 0; a clear error when there are too few."""
-    points = [(s, loss) for s, loss in zip(steps, losses, strict=True) if s > 0 and math.isfinite(loss)]
+def _points(steps: Sequence[float], losses: Sequence[float], after: float) -> list[tuple[float, float]]:
+    return [(s, loss) for s, loss in zip(steps, losses, strict=True) if s > max(after, 0) and math.isfinite(loss)]
+
+
+def fit_curve(steps: Sequence[float], losses: Sequence[float], after: float = 0.0) -> Fit:
+    """Fit L(t) = a + b t^-c to the evaluations at steps > `after` (the learning-rate warm-up, whose transient the
+    law does not describe); a clear error when there are too few."""
+    points = _points(steps, losses, after)
     if len(points) < MIN_POINTS:
-        raise KinheritError(f"a forecast needs at least {MIN_POINTS} evaluations after step 0 in each pilot, got "
-                            f"{len(points)}; evaluate more often (--eval_steps) or run longer pilots")
+        raise KinheritError(f"a forecast needs at least {MIN_POINTS} evaluations after step {after:g} (the warm-up) "
+                            f"in each pilot, got {len(points)}; evaluate more often (--evaluations) or run longer "
+                            "pilots (--pilot_fraction)")
     x = np.array([p[0] for p in points], dtype=float)
     y = np.array([p[1] for p in points], dtype=float)
     return _fit(x, y)
@@ -84,12 +91,14 @@ def _resampled(fit: Fit, x: np.ndarray, rng: np.random.Generator) -> Fit | None:
 
 
 def forecast(baseline: tuple[Sequence[float], Sequence[float]], ki: tuple[Sequence[float], Sequence[float]],
-             budget_steps: float, teacher_loss: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """The forecast from two pilot curves, each (steps, losses): the baseline's loss at `budget_steps`, the
-    fraction of the budget KI needs to reach it, and the step where KI passes `teacher_loss`, each with its
-    bootstrap interval; and a verdict ("pays", "does not pay" or "uncertain")."""
-    fits = {"baseline": fit_curve(*baseline), "ki": fit_curve(*ki)}
-    xs = {name: np.array([s for s, loss in zip(*curve, strict=True) if s > 0 and math.isfinite(loss)], dtype=float)
+             budget_steps: float, teacher_loss: float | None = None, seed: int = 0,
+             fit_from: float = 0.0) -> dict[str, Any]:
+    """The forecast from two pilot curves, each (steps, losses), fitted after step `fit_from` (the warm-up): the
+    baseline's loss at `budget_steps`, the fraction of the budget KI needs to reach it, and the step where KI
+    passes `teacher_loss`, each with its bootstrap interval; and a verdict ("pays", "does not pay" or
+    "uncertain")."""
+    fits = {"baseline": fit_curve(*baseline, after=fit_from), "ki": fit_curve(*ki, after=fit_from)}
+    xs = {name: np.array([s for s, _loss in _points(*curve, fit_from)], dtype=float)
           for name, curve in (("baseline", baseline), ("ki", ki))}
 
     def quantities(base: Fit, student: Fit) -> tuple[float, float, float]:
@@ -125,7 +134,7 @@ def forecast(baseline: tuple[Sequence[float], Sequence[float]], ki: tuple[Sequen
         "baseline_final_loss": target, "baseline_final_loss_interval": interval(0),
         "steps_fraction": _finite(fraction), "steps_fraction_interval": fraction_interval,
         "passes_teacher_at_step": _finite(passes), "passes_teacher_interval": interval(2),
-        "teacher_loss": teacher_loss, "verdict": verdict,
+        "teacher_loss": teacher_loss, "verdict": verdict, "fit_from_step": fit_from,
         "fits": {name: {"a": fit.a, "b": fit.b, "c": fit.c,
                         "rmse": float(np.sqrt(np.mean(fit.residuals ** 2)))} for name, fit in fits.items()},
         "bootstrap": len(samples),

@@ -68,6 +68,11 @@ def plan(model_args: ModelArguments, data: DataArguments, inherit: InheritanceAr
         raise KinheritError("kinherit plan needs --max_steps: the full run's budget, which the pilots' schedules use")
     pilot = max(options.evaluations, round(budget * options.pilot_fraction))
     every = max(1, pilot // options.evaluations)
+    warmup = training_args.get_warmup_steps(budget)
+    if sum(step > warmup for step in range(every, pilot + 1, every)) < MIN_POINTS:
+        raise KinheritError(f"the pilots ({pilot} steps, evaluated every {every}) hold fewer than {MIN_POINTS} "
+                            f"evaluations after the warm-up ({warmup} steps); raise --pilot_fraction or "
+                            "--evaluations, or shorten the warm-up")
     folder = Path(training_args.output_dir)
     teacher_loss = teachers_loss(inherit, data)
     curves, costs = {}, {}
@@ -90,7 +95,8 @@ def plan(model_args: ModelArguments, data: DataArguments, inherit: InheritanceAr
         costs[arm] = {"flops_per_step": last.get("train_flops", 0.0) / max(last["step"], 1),
                       "seconds_per_step": last.get("train_seconds", 0.0) / max(last["step"], 1)}
     result = forecast((curves["scratch"]["steps"], curves["scratch"]["loss"]),
-                      (curves["ki"]["steps"], curves["ki"]["loss"]), budget, teacher_loss)
+                      (curves["ki"]["steps"], curves["ki"]["loss"]), budget, teacher_loss,
+                      fit_from=warmup)
     result.update(_costs(result, costs))
     passes = result["passes_teacher_at_step"]
     result["recommended_inherit_steps"] = round(passes) if passes is not None and passes <= budget else None
@@ -149,6 +155,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         curve, fit = result["curves"][arm], result["fits"]["baseline" if arm == "scratch" else "ki"]
         ax.plot(curve["steps"][1:], curve["loss"][1:], "o", color=color, label=f"{label} pilot")
         ax.plot(grid, power_law(grid, fit["a"], fit["b"], fit["c"]), "--", color=color, label=f"{label} fit")
+    ax.axvline(result["fit_from_step"], color="black", lw=0.6, ls=":", label="end of the warm-up (fits start)")
     ax.axhline(result["baseline_final_loss"], color="tab:gray", lw=0.8, ls=":",
                label="self-learning's forecast final loss")
     if result["teacher_loss"] is not None:
