@@ -4,7 +4,8 @@ Every pair in the committed analysis reports (docs/results/analyses/*/report.jso
 validation curves at equal steps, the baseline's final loss, the KI run's steps fraction and its teacher's loss)
 is cut to a pilot of the first 25%, 37.5% or 50% of its steps (fitted after the 5% warm-up); the forecast made
 from the cut curves is compared with what the whole runs did: the steps fraction KI needed to reach the
-baseline's final loss, and the step where KI passed its teacher. Pairs that several analyses share (the demo's own runs) are counted once.
+baseline's final loss, and the step where KI passed its teacher. Pairs that several analyses share (the demo's
+own runs) are counted once in the back-test, and in each analysis's ranking of its teachers.
 
     python benchmarks/plan_backtest.py [--reports 'docs/results/analyses/*/report.json'] [--json out.json]
 """
@@ -30,25 +31,32 @@ NOT_RANKED = {"teacher-domain": "its teachers' validation data mixes in code; th
 
 
 def pairs(pattern: str) -> list[dict]:
-    """Each distinct finished pair: its name, both curves, and what the full runs did."""
-    found, seen = [], set()
+    """Every finished pair of every analysis: its name, both curves, what the full runs did, and a key that is
+    the same for a pair that several analyses share."""
+    found = []
     for path in sorted(glob.glob(pattern)):
         report = json.loads(Path(path).read_text())
         for run, saved in (report.get("compute_saved") or {}).items():
             points = [p for p in saved.get("ki_val_loss_at_equal_steps") or []
                       if p.get("ki") is not None and p.get("baseline") is not None]
-            key = tuple((p["step"], round(p["ki"], 9), round(p["baseline"], 9)) for p in points)
-            if len(points) < 8 or key in seen:
+            if len(points) < 8:
                 continue
-            seen.add(key)
             teacher = saved.get("teacher_val_loss")
             curve = [EvalPoint(p["step"], p["ki"], 0.0, 0.0) for p in points]
             passed = crossing(curve, teacher) if teacher is not None else None
             found.append({"pair": f"{Path(path).parent.name}/{run}", "steps": [p["step"] for p in points],
                           "ki": [p["ki"] for p in points], "baseline": [p["baseline"] for p in points],
                           "steps_fraction": saved.get("steps_fraction"), "teacher_loss": teacher,
-                          "passed_teacher_at": passed.step if passed else None})
+                          "passed_teacher_at": passed.step if passed else None,
+                          "key": json.dumps([(p["step"], round(p["ki"], 9), round(p["baseline"], 9))
+                                             for p in points])})
     return found
+
+
+def distinct(found: list[dict]) -> list[dict]:
+    """The pairs, each shared pair once (the first analysis that has it)."""
+    seen: set[str] = set()
+    return [pair for pair in found if not (pair["key"] in seen or seen.add(pair["key"]))]
 
 
 def ranking(found: list[dict]) -> dict:
@@ -67,6 +75,7 @@ def ranking(found: list[dict]) -> dict:
             continue
         pooled += members
         out[analysis] = _rho(spearmanr, members)
+    pooled = distinct(pooled)
     out["all teacher-varying analyses"] = _rho(spearmanr, pooled) if pooled else None
     return out
 
@@ -129,9 +138,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="pilot lengths, as fractions of each pair's steps")
     parser.add_argument("--json", help="write every pair's forecast and the summaries here")
     args = parser.parse_args(argv)
-    found = pairs(args.reports)
+    every = pairs(args.reports)
+    found = distinct(every)
     results = backtest(found, tuple(args.pilots))
-    ranks = ranking(found)
+    ranks = ranking(every)
     print(f"{len(found)} distinct KI / self-learning pairs")
     print("| pilot | pairs compared | mean abs. error of steps fraction | median error | within 0.05 | within 0.10 "
           "| 10-90% interval holds the truth | step passing the teacher: mean abs. error (of budget) "
@@ -149,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
                     and r.get("predicted") is not None), key=lambda r: -abs(r["predicted"] - r["actual"]))[:5]
     print(f"largest errors at a {first:.1%} pilot: " + "; ".join(
         f"{r['pair']} {r['actual']:.3f} -> {r['predicted']:.3f}" for r in worst))
-    print("teachers' validation loss as a ranking of their KI runs' steps fractions (Spearman's rho): " + "; ".join(
+    print("teachers' validation loss as a ranking of their KI runs' steps fractions (Spearman's rho; "
+          f"not ranked: {', '.join(NOT_RANKED)}): " + "; ".join(
         f"{name} {value['rho']:.2f} ({value['runs']} runs)" for name, value in ranks.items() if value))
     if args.json:
         Path(args.json).write_text(json.dumps({"pairs": found, "results": results, "ranking": ranks}, indent=1),
