@@ -72,7 +72,8 @@ def test_finished_pilots_are_read_not_retrained(tmp_path, monkeypatch):
     for arm, (a, c) in {"scratch": (4.0, 0.4), "ki": (3.8, 0.45)}.items():
         folder = tmp_path / arm
         folder.mkdir()
-        (folder / "run.json").write_text(json.dumps({"steps": 200, "model": "llama-1x64"}))
+        (folder / "run.json").write_text(json.dumps({"steps": 200, "model": "llama-1x64",
+                                                     "teachers": ["t"] if arm == "ki" else []}))
         steps, losses = curve(a, 12.0, c)
         (folder / "log.jsonl").write_text("".join(
             json.dumps({"step": s, "eval_loss": loss, "train_flops": s * (2.0 if arm == "ki" else 1.0),

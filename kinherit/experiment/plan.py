@@ -81,10 +81,11 @@ def plan(model_args: ModelArguments, data: DataArguments, inherit: InheritanceAr
         output = folder / arm
         if (output / "run.json").exists():
             done = json.loads((output / "run.json").read_text())
-            if done.get("steps") != pilot or done.get("model") != model_args.model:
-                raise KinheritError(f"{output} holds another pilot ({done.get('model')}, {done.get('steps')} steps; "
-                                    f"this plan needs {model_args.model}, {pilot}); delete it or choose another "
-                                    "--output_dir")
+            wanted = (model_args.model, pilot, list(arm_inherit.teacher))
+            if (done.get("model"), done.get("steps"), done.get("teachers", [])) != wanted:
+                raise KinheritError(f"{output} holds another pilot (model, steps, teachers: {done.get('model')}, "
+                                    f"{done.get('steps')}, {done.get('teachers', [])}; this plan needs "
+                                    f"{', '.join(map(str, wanted))}); delete it or choose another --output_dir")
         else:
             args = replace(training_args, output_dir=str(output), eval_strategy="steps", eval_steps=every,
                            eval_on_start=True, save_strategy="no", logging_steps=every)
