@@ -188,6 +188,7 @@ def _tokenised(texts: Iterable[tuple[str, str]], tokenizer: PreTrainedTokenizerB
                domains: list[str]) -> Iterator[pa.RecordBatch]:
     """Each (text, domain)'s token ids followed by the end-of-sequence token, and its domain id, in order."""
     arrow_type, numpy_type = token_type(len(tokenizer))
+    schema = _token_schema(len(tokenizer))
     domain_ids = {domain: index for index, domain in enumerate(domains)}
     tags: list[int] = []
 
@@ -202,7 +203,7 @@ def _tokenised(texts: Iterable[tuple[str, str]], tokenizer: PreTrainedTokenizerB
         np.cumsum([len(seq) for seq in ids], out=offsets[1:])
         values = pa.array(np.concatenate(ids).astype(numpy_type), type=arrow_type)
         yield pa.record_batch([pa.ListArray.from_arrays(pa.array(offsets), values),
-                               pa.array(batch_tags, type=pa.int32())], schema=_token_schema(len(tokenizer)))
+                               pa.array(batch_tags, type=pa.int32())], schema=schema)
 
 
 def _stored_blocks(paths: list[Path], block_size: int, domains: list[str]) -> Iterator[tuple[np.ndarray, int]]:

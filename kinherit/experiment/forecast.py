@@ -36,11 +36,12 @@ def power_law(steps: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Fit:
-    """A fitted curve: its parameters (a, b, c) and residuals at the fitted steps."""
+    """A fitted curve: its parameters (a, b, c), the steps it was fitted at and its residuals there."""
 
     a: float
     b: float
     c: float
+    steps: np.ndarray
     residuals: np.ndarray
 
     def __call__(self, steps: float | np.ndarray) -> float | np.ndarray:
@@ -53,14 +54,10 @@ class Fit:
         return float((self.b / (loss - self.a)) ** (1.0 / self.c))
 
 
-def _points(steps: Sequence[float], losses: Sequence[float], after: float) -> list[tuple[float, float]]:
-    return [(s, loss) for s, loss in zip(steps, losses, strict=True) if s > max(after, 0) and math.isfinite(loss)]
-
-
 def fit_curve(steps: Sequence[float], losses: Sequence[float], after: float = 0.0) -> Fit:
     """Fit L(t) = a + b t^-c to the evaluations at steps > `after` (the learning-rate warm-up, whose transient the
     law does not describe); a clear error when there are too few."""
-    points = _points(steps, losses, after)
+    points = [(s, loss) for s, loss in zip(steps, losses, strict=True) if s > max(after, 0) and math.isfinite(loss)]
     if len(points) < MIN_POINTS:
         raise KinheritError(f"a forecast needs at least {MIN_POINTS} evaluations after step {after:g} (the warm-up) "
                             f"in each pilot, got {len(points)}; evaluate more often (--evaluations) or run longer "
@@ -79,13 +76,13 @@ def _fit(x: np.ndarray, y: np.ndarray) -> Fit:
                                         maxfev=20000)
         except RuntimeError as error:
             raise KinheritError(f"the pilot curve could not be fitted ({error}); run longer pilots") from error
-    return Fit(float(a), float(b), float(c), y - power_law(x, a, b, c))
+    return Fit(float(a), float(b), float(c), x, y - power_law(x, a, b, c))
 
 
-def _resampled(fit: Fit, x: np.ndarray, rng: np.random.Generator) -> Fit | None:
-    y = fit(x) + rng.choice(fit.residuals, size=len(x), replace=True)
+def _resampled(fit: Fit, rng: np.random.Generator) -> Fit | None:
+    y = fit(fit.steps) + rng.choice(fit.residuals, size=len(fit.steps), replace=True)
     try:
-        return _fit(x, y)
+        return _fit(fit.steps, y)
     except KinheritError:
         return None
 
@@ -98,8 +95,6 @@ def forecast(baseline: tuple[Sequence[float], Sequence[float]], ki: tuple[Sequen
     passes `teacher_loss`, each with its bootstrap interval; and a verdict ("pays", "does not pay" or
     "uncertain")."""
     fits = {"baseline": fit_curve(*baseline, after=fit_from), "ki": fit_curve(*ki, after=fit_from)}
-    xs = {name: np.array([s for s, _loss in _points(*curve, fit_from)], dtype=float)
-          for name, curve in (("baseline", baseline), ("ki", ki))}
 
     def quantities(base: Fit, student: Fit) -> tuple[float, float, float]:
         target = float(base(budget_steps))
@@ -110,7 +105,7 @@ def forecast(baseline: tuple[Sequence[float], Sequence[float]], ki: tuple[Sequen
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(BOOTSTRAP):
-        base, student = _resampled(fits["baseline"], xs["baseline"], rng), _resampled(fits["ki"], xs["ki"], rng)
+        base, student = _resampled(fits["baseline"], rng), _resampled(fits["ki"], rng)
         if base is not None and student is not None:
             samples.append(quantities(base, student))
     drawn = np.array(samples, dtype=float) if samples else np.full((1, 3), math.nan)
