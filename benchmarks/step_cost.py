@@ -146,7 +146,7 @@ class Bench:
                                       blocks=self.pair.batch, kind=kind, temperature=self.temperature, top_k=k,
                                       epochs=1, blocks_per_shard=self.pair.batch, log_prob_dtype="float16",
                                       seed=None, mlm_probability=None, teachers=[], teacher_weights=[],
-                                      vocab_size=self.pair.vocab)
+                                      vocab_size=self.pair.vocab, cross_tokenizer=None)
             seal_cache(staging, folder, {"format": CACHE_FORMAT, "settings": settings})
         return TeacherCache(folder)
 

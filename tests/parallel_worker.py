@@ -113,8 +113,8 @@ def sharded_load_case(preset: str, tokenizer, output_dir: str) -> dict:
         tokenizer.save_pretrained(path)
     dist.barrier()
     kind = "masked" if preset.startswith("roberta") else "causal"
-    sharded = load_teacher(path, tokenizer, kind, sharded=True)
-    whole = load_teacher(path, tokenizer, kind)
+    sharded, _ = load_teacher(path, tokenizer, kind, sharded=True)
+    whole, _ = load_teacher(path, tokenizer, kind)
     ids = batch_for(kind, tokenizer, 1)["input_ids"]
     with torch.no_grad():
         gap = (sharded(input_ids=ids).logits - whole(input_ids=ids).logits).abs().max().item()

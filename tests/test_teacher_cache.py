@@ -66,7 +66,7 @@ def test_cache_reads_back_the_live_top_k_exactly(tmp_path, tokenizer, tokenizer_
     blocks = live_blocks(tmp_path, tokenizer, tokenizer_dir)
     assert manifest["settings"]["blocks"] == len(blocks) and manifest["positions"] == len(blocks) * 31
     cache = TeacherCache(path)
-    teacher = TeacherSet([load_teacher(str(teachers / "llama-1x64"), tokenizer, "causal")])
+    teacher = TeacherSet([load_teacher(str(teachers / "llama-1x64"), tokenizer, "causal")[0]])
     chosen = [3, 77, 51, len(blocks) - 1]  # across shards of 50 blocks, in any order
     batch = BlockCollator(tokenizer, masked=False)([blocks[i] for i in chosen])
     labels = target_labels(batch["labels"], "causal")
@@ -113,7 +113,7 @@ def test_loss_from_a_full_cache_equals_the_live_loss(tmp_path, tokenizer, tokeni
         student.train()
         args = TrainingArguments(str(tmp_path / source), report_to="none", use_cpu=True)
         inherit = InheritanceArguments(temperature=2.0, inherit_schedule="constant", inherit_value=0.7)
-        live = TeacherSet([load_teacher(str(teachers / kind), tokenizer, "masked" if masked else "causal")])
+        live = TeacherSet([load_teacher(str(teachers / kind), tokenizer, "masked" if masked else "causal")[0]])
         trainer = InheritanceTrainer(model=student, args=args, inherit_args=inherit, vocab_size=len(tokenizer),
                                      teachers=live if source == "live" else None,
                                      teacher_cache=TeacherCache(path) if source == "cache" else None)

@@ -256,6 +256,7 @@ def _pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inherita
         "non_embedding_parameters": non_embedding_parameters(model),
         "vocab_size": len(tokenizer), "teachers": list(inherit.teacher),
         "teacher_val_losses": trainer.teacher_val_losses,
+        "cross_tokenizer": trainer.source.report() if trainer.source is not None else None,
         "inherit": asdict(inherit) if inherit.teacher or inherit.teacher_cache else None,
         "corpus_fingerprint": corpus.fingerprint,
         "data": asdict(data),  # what `kinherit evaluate` needs to score the same positions

@@ -31,6 +31,7 @@ from kinherit.inheritance.chunking import (
     plain_linear,
     unguarded,
 )
+from kinherit.inheritance.cross_vocab import AlignedTarget, SortedTarget
 from kinherit.inheritance.divergences import autograd_terms, normalise_weights, validate_options
 from kinherit.inheritance.kernels import EagerKernels, check_loss_kernels, select
 from kinherit.inheritance.targets import Target, TargetFn, TeacherSource
@@ -145,9 +146,13 @@ class InheritanceLoss:
         """One batch's targets from a teacher source, at this loss's temperature, vocabulary and K."""
         return source.targets(inputs, labels, self.temperature, self.vocab_size, self.top_k)
 
-    def restrict(self, target: Target | TopKTarget) -> Target | TopKTarget:
+    def restrict(self, target: Target | TopKTarget | AlignedTarget) -> Target | TopKTarget | AlignedTarget:
         """The target under `top_k_mode`, a dense one cut to `top_k` tokens (whole without `top_k`); a top-K
-        source read its `top_k` tokens already."""
+        source read its `top_k` tokens already. A cross-tokenizer target restricts its aligned rows (a sorted one,
+        without token ids, stays whole)."""
+        if isinstance(target, AlignedTarget):
+            inner = target.inner if isinstance(target.inner, SortedTarget) else self.restrict(target.inner)
+            return AlignedTarget(inner, target.aligned)
         if isinstance(target, TopKTarget):
             return TopKTarget(target.ids, target.log_probs, self.top_k_mode)
         if self.top_k is None:
@@ -155,7 +160,7 @@ class InheritanceLoss:
         return TopKTarget.from_log_probs(target.log_probs, min(self.top_k, target.log_probs.shape[-1]),
                                          self.top_k_mode)
 
-    def chunk(self, logits: torch.Tensor, target: Target | TopKTarget | None, labels: torch.Tensor,
+    def chunk(self, logits: torch.Tensor, target: Target | TopKTarget | AlignedTarget | None, labels: torch.Tensor,
               alpha: float, buffers: ChunkBuffers | None = None, writable: bool = False) -> ChunkResult:
         """One chunk's `(output, grad_output, loss, stats)` for `chunked_loss`; stats = (CE, KI, agreements).
 
@@ -163,7 +168,8 @@ class InheritanceLoss:
         them) or when they are a float32 copy of low-precision ones: one [positions, V] tensor fewer per chunk.
         Else it goes into the reused "grad" buffer of `buffers` when given."""
         kernels = self.backend(logits.device)
-        closed_form = self.divergence == "forward_kl" and (kernels.closed_form or isinstance(target, TopKTarget))
+        closed_form = self.divergence == "forward_kl" and (kernels.closed_form
+                                                          or isinstance(target, TopKTarget | AlignedTarget))
         if closed_form:
             z = logits.detach().float()
             if logits.dtype != torch.float32:  # z is a copy
@@ -179,6 +185,9 @@ class InheritanceLoss:
                                                               self.label_smoothing, out)
             loss = (1.0 - alpha) * ce + alpha * ki if target is not None else ce
             return logits, grad.to(logits.dtype), loss, torch.stack([ce, ki, agree])
+        if isinstance(target, AlignedTarget):
+            raise KinheritError(f"teachers with another tokenizer support only --divergence forward_kl, not "
+                                f"{self.divergence}")
         if isinstance(target, TopKTarget):
             raise KinheritError(f"top-K targets (a teacher cache, --top_k) support only --divergence forward_kl, not "
                                 f"{self.divergence}; run the teacher live with every token for other divergences")

@@ -111,6 +111,10 @@ class TeacherSet:
         yield lambda positions: self.target(positions, hidden, row_teacher, temperature, vocab, buffers)
         self.release()
 
+    def report(self) -> dict | None:
+        """What teaching across tokenizers reached (None: the teachers share the student's tokenizer)."""
+        return None
+
     def to(self, device: torch.device | str) -> TeacherSet:
         """Move every teacher to `device`."""
         self.models = [m.to(device) for m in self.models]

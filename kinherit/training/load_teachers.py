@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -10,11 +11,15 @@ import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kinherit.core.errors import KinheritError
+from kinherit.data.token_text import Bridge
 from kinherit.data.tokenizer import first_vocab_difference, load_tokenizer
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models.loading import is_checkpoint, load_model, model_kind
 from kinherit.models.sharded_load import load_sharded
+from kinherit.training.cross_teachers import CrossTokenizerTeachers
 from kinherit.training.options import TeacherArguments
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,10 +42,11 @@ def parse_teacher_specs(specs: Sequence[str]) -> tuple[list[str], list[str | Non
 
 
 def load_teacher(path: str, student_tokenizer: PreTrainedTokenizerBase, student_kind: str,
-                 student_tokenizer_path: str = "the student's tokenizer", dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", trust_remote_code: bool = False,
-                 sharded: bool = False) -> PreTrainedModel:
-    """Load a frozen teacher after checking it shares the student's tokenizer and model kind.
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 trust_remote_code: bool = False,
+                 sharded: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """Load a frozen teacher after checking its model kind; returns it with its tokenizer when that differs from the
+    student's (None: the same token ids, the exact path).
 
     `sharded` reads it straight into FSDP2 shards over the processes (`--teacher_placement shard`).
     """
@@ -50,12 +56,9 @@ def load_teacher(path: str, student_tokenizer: PreTrainedTokenizerBase, student_
     try:
         teacher_tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     except KinheritError as error:
-        raise KinheritError(f"teacher {path} has no tokenizer saved with it, so its vocabulary cannot be "
-                            f"checked against the student's; save the tokenizer into that folder ({error})") from error
-    difference = first_vocab_difference(student_tokenizer, teacher_tokenizer)
-    if difference is not None:
-        raise KinheritError(f"teacher {path} uses another tokenizer than the student ({student_tokenizer_path}): "
-                            f"{difference}. KI needs identical token ids; train the teacher with the same tokenizer")
+        raise KinheritError(f"teacher {path} has no tokenizer saved with it, so its text cannot be matched with the "
+                            f"student's; save the tokenizer into that folder ({error})") from error
+    same = first_vocab_difference(student_tokenizer, teacher_tokenizer) is None
     if sharded:
         teacher = load_sharded(path, dtype, device, trust_remote_code)
     else:
@@ -64,12 +67,11 @@ def load_teacher(path: str, student_tokenizer: PreTrainedTokenizerBase, student_
     if kind != student_kind:
         raise KinheritError(f"teacher {path} is a {kind} LM but the student is a {student_kind} LM; a teacher must "
                             "predict the same thing as its student (masked for masked, causal for causal)")
-    if teacher.config.vocab_size < len(student_tokenizer):
-        raise KinheritError(f"teacher {path} has {teacher.config.vocab_size} output rows, fewer than the "
-                            f"tokenizer's {len(student_tokenizer)} tokens")
-    return freeze(teacher.to(device))
-
-
+    needed = len(student_tokenizer) if same else len(teacher_tokenizer)
+    if teacher.config.vocab_size < needed:
+        raise KinheritError(f"teacher {path} has {teacher.config.vocab_size} output rows, fewer than its "
+                            f"tokenizer's {needed} tokens")
+    return freeze(teacher.to(device)), None if same else teacher_tokenizer
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -92,8 +94,9 @@ def build_teachers(inherit: TeacherArguments, tokenizer: PreTrainedTokenizerBase
     paths, teacher_domains = parse_teacher_specs(inherit.teacher)
     dtype = resolve_dtype(inherit.teacher_dtype, device)
     sharded = inherit.teacher_placement == "shard" and dist.is_initialized() and dist.get_world_size() > 1
-    models = [load_teacher(path, tokenizer, kind, tokenizer_path, dtype=dtype, device=device,
-                           trust_remote_code=trust_remote_code, sharded=sharded) for path in paths]
+    loaded = [load_teacher(path, tokenizer, kind, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                           sharded=sharded) for path in paths]
+    models = [model for model, _ in loaded]
     routes = None
     if teacher_domains[0] is not None:
         unknown = [d for d in teacher_domains if d not in domains]
@@ -106,4 +109,35 @@ def build_teachers(inherit: TeacherArguments, tokenizer: PreTrainedTokenizerBase
         routes = {domains.index(d): i for i, d in enumerate(teacher_domains)}
         if inherit.teacher_weights:
             raise KinheritError("--teacher_weights and domain routing exclude each other; use one")
-    return TeacherSet(models, weights=inherit.teacher_weights or None, routes=routes)
+    weights = inherit.teacher_weights or None
+    if all(other is None for _, other in loaded):
+        return TeacherSet(models, weights=weights, routes=routes)
+    check_cross_tokenizer(inherit, kind, paths)
+    bridges = []
+    for path, (model, other) in zip(paths, loaded, strict=True):
+        bridge = Bridge.build(tokenizer, other or tokenizer, model.config.vocab_size)
+        bridge.check(path)
+        logger.info("teacher %s has another tokenizer than the student (%s): %d tokens, %.1f%% of them a student "
+                    "token, %.1f%% mapped to one; it teaches by --cross_tokenizer %s", path, tokenizer_path,
+                    len(other or tokenizer), 100 * bridge.exact_share, 100 * bridge.mapped_share,
+                    inherit.cross_tokenizer)
+        bridges.append(bridge)
+    return CrossTokenizerTeachers(models, bridges, inherit.cross_tokenizer, weights=weights, routes=routes)
+
+
+def check_cross_tokenizer(inherit: TeacherArguments, kind: str, paths: Sequence[str]) -> None:
+    """Refuse what teachers with another tokenizer cannot do."""
+    refused = [
+        (kind == "causal", f"the student is a {kind} LM: teachers with another tokenizer teach causal LMs (masked "
+                           "positions do not line up between two tokenizers)"),
+        (inherit.teacher_placement == "replicate", "--teacher_placement shard"),
+        (getattr(inherit, "divergence", "forward_kl") == "forward_kl",
+         f"--divergence {getattr(inherit, 'divergence', '')} (forward_kl only)"),
+        (getattr(inherit, "inherit_schedule", "") != "adaptive",
+         "--inherit_schedule adaptive (it compares the student's loss with the teacher's, which another tokenizer "
+         "counts in other units)"),
+    ]
+    reasons = [reason for ok, reason in refused if not ok]
+    if reasons:
+        raise KinheritError(f"teacher(s) {', '.join(paths)} use another tokenizer than the student, which does not "
+                            f"support: {'; '.join(reasons)}")

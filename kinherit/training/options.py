@@ -20,6 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from kinherit.core.errors import KinheritError
 from kinherit.data.corpora import CorpusSpec, check_train_slice
 from kinherit.data.tokenizer import check_vocab_size
+from kinherit.inheritance.cross_vocab import CROSS_TOKENIZER_METHODS
 from kinherit.inheritance.divergences import check_temperature, validate_options
 from kinherit.inheritance.kernels import check_loss_kernels
 from kinherit.inheritance.loss import InheritanceLoss
@@ -147,9 +148,17 @@ class TeacherArguments:
     teacher_placement: str = field(default="replicate", metadata={
         "help": "replicate: each process holds whole teachers (small teachers, the KI case); shard: teachers are "
                 "sharded over the processes with FSDP2 and gathered layer by layer (teachers too large to copy)."})
+    cross_tokenizer: str = field(default="map", metadata={
+        "help": "How a teacher with another tokenizer teaches (same-tokenizer teachers take the exact path): map "
+                "(its distribution carried into the student's vocabulary at the positions where both tokenizers "
+                "end a token at the same character) or uld (the distance between the sorted distributions at those "
+                "positions)."})
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
+        if self.cross_tokenizer not in CROSS_TOKENIZER_METHODS:
+            raise KinheritError(f"--cross_tokenizer {self.cross_tokenizer!r} is not one of "
+                                f"{', '.join(CROSS_TOKENIZER_METHODS)}")
         if self.teacher_placement not in PLACEMENTS:
             raise KinheritError(f"--teacher_placement {self.teacher_placement!r} is not one of {', '.join(PLACEMENTS)}")
         check_chunk_size(self.chunk_size)

@@ -48,6 +48,7 @@ from kinherit.core.sealed import seal, unseal, verify, verify_file, weights_dige
 from kinherit.data import BlockCollator, corpus_blocks, load_corpus, load_tokenizer
 from kinherit.data.corpora import Corpus
 from kinherit.data.tokenizer import tokenizer_fingerprint
+from kinherit.inheritance.cross_vocab import AlignedTarget, SortedTarget
 from kinherit.inheritance.targets import TargetFn
 from kinherit.inheritance.topk import TopKTarget, check_cached_k
 from kinherit.models.lm import (
@@ -149,7 +150,8 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
                               mlm_probability=data.mlm_probability if masked else None,
                               teachers=[{"spec": spec, "weights": weights_digest(path)}
                                         for spec, path in zip(inherit.teacher, paths, strict=True)],
-                              teacher_weights=list(inherit.teacher_weights), vocab_size=vocab)
+                              teacher_weights=list(inherit.teacher_weights), vocab_size=vocab,
+                              cross_tokenizer=teachers.report()["method"] if teachers.report() else None)
     with exclusive(partial):  # the processes of one build start it once
         _prepare_partial(partial, settings)
     collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=cache.seed)
@@ -181,13 +183,14 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
         shard_bytes = sum(p.stat().st_size for p in partial.glob("epoch*-shard*.safetensors"))
         teacher_val_loss = None
         eval_blocks = corpus_blocks(corpus, "validation", tokenizer, data.block_size, data.cache_dir)
-        if eval_blocks is not None:
+        if eval_blocks is not None and settings["cross_tokenizer"] is None:  # another tokenizer's loss: other units
             eval_collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=data.eval_mask_seed)
             teacher_val_loss = min(validation_loss(m, eval_blocks, eval_collator, cache.batch_size,
                                                    inherit.chunk_size, vocab, kind)[0] for m in teachers.models)
         manifest = {"format": CACHE_FORMAT, "settings": settings, "positions": positions, "bytes": shard_bytes,
                     "bytes_per_position": shard_bytes / max(positions, 1), "teacher_val_loss": teacher_val_loss,
-                    "build_seconds": time.perf_counter() - started, "parts": parts.parts}
+                    "build_seconds": time.perf_counter() - started, "parts": parts.parts,
+                    "cross_tokenizer": teachers.report()}
         seal_cache(partial, output, manifest)  # build.json stays: a build stopped at any point resumes from it
         return manifest
 
@@ -200,13 +203,14 @@ def shard_name(epoch: int, shard: int) -> str:
 def cache_settings(*, tokenizer: str, corpus: str, block_size: int, blocks: int, kind: str, temperature: float,
                    top_k: int, epochs: int, blocks_per_shard: int, log_prob_dtype: str, seed: int | None,
                    mlm_probability: float | None, teachers: list[dict[str, str]], teacher_weights: list[float],
-                   vocab_size: int) -> dict[str, Any]:
+                   vocab_size: int, cross_tokenizer: str | None) -> dict[str, Any]:
     """A manifest's `settings`: what a run must share with the cache (MATCHED) and what reading it needs. Every
     key is required, so that a cache written outside `build_cache` (a benchmark's) cannot lack one."""
     return {"tokenizer": tokenizer, "corpus": corpus, "block_size": block_size, "blocks": blocks, "kind": kind,
             "temperature": temperature, "top_k": top_k, "epochs": epochs, "blocks_per_shard": blocks_per_shard,
             "log_prob_dtype": log_prob_dtype, "seed": seed, "mlm_probability": mlm_probability,
-            "teachers": teachers, "teacher_weights": teacher_weights, "vocab_size": vocab_size}
+            "teachers": teachers, "teacher_weights": teacher_weights, "vocab_size": vocab_size,
+            "cross_tokenizer": cross_tokenizer}
 
 
 def seal_cache(partial: Path, output: Path, manifest: dict[str, Any]) -> None:
@@ -227,7 +231,9 @@ def batch_top_k(target_of: TargetFn, labels: torch.Tensor, blocks: int, top_k: i
     counts = (labels != IGNORE_INDEX).view(blocks, -1).sum(1).tolist()
     ids, log_probs = [], []
     for chunk in taught_positions(labels).split(chunk_positions(chunk_size, vocab, SCORING_TENSORS)):
-        top = TopKTarget.from_log_probs(target_of(chunk).log_probs, min(top_k, vocab))
+        target = target_of(chunk)
+        top = target.top_k(min(top_k, vocab)) if isinstance(target, AlignedTarget) else \
+            TopKTarget.from_log_probs(target.log_probs, min(top_k, vocab))
         ids.append(top.ids.cpu())
         log_probs.append(top.log_probs.cpu())
     return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
@@ -300,6 +306,10 @@ class TeacherCache:
         self._handles: dict[tuple[int, int], Any] = {}
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
 
+    def report(self) -> dict[str, Any] | None:
+        """What a teacher with another tokenizer reached when the cache was built (None: the same tokenizer)."""
+        return self.manifest.get("cross_tokenizer")
+
     @property
     def teacher_val_loss(self) -> float | None:
         """The (best) teacher's validation loss measured when the cache was built."""
@@ -330,7 +340,11 @@ class TeacherCache:
                              top_k or self.held)
         row = torch.full_like(labels, -1)
         row[positions] = torch.arange(positions.numel(), device=labels.device)
-        yield lambda chunk: TopKTarget(cached.ids[row[chunk]], cached.log_probs[row[chunk]])
+        if self.settings.get("cross_tokenizer") is None:
+            yield lambda chunk: TopKTarget(cached.ids[row[chunk]], cached.log_probs[row[chunk]])
+        else:
+            yield lambda chunk: cross_tokenizer_rows(cached.ids[row[chunk]], cached.log_probs[row[chunk]],
+                                                     self.settings["cross_tokenizer"])
 
     def _shard(self, epoch: int, shard: int):
         key = (epoch, shard)
@@ -372,6 +386,14 @@ class TeacherCache:
         return TopKTarget(ids.to(device), log_probs.to(device))
 
 
+def cross_tokenizer_rows(ids: torch.Tensor, log_probs: torch.Tensor, method: str) -> AlignedTarget:
+    """Cached rows of a teacher with another tokenizer: rows without an aligned teacher position hold -inf."""
+    aligned = torch.isfinite(log_probs[:, 0])
+    if method == "uld":
+        return AlignedTarget(SortedTarget(log_probs[aligned].exp()), aligned)
+    return AlignedTarget(TopKTarget(ids[aligned], log_probs[aligned]), aligned)
+
+
 def open_teacher_cache(inherit: InheritanceArguments, training_args: TrainingArguments, data: DataArguments,
                        tokenizer: PreTrainedTokenizerBase, corpus: Corpus, kind: str,
                        blocks: int) -> TeacherCache | None:
@@ -386,5 +408,8 @@ def open_teacher_cache(inherit: InheritanceArguments, training_args: TrainingArg
     run = {"tokenizer": tokenizer_fingerprint(tokenizer), "corpus": corpus.fingerprint, "block_size": data.block_size,
            "blocks": blocks, "kind": kind, "temperature": inherit.temperature, "seed": training_args.seed,
            "mlm_probability": data.mlm_probability}
+    if cache.settings.get("cross_tokenizer") not in (None, inherit.cross_tokenizer):
+        raise KinheritError(f"teacher cache {cache.path} holds --cross_tokenizer {cache.settings['cross_tokenizer']} "
+                            f"targets, but this run asks for {inherit.cross_tokenizer}; rebuild the cache or match it")
     cache.check_run(run, epochs_needed=math.ceil(seen / max(blocks, 1)) if kind == "masked" else 1)
     return cache
