@@ -65,6 +65,21 @@ def test_readme_commands_run_end_to_end(tmp_path, tokenizer_dir, capsys):
     assert main(["pretrain", "--model", "llama-2x64", "--tokenizer", str(teacher), "--teacher_cache",
                  str(tmp_path / "teacher-cache"), "--temperature", "0.5", "--inherit_steps", "4", *TINY, *cache,
                  *QUIET, "--max_steps", "6", "--eval_steps", "3", "--output_dir", str(student)]) == 0
+    # a teacher with another tokenizer (the 300-token one above), live and through a cache of its mapped targets
+    other = ["--tokenizer", str(tmp_path / "tok"), *TINY, *cache]
+    assert main(["pretrain", "--model", "llama-1x64", "--teacher", str(teacher), "--cross_tokenizer", "map",
+                 "--temperature", "0.5", "--inherit_steps", "4", *other, *QUIET, "--max_steps", "4",
+                 "--output_dir", str(tmp_path / "cross-live")]) == 0
+    live = json.loads((tmp_path / "cross-live" / "run.json").read_text())["cross_tokenizer"]
+    assert live["method"] == "map" and live["aligned_share"] > 0.5
+    assert main(["cache-teacher", "--teacher", str(teacher), "--cross_tokenizer", "map", "--temperature", "0.5",
+                 "--top_k", "8", *other, "--output", str(tmp_path / "cross-cache")]) == 0
+    assert main(["pretrain", "--model", "llama-1x64", "--teacher_cache", str(tmp_path / "cross-cache"),
+                 "--temperature", "0.5", "--inherit_steps", "4", *other, *QUIET, "--max_steps", "4",
+                 "--output_dir", str(tmp_path / "cross-cached")]) == 0
+    cached = json.loads((tmp_path / "cross-cached" / "run.json").read_text())["cross_tokenizer"]
+    assert cached == json.loads((tmp_path / "cross-cache" / "cache.json").read_text())["cross_tokenizer"]
+    assert cached["aligned_share"] > 0.5 and cached["vocabulary"] == live["vocabulary"]
     assert main(["evaluate", str(student), "--corpus", "wikipedia", "--max_documents", "20", *cache,
                  "--json", str(tmp_path / "evaluate.json")]) == 0
     assert json.loads((tmp_path / "evaluate.json").read_text())

@@ -120,6 +120,10 @@ class Bridge:
                     break
         words = sum(b is not None for b in teacher_bytes)
         mapped = int((mapping != UNMAPPED).sum())
+        student_specials = {student.convert_ids_to_tokens(i): i for i, b in enumerate(student_bytes) if b is None}
+        for index, text in enumerate(teacher_bytes):  # a special token of the same name maps to its namesake
+            if text is None:
+                mapping[index] = student_specials.get(teacher.convert_ids_to_tokens(index), UNMAPPED)
         teacher_sep, student_sep = separator_id(teacher), separator_id(student)
         if teacher_sep is not None and student_sep is not None:
             mapping[teacher_sep] = student_sep  # "the text ends here" in either vocabulary
@@ -145,12 +149,16 @@ class Bridge:
                 return
             text, ends = segment_text([self.student_bytes[student_ids[i]] for i in segment])
             encoded = self.teacher(text, add_special_tokens=False, return_offsets_mapping=True)
-            last = {}
-            for j, (_start, end) in enumerate(encoded["offset_mapping"]):
-                last[end] = len(teacher_ids) + j  # a character split over several tokens: its last token
+            offsets = encoded["offset_mapping"]
+            ending, next_start = {}, len(text)
+            for j in range(len(offsets) - 1, -1, -1):  # a teacher token ends the prefix only if no later one
+                start, end = offsets[j]                 # starts inside it (a character split over several tokens)
+                if next_start >= end and end not in ending:
+                    ending[end] = len(teacher_ids) + j
+                next_start = min(next_start, start)
             for i, end in zip(segment, ends, strict=True):
-                if end is not None and end in last:
-                    pairs.append((i, last[end]))
+                if end is not None and end in ending:
+                    pairs.append((i, ending[end]))
             teacher_ids.extend(encoded["input_ids"])
             segment.clear()
 

@@ -97,7 +97,9 @@ class CrossTokenizerTeachers(TeacherSet):
 
     @torch.no_grad()
     def target(self, positions: torch.Tensor, runs: list, temperature: float, vocab: int) -> AlignedTarget:
-        """The target at the aligned rows of one chunk of flattened student positions."""
+        """The target at the aligned rows of one chunk of flattened student positions (`vocab` None: the student
+        tokenizer's size)."""
+        vocab = vocab or len(self.bridges[0].student_bytes)
         total = None
         weight_sum = torch.zeros(positions.numel(), device=positions.device)
         mass = torch.zeros_like(weight_sum)
