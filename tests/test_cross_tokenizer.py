@@ -34,8 +34,8 @@ def _train(model, trainer, pre, decoder, texts, normalizer=None, **extra) -> Pre
 
 @pytest.fixture(scope="module")
 def families(wiki_corpus) -> dict[str, PreTrainedTokenizerFast]:
-    """A byte-level BPE, a WordPiece (lowercasing, BERT-style) and a sentencepiece-style Unigram with byte
-    fallback, each trained on the same slice plus the samples."""
+    """A byte-level BPE, a WordPiece (lowercasing, BERT-style) and a sentencepiece-style Unigram (Metaspace), each
+    trained on the same slice plus the samples."""
     texts = list(wiki_corpus.train["text"][:20]) + SAMPLES * 5
     byte_level = _train(models.BPE(), trainers.BpeTrainer(vocab_size=700, special_tokens=["</s>"],
                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
@@ -45,10 +45,10 @@ def families(wiki_corpus) -> dict[str, PreTrainedTokenizerFast]:
                        pre_tokenizers.BertPreTokenizer(), decoders.WordPiece(), texts,
                        normalizer=normalizers.BertNormalizer(lowercase=True), unk_token="[UNK]", eos_token="[SEP]")
     sentencepiece = _train(models.Unigram(byte_fallback=True),
-                           trainers.UnigramTrainer(vocab_size=800, special_tokens=["<unk>", "</s>"], unk_token="<unk>",
-                                                   initial_alphabet=[f"<0x{b:02X}>" for b in range(256)]),
-                           pre_tokenizers.Metaspace(), decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback()]),
-                           texts, unk_token="<unk>", eos_token="</s>")
+                           trainers.UnigramTrainer(vocab_size=800, special_tokens=["<unk>", "</s>"], unk_token="<unk>"),
+                           pre_tokenizers.Metaspace(),
+                           decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback()]), texts,
+                           unk_token="<unk>", eos_token="</s>")
     return {"byte-level": byte_level, "wordpiece": wordpiece, "sentencepiece": sentencepiece}
 
 
