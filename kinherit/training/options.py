@@ -295,6 +295,14 @@ class CacheArguments:
 
 
 @dataclass
+class ImportArguments:
+    """`kinherit import-gguf FILE OUTPUT`."""
+
+    source: str = field(metadata={"help": "A .gguf file (llama.cpp's format; quantized weights are dequantized)."})
+    output: str = field(metadata={"help": "Folder for the checkpoint and its tokenizer (must not exist)."})
+
+
+@dataclass
 class GrowArguments:
     """`kinherit grow SOURCE OUTPUT --to TARGET`."""
 
