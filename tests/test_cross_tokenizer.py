@@ -203,3 +203,10 @@ def test_a_teacher_through_the_identity_map_gives_the_exact_path_s_loss(tokenize
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     assert results[1][1] == pytest.approx(results[0][1], rel=1e-5)
     torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-4, atol=1e-6)
+
+
+def test_a_tokenizer_without_offsets_is_refused() -> None:
+    from types import SimpleNamespace
+
+    with pytest.raises(KinheritError, match="is not a fast tokenizer, so it gives no character offsets"):
+        tokenizer_family(SimpleNamespace(is_fast=False, name_or_path="slow-teacher"))
