@@ -13,6 +13,11 @@ compiles). Models are randomly initialised: timings do not depend on the weights
     python benchmarks/step_cost.py --help
     python benchmarks/step_cost.py --configs causal-demo masked-demo --json step_cost.json
     python benchmarks/step_cost.py --quick     # a few minutes: the demo configurations, fewer repeats
+    python benchmarks/step_cost.py --cross --configs causal-demo   # teachers with another tokenizer
+
+`--cross` times, on real Wikipedia blocks, the same-tokenizer KI step against a teacher with another tokenizer (a
+BPE of twice the vocabulary trained on the same text) teaching live by each `--cross_tokenizer` method, and from
+a top-32 cache of its mapped targets.
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast, TrainingArguments
 
 from kinherit.core.atomic import write_json_atomic
+from kinherit.data import load_tokenizer
+from kinherit.data.token_text import Bridge
 from kinherit.inheritance.teachers import TeacherSet, freeze
-from kinherit.models.lm import TEACHER_TENSORS, chunk_positions, target_labels
+from kinherit.models.lm import TEACHER_TENSORS, chunk_positions, target_labels, taught_positions
 from kinherit.models.loading import load_model
+from kinherit.training.cross_teachers import CrossTokenizerTeachers
 from kinherit.training.flops import FlopModel
 from kinherit.training.options import InheritanceArguments
 from kinherit.training.teacher_cache import (
@@ -76,6 +84,7 @@ CONFIGS = {
     "causal-128k": Pair("llama-4x256", "llama-2x128", 131072, 8, 512),
 }
 VARIANTS = ("self", "ki", "ki_eager", "ki_cache", "naive")
+CROSS_VARIANTS = ("self", "ki", "ki_cross_map", "ki_cross_uld", "ki_cross_cache")
 CACHE_K = 32  # top-K of the `ki_cache` variant
 
 
@@ -180,6 +189,94 @@ class Bench:
         student = FlopModel.of(self.student).train_step(tokens, self.pair.block, self.positions)
         teacher = FlopModel.of(self.teacher).forward(tokens, self.pair.block, self.positions)
         return 1.0 + teacher / student, float(student), float(teacher)
+
+
+class CrossBench(Bench):
+    """The causal pair on real text: the student's batch is Wikipedia blocks of a byte-level BPE of the pair's
+    vocabulary, and a second teacher of the same shape reads them with a BPE of twice that vocabulary."""
+
+    def __init__(self, pair: Pair, device: torch.device, temperature: float, cache_root: str | None = None,
+                 chunk_size: int | None = None, documents: int | None = 60) -> None:
+        from kinherit.data import CorpusSpec, corpus_blocks, load_corpus, train_tokenizer
+
+        super().__init__(pair, device, temperature, cache_root, chunk_size)
+        root = Path(self.cache_root or self.output_dir)
+        corpus = load_corpus([CorpusSpec("wikipedia", validation_fraction=0.075, max_documents=documents)],
+                             str(root / "blocks"))
+        for name, size in (("student-tokenizer", pair.vocab), ("teacher-tokenizer", 2 * pair.vocab)):
+            if not (root / name / "tokenizer.json").exists():
+                train_tokenizer(corpus.train, size, root / name)
+        self.student_tokenizer = load_tokenizer(root / "student-tokenizer")
+        self.teacher_tokenizer = load_tokenizer(root / "teacher-tokenizer")
+        blocks = corpus_blocks(corpus, "train", self.student_tokenizer, pair.block, str(root / "blocks"))
+        ids = torch.tensor([blocks[i]["input_ids"] for i in range(pair.batch)])
+        self.batch = {"input_ids": ids.to(device), "labels": ids.clone().to(device),
+                      "attention_mask": torch.ones_like(ids).to(device)}
+
+    @cached_property
+    def cross_teacher(self) -> torch.nn.Module:
+        torch.manual_seed(1)
+        return freeze(load_model(self.pair.teacher, self.teacher_tokenizer, 4 * self.pair.block)).to(self.device)
+
+    def cross_teachers(self, method: str) -> CrossTokenizerTeachers:
+        bridge = Bridge.build(self.student_tokenizer, self.teacher_tokenizer, self.cross_teacher.config.vocab_size)
+        return CrossTokenizerTeachers([self.cross_teacher], [bridge], method)
+
+    def cache(self, k: int) -> TeacherCache:
+        """A one-shard cache of the cross teacher's mapped top-K targets, as `kinherit cache-teacher` builds it."""
+        folder = Path(self.cache_root or self.output_dir) / f"cross-cache-{k}"
+        if not folder.exists():
+            staging = folder.with_name(folder.name + ".partial")
+            staging.mkdir(parents=True)
+            labels = target_labels(self.batch["labels"], "causal")
+            teachers = self.cross_teachers("map")
+            with teachers.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
+                target, counts = batch_top_k(target_of, labels, self.pair.batch, k, self.pair.vocab, self.chunk_size)
+            write_shard(staging / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab, "float16")
+            settings = cache_settings(tokenizer="benchmark", corpus="benchmark", block_size=self.pair.block,
+                                      blocks=self.pair.batch, kind="causal", temperature=self.temperature, top_k=k,
+                                      epochs=1, blocks_per_shard=self.pair.batch, log_prob_dtype="float16",
+                                      seed=None, mlm_probability=None, teachers=[], teacher_weights=[],
+                                      vocab_size=self.pair.vocab, cross_tokenizer="map")
+            seal_cache(staging, folder, {"format": CACHE_FORMAT, "settings": settings,
+                                         "cross_tokenizer": teachers.report()})
+        return TeacherCache(folder)
+
+    def step(self, variant: str):
+        if not variant.startswith("ki_cross"):
+            return super().step(variant)
+        inherit = InheritanceArguments(inherit_schedule="constant", inherit_value=0.5, temperature=self.temperature,
+                                       chunk_size=self.chunk_size)
+        args = TrainingArguments(self.output_dir, report_to="none", use_cpu=self.device.type == "cpu")
+        cached = variant == "ki_cross_cache"
+        trainer = InheritanceTrainer(model=self.student, args=args, inherit_args=inherit, vocab_size=self.pair.vocab,
+                                     teachers=None if cached else self.cross_teachers(variant.split("_")[-1]),
+                                     teacher_cache=self.cache(CACHE_K) if cached else None)
+        batch = {**self.batch, "block_index": torch.arange(self.pair.batch), "mask_epoch": torch.tensor(0)}
+
+        def ours() -> None:
+            self.student.zero_grad(set_to_none=True)
+            trainer.compute_loss(self.student, batch).backward()
+        return ours
+
+
+def cross_entry(bench: CrossBench, warmup: int, repeats: int) -> dict:
+    """Seconds per step of the cross-tokenizer variants and their in-round ratios to the same-tokenizer KI step."""
+    times = time_rounds(bench, CROSS_VARIANTS, warmup, repeats)
+    return {"pair": bench.pair.__dict__, "teacher_vocab": len(bench.teacher_tokenizer),
+            "seconds": {v: {"median": statistics.median(t), "min": min(t), "max": max(t), "rounds": t}
+                        for v, t in times.items()},
+            "over_ki": {v: ratio(times, v, "ki") for v in CROSS_VARIANTS if v.startswith("ki_cross")},
+            "aligned_share": _aligned_share(bench)}
+
+
+def _aligned_share(bench: CrossBench) -> float:
+    """The share of the batch's taught positions that have an aligned teacher position."""
+    teachers = bench.cross_teachers("map")
+    labels = target_labels(bench.batch["labels"], "causal")
+    with teachers.targets(bench.batch, labels, bench.temperature, bench.pair.vocab) as target_of:
+        target_of(taught_positions(labels))
+    return teachers.report()["aligned_share"]
 
 
 def synchronise(device: torch.device) -> None:
@@ -318,6 +415,8 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--quick", action="store_true",
                         help="day-to-day check in a few minutes: the demo configurations, 3 timed steps, no memory")
+    parser.add_argument("--cross", action="store_true",
+                        help="time teachers with another tokenizer (live by each method, and cached) on real text")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--cache-root", help=argparse.SUPPRESS)
@@ -334,7 +433,16 @@ def main() -> None:
                "temperature": options.temperature, "matmul_flops_per_second": peak, "configs": {}}
     print(f"device {device}, {torch.get_num_threads()} threads; {options.matmul_size}^3 float32 matmul: "
           f"{peak / 1e9:.1f} GFLOP/s")
-    for config in options.configs:
+    for config in options.configs if options.cross else ():
+        if CONFIGS[config].masked:
+            continue  # teachers with another tokenizer teach causal students
+        entry = cross_entry(CrossBench(CONFIGS[config], device, options.temperature, options.cache_root,
+                                       options.chunk_size), options.warmup, options.repeats)
+        results["configs"][config] = entry
+        print(f"\n{config} (teacher vocabulary {entry['teacher_vocab']}, {entry['aligned_share']:.1%} of positions "
+              f"aligned): " + ", ".join(f"{v} {s['median']:.3f} s" for v, s in entry["seconds"].items()) + "; over KI: "
+              + ", ".join(f"{v} {r:.2f}" for v, r in entry["over_ki"].items()))
+    for config in options.configs if not options.cross else ():
         pair = CONFIGS[config]
         bench = Bench(pair, device, options.temperature, chunk_size=options.chunk_size)
         bound, student_flops, teacher_flops = bench.bound()

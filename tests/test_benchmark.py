@@ -91,3 +91,14 @@ def test_the_cache_bytes_benchmark_reads_a_cache(tmp_path, capsys):
     assert report["positions"] == 500 and report["fields"]["ids"]["packed_bits"] == 9
     assert report["fields"]["log_probs"]["zstd3"]["ratio"] > 1.0
     assert "500 positions at K = 8" in capsys.readouterr().out
+
+
+def test_the_step_cost_benchmark_times_teachers_with_another_tokenizer(tmp_path):
+    step_cost = load_benchmark()
+    pair = step_cost.Pair("llama-1x64", "llama-1x64", vocab=300, batch=2, block=32)
+    bench = step_cost.CrossBench(pair, torch.device("cpu"), temperature=1.0, cache_root=str(tmp_path), documents=12)
+    entry = step_cost.cross_entry(bench, warmup=0, repeats=1)
+    assert entry["teacher_vocab"] == 600 and 0.5 < entry["aligned_share"] <= 1.0
+    assert set(entry["over_ki"]) == {"ki_cross_map", "ki_cross_uld", "ki_cross_cache"}
+    assert all(r > 0 for r in entry["over_ki"].values())
+    assert (tmp_path / f"cross-cache-{step_cost.CACHE_K}" / "cache.json").exists()
