@@ -1,9 +1,10 @@
 """Teachers with another tokenizer, measured on the demo's student: how much of the same-tokenizer saving a teacher
 keeps when its tokenizer differs, by method, and what a real open model (SmolLM2-135M) does through a cache.
 
-Every run is a `kinherit` command, as a user would type it, with the demo's settings; finished runs are skipped
-(a run folder with run.json), so the study resumes. The same-tokenizer teacher, scratch and KI students come from
-a finished demo-style experiment folder (`--same`, e.g. runs/analyses of configs/analyses/temperature.yaml).
+Every run is a `kinherit` command (run in this process as the command line runs it), with the demo's
+settings; finished runs are skipped (a run folder with run.json), so the study resumes. The same-tokenizer
+teacher, scratch and KI students come from a finished demo-style experiment folder (`--same`, e.g.
+runs/analyses of configs/analyses/temperature.yaml).
 
     python benchmarks/cross_tokenizer.py --same runs/analyses --stage vocab      # 1: a 16,384-token teacher
     python benchmarks/cross_tokenizer.py --same runs/analyses --stage code       # 2: a tokenizer of Wikipedia + code
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kinherit.cli import main as main_command  # noqa: E402
 from kinherit.experiment.compute_saved import compute_saved  # noqa: E402
 from kinherit.experiment.report import read_curve  # noqa: E402
 
@@ -33,9 +34,10 @@ SMOKE = {**DEMO, "block_size": 32, "eval_steps": 4, "logging_steps": 4, "save_st
 
 
 def kinherit(*args: str) -> None:
-    """One `kinherit` command, its output passed through; a failure stops the study."""
+    """One `kinherit` command, run as the command line runs it; a failure stops the study."""
     print("$ kinherit", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "kinherit", *args], check=True)
+    if main_command(list(args)) != 0:
+        raise SystemExit(f"kinherit {args[0]} failed")
 
 
 def options(settings: dict) -> list[str]:

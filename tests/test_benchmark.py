@@ -102,3 +102,33 @@ def test_the_step_cost_benchmark_times_teachers_with_another_tokenizer(tmp_path)
     assert set(entry["over_ki"]) == {"ki_cross_map", "ki_cross_uld", "ki_cross_cache"}
     assert all(r > 0 for r in entry["over_ki"].values())
     assert (tmp_path / f"cross-cache-{step_cost.CACHE_K}" / "cache.json").exists()
+
+
+def test_the_cross_tokenizer_study_runs_its_commands_and_tabulates_them(tmp_path, capsys):
+    """A tiny demo-style experiment as the same-tokenizer side, then the study's 16k-style teacher with both methods
+    and a cached "open model" (that teacher again), all through `kinherit` commands, and the table."""
+    import yaml
+
+    from kinherit.cli import main
+
+    same = tmp_path / "same"
+    config = {"name": "tiny", "output_dir": str(same), "tokenizer": {"corpus": "wiki", "vocab_size": 300},
+              "corpora": {"wiki": {"source": "wikipedia", "max_documents": 20, "validation_fraction": 0.075}},
+              "defaults": {"block_size": 32, "eval_steps": 4, "logging_steps": 4, "report_to": "none",
+                           "disable_tqdm": True, "eval_on_start": True},
+              "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 12},
+                       {"name": "scratch", "model": "llama-1x64", "max_steps": 12},
+                       {"name": "ki", "model": "llama-1x64", "max_steps": 12, "teachers": ["teacher"],
+                        "baseline": "scratch", "inherit": {"inherit_steps": 12, "temperature": 0.5}}]}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    assert main(["experiment", str(tmp_path / "tiny.yaml"), "--finetune", "false"]) == 0
+    study = load_benchmark("cross_tokenizer")
+    common = ["--same", str(same), "--workdir", str(tmp_path / "study"), "--smoke"]
+    study.main([*common, "--stage", "vocab"])
+    study.main([*common, "--stage", "smollm2", "--smollm2", str(tmp_path / "study" / "runs" / "teacher-16k")])
+    table = study.main([*common, "--stage", "table"])
+    rows = table["rows"]
+    assert set(rows) == {"ki (same tokenizer)", "ki-16k-map", "ki-16k-uld", "ki-smollm2"}
+    assert rows["ki-16k-map"]["cross_tokenizer"]["method"] == "map"
+    assert rows["ki-smollm2"]["cross_tokenizer"]["aligned_share"] > 0.5
+    assert all(row["ki_final_val_loss"] > 0 for row in rows.values())
