@@ -9,7 +9,7 @@ runs/analyses of configs/analyses/temperature.yaml).
     python benchmarks/cross_tokenizer.py --same runs/analyses --stage vocab      # 1: a 16,384-token teacher
     python benchmarks/cross_tokenizer.py --same runs/analyses --stage code       # 2: a tokenizer of Wikipedia + code
     python benchmarks/cross_tokenizer.py --same runs/analyses --stage smollm2 --smollm2 PATH  # 3: a real model
-    python benchmarks/cross_tokenizer.py --same runs/analyses --stage table       # the table, as JSON
+    python benchmarks/cross_tokenizer.py --same runs/analyses --stage table --out docs/results/cross-tokenizer
 
 `--smoke` runs everything at a tiny size (for the test suite).
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kinherit.cli import main as main_command  # noqa: E402
+from kinherit.core.atomic import save_figure_atomic, write_json_atomic  # noqa: E402
 from kinherit.experiment.compute_saved import compute_saved  # noqa: E402
 from kinherit.experiment.report import read_curve  # noqa: E402
 
@@ -108,6 +109,29 @@ class Study:
                      "--top_k", "32", "--batch_size", "8", "--output", str(cache))
         self.student("ki-smollm2", "--teacher_cache", str(cache))
 
+    def plot(self, path: Path) -> None:
+        """Validation loss against steps of scratch and every KI student."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        curves = {"scratch": self.same / "runs" / "scratch", "ki (same tokenizer)": self.same / "runs" / "ki"}
+        curves |= {f.name: f for f in sorted((self.work / "runs").glob("ki-*")) if (f / "run.json").exists()}
+        for name, folder in curves.items():
+            curve = [p for p in read_curve(folder) if p.step > 0]
+            axis.plot([p.step for p in curve], [p.loss for p in curve], label=name,
+                      linestyle="--" if name == "scratch" else "-")
+        axis.axhline(read_curve(self.same / "runs" / "scratch")[-1].loss, color="grey", linewidth=0.6)
+        axis.set_xlabel("step")
+        axis.set_ylabel("validation loss (student tokens)")
+        axis.set_title("Students of teachers with another tokenizer")
+        axis.legend()
+        figure.tight_layout()
+        save_figure_atomic(figure, path, dpi=120)
+        plt.close(figure)
+
     def table(self) -> dict:
         """Steps to scratch's final loss for every student, and the share of the same-tokenizer saving kept."""
         scratch = read_curve(self.same / "runs" / "scratch")
@@ -133,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--stage", choices=["vocab", "code", "smollm2", "table"], required=True)
     parser.add_argument("--smollm2", help="SmolLM2-135M as a plain checkpoint folder (stage smollm2)")
     parser.add_argument("--smoke", action="store_true", help="everything at a tiny size")
+    parser.add_argument("--out", help="stage table: write table.json and validation_loss.png to this folder")
     args = parser.parse_args(argv)
     study = Study(args)
     if args.stage == "vocab":
@@ -144,6 +169,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     else:
         table = study.table()
         print(json.dumps(table, indent=2))
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            write_json_atomic(Path(args.out) / "table.json", table)
+            study.plot(Path(args.out) / "validation_loss.png")
         return table
     return None
 

@@ -126,7 +126,8 @@ def test_the_cross_tokenizer_study_runs_its_commands_and_tabulates_them(tmp_path
     common = ["--same", str(same), "--workdir", str(tmp_path / "study"), "--smoke"]
     study.main([*common, "--stage", "vocab"])
     study.main([*common, "--stage", "smollm2", "--smollm2", str(tmp_path / "study" / "runs" / "teacher-16k")])
-    table = study.main([*common, "--stage", "table"])
+    table = study.main([*common, "--stage", "table", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "validation_loss.png").exists() and (tmp_path / "out" / "table.json").exists()
     rows = table["rows"]
     assert set(rows) == {"ki (same tokenizer)", "ki-16k-map", "ki-16k-uld", "ki-smollm2"}
     assert rows["ki-16k-map"]["cross_tokenizer"]["method"] == "map"
