@@ -210,3 +210,36 @@ def test_a_tokenizer_without_offsets_is_refused() -> None:
 
     with pytest.raises(KinheritError, match="is not a fast tokenizer, so it gives no character offsets"):
         tokenizer_family(SimpleNamespace(is_fast=False, name_or_path="slow-teacher"))
+
+
+def test_teachers_with_different_tokenizers_mix_where_each_is_aligned_and_route_by_domain(families, tokenizer):
+    torch.manual_seed(0)
+    other = families["sentencepiece"]
+    models_ = [load_model("llama-1x64", tokenizer, 128), load_model("llama-1x64", other, 256)]
+    bridges = [Bridge.build(tokenizer, tokenizer, models_[0].config.vocab_size),
+               Bridge.build(tokenizer, other, models_[1].config.vocab_size)]
+    ids = torch.tensor([tokenizer(text * 6, add_special_tokens=False)["input_ids"][:40] for text in SAMPLES[:2]])
+    labels = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], 1).reshape(-1)
+    positions = torch.arange(labels.numel())
+    inputs = {"input_ids": ids, "domain_id": torch.tensor([0, 1])}
+
+    def probs(source):
+        with source.targets(inputs, labels, 0.5, len(tokenizer)) as target_of:
+            target = target_of(positions)
+        full = torch.zeros(labels.numel(), len(tokenizer))
+        full[target.aligned] = torch.softmax(target.inner.scores * target.inner.scale, -1)
+        return full, target.aligned
+
+    alone = [probs(CrossTokenizerTeachers([m], [b], "map")) for m, b in zip(models_, bridges, strict=True)]
+    mixed, aligned = probs(CrossTokenizerTeachers(models_, bridges, "map", weights=[3.0, 1.0]))
+    both = alone[0][1] & alone[1][1]
+    assert both.any() and (alone[0][1] & ~alone[1][1]).any()  # some rows have one teacher only
+    torch.testing.assert_close(mixed[both], 0.75 * alone[0][0][both] + 0.25 * alone[1][0][both])
+    only_first = alone[0][1] & ~alone[1][1]
+    torch.testing.assert_close(mixed[only_first], alone[0][0][only_first])
+    assert torch.equal(aligned, alone[0][1] | alone[1][1])
+    routed, routed_rows = probs(CrossTokenizerTeachers(models_, bridges, "map", routes={0: 0, 1: 1}))
+    first, second = slice(0, 40), slice(40, 80)  # example 0 is domain 0 (teacher 0), example 1 teacher 1
+    torch.testing.assert_close(routed[first], alone[0][0][first])
+    torch.testing.assert_close(routed[second], alone[1][0][second])
+    assert torch.equal(routed_rows[second], alone[1][1][second])
