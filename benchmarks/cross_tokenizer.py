@@ -61,7 +61,7 @@ class Study:
         self.teacher_steps = 12 if args.smoke else 1500
         self.student_model = "llama-1x64" if args.smoke else "llama-4x256"
         self.teacher_model = "llama-1x64" if args.smoke else "llama-2x128"
-        self.vocab = 300 if args.smoke else 16384
+        self.vocab = 400 if args.smoke else 16384  # the smoke same-tokenizer side has 300 tokens
 
     def tokenizer(self, name: str, corpus: list[str]) -> Path:
         folder = self.work / name
