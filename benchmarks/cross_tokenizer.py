@@ -57,8 +57,8 @@ class Study:
                        "--cache_dir", str(self.same / "cache")]
         if args.smoke:
             self.corpus += ["--max_documents", "20"]
-        self.student_steps = 12 if args.smoke else 800
-        self.teacher_steps = 12 if args.smoke else 1500
+        self.student_steps = 8 if args.smoke else 800
+        self.teacher_steps = 8 if args.smoke else 1500
         self.student_model = "llama-1x64" if args.smoke else "llama-4x256"
         self.teacher_model = "llama-1x64" if args.smoke else "llama-2x128"
         self.vocab = 400 if args.smoke else 16384  # the smoke same-tokenizer side has 300 tokens

@@ -116,10 +116,10 @@ def test_the_cross_tokenizer_study_runs_its_commands_and_tabulates_them(tmp_path
               "corpora": {"wiki": {"source": "wikipedia", "max_documents": 20, "validation_fraction": 0.075}},
               "defaults": {"block_size": 32, "eval_steps": 4, "logging_steps": 4, "report_to": "none",
                            "disable_tqdm": True, "eval_on_start": True},
-              "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 12},
-                       {"name": "scratch", "model": "llama-1x64", "max_steps": 12},
-                       {"name": "ki", "model": "llama-1x64", "max_steps": 12, "teachers": ["teacher"],
-                        "baseline": "scratch", "inherit": {"inherit_steps": 12, "temperature": 0.5}}]}
+              "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 8},
+                       {"name": "scratch", "model": "llama-1x64", "max_steps": 8},
+                       {"name": "ki", "model": "llama-1x64", "max_steps": 8, "teachers": ["teacher"],
+                        "baseline": "scratch", "inherit": {"inherit_steps": 8, "temperature": 0.5}}]}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     assert main(["experiment", str(tmp_path / "tiny.yaml"), "--finetune", "false"]) == 0
     study = load_benchmark("cross_tokenizer")
