@@ -133,8 +133,14 @@ class Bench:
                                        loss_kernels=kernels, chunk_size=self.chunk_size)
         args = TrainingArguments(self.output_dir, report_to="none", use_cpu=self.device.type == "cpu")
         return InheritanceTrainer(model=self.student, args=args, inherit_args=inherit, vocab_size=self.pair.vocab,
-                                  teachers=TeacherSet([self.teacher]) if teacher == "live" else None,
+                                  teachers=self.live_teachers(teacher) if teacher not in (None, "cache") else None,
                                   teacher_cache=self.cache(CACHE_K) if teacher == "cache" else None)
+
+    def live_teachers(self, teacher: str) -> TeacherSet:
+        """The live teacher source a step runs (`teacher` names it; here there is one)."""
+        return TeacherSet([self.teacher])
+
+    cache_method: str | None = None  # the `--cross_tokenizer` method of the cache's source (None: same tokenizer)
 
     def cache(self, k: int) -> TeacherCache:
         """A one-shard teacher cache on disk holding the teacher's top-K targets for this batch's positions.
@@ -142,28 +148,31 @@ class Bench:
         Built as `kinherit cache-teacher` builds one: the teacher's head and softmax run one chunk of
         positions at a time, so no [positions, V] tensor exists for all positions at once.
         """
-        folder = Path(self.cache_root or self.output_dir) / f"cache-{k}"
+        folder = Path(self.cache_root or self.output_dir) / f"{'cross-' if self.cache_method else ''}cache-{k}"
         if not folder.exists():
             staging = folder.with_name(folder.name + ".partial")
             staging.mkdir(parents=True)
             kind = "masked" if self.pair.masked else "causal"
             labels = target_labels(self.batch["labels"], kind)
-            with TeacherSet([self.teacher]).targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
+            source = self.live_teachers(self.cache_method or "live")
+            with source.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
                 target, counts = batch_top_k(target_of, labels, self.pair.batch, k, self.pair.vocab, self.chunk_size)
             write_shard(staging / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab, "float16")
             settings = cache_settings(tokenizer="benchmark", corpus="benchmark", block_size=self.pair.block,
                                       blocks=self.pair.batch, kind=kind, temperature=self.temperature, top_k=k,
                                       epochs=1, blocks_per_shard=self.pair.batch, log_prob_dtype="float16",
                                       seed=None, mlm_probability=None, teachers=[], teacher_weights=[],
-                                      vocab_size=self.pair.vocab, cross_tokenizer=None)
-            seal_cache(staging, folder, {"format": CACHE_FORMAT, "settings": settings})
+                                      vocab_size=self.pair.vocab, cross_tokenizer=self.cache_method)
+            seal_cache(staging, folder, {"format": CACHE_FORMAT, "settings": settings,
+                                         "cross_tokenizer": source.report()})
         return TeacherCache(folder)
 
     def step(self, variant: str):
-        """A function that runs one forward and backward of `variant` (gradients zeroed first)."""
+        """A function that runs one forward and backward of `variant` (gradients zeroed first); the cached variants
+        read a cache of the source `cache_method` names."""
         if variant == "naive":
             return self.naive_step
-        teacher = {"self": None, "ki_cache": "cache"}.get(variant, "live")
+        teacher = {"self": None, "ki_cache": "cache", "ki_cross_cache": "cache"}.get(variant, variant)
         trainer = self.trainer(teacher, "eager" if variant == "ki_eager" else "auto")
         batch = {**self.batch, "block_index": torch.arange(self.pair.batch), "mask_epoch": torch.tensor(0)}
 
@@ -218,46 +227,17 @@ class CrossBench(Bench):
         torch.manual_seed(1)
         return freeze(load_model(self.pair.teacher, self.teacher_tokenizer, 4 * self.pair.block)).to(self.device)
 
+    cache_method = "map"  # the cached variant reads the cross teacher's mapped targets
+
+    def live_teachers(self, teacher: str) -> TeacherSet:
+        """The same-tokenizer teacher (`ki`), or the cross teacher by a method (`ki_cross_map`, `map`, ...)."""
+        if teacher in ("live", "ki", "ki_eager"):
+            return super().live_teachers(teacher)
+        return self.cross_teachers(teacher.removeprefix("ki_cross_"))
+
     def cross_teachers(self, method: str) -> CrossTokenizerTeachers:
         bridge = Bridge.build(self.student_tokenizer, self.teacher_tokenizer, self.cross_teacher.config.vocab_size)
         return CrossTokenizerTeachers([self.cross_teacher], [bridge], method)
-
-    def cache(self, k: int) -> TeacherCache:
-        """A one-shard cache of the cross teacher's mapped top-K targets, as `kinherit cache-teacher` builds it."""
-        folder = Path(self.cache_root or self.output_dir) / f"cross-cache-{k}"
-        if not folder.exists():
-            staging = folder.with_name(folder.name + ".partial")
-            staging.mkdir(parents=True)
-            labels = target_labels(self.batch["labels"], "causal")
-            teachers = self.cross_teachers("map")
-            with teachers.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
-                target, counts = batch_top_k(target_of, labels, self.pair.batch, k, self.pair.vocab, self.chunk_size)
-            write_shard(staging / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab, "float16")
-            settings = cache_settings(tokenizer="benchmark", corpus="benchmark", block_size=self.pair.block,
-                                      blocks=self.pair.batch, kind="causal", temperature=self.temperature, top_k=k,
-                                      epochs=1, blocks_per_shard=self.pair.batch, log_prob_dtype="float16",
-                                      seed=None, mlm_probability=None, teachers=[], teacher_weights=[],
-                                      vocab_size=self.pair.vocab, cross_tokenizer="map")
-            seal_cache(staging, folder, {"format": CACHE_FORMAT, "settings": settings,
-                                         "cross_tokenizer": teachers.report()})
-        return TeacherCache(folder)
-
-    def step(self, variant: str):
-        if not variant.startswith("ki_cross"):
-            return super().step(variant)
-        inherit = InheritanceArguments(inherit_schedule="constant", inherit_value=0.5, temperature=self.temperature,
-                                       chunk_size=self.chunk_size)
-        args = TrainingArguments(self.output_dir, report_to="none", use_cpu=self.device.type == "cpu")
-        cached = variant == "ki_cross_cache"
-        trainer = InheritanceTrainer(model=self.student, args=args, inherit_args=inherit, vocab_size=self.pair.vocab,
-                                     teachers=None if cached else self.cross_teachers(variant.split("_")[-1]),
-                                     teacher_cache=self.cache(CACHE_K) if cached else None)
-        batch = {**self.batch, "block_index": torch.arange(self.pair.batch), "mask_epoch": torch.tensor(0)}
-
-        def ours() -> None:
-            self.student.zero_grad(set_to_none=True)
-            trainer.compute_loss(self.student, batch).backward()
-        return ours
 
 
 def cross_entry(bench: CrossBench, warmup: int, repeats: int) -> dict:
