@@ -107,12 +107,12 @@ class CrossTokenizerTeachers(TeacherSet):
             if run is None:
                 continue
             index, states, where, row_weight = run
-            rows = where[positions]
-            here = (rows >= 0) & (row_weight[positions] > 0)
+            rows, weights = where[positions], row_weight[positions]
+            here = (rows >= 0) & (weights > 0)
             if not here.any():
                 continue
             logits = self.parts[index][1](states[rows[here]])
-            weight = row_weight[positions][here]
+            weight = weights[here]
             if self.method == "uld":
                 part = SortedTarget.from_logits(logits[:, :self.mappings[index].numel()], temperature).probs
                 row_mass = torch.ones_like(weight)

@@ -151,7 +151,7 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
                               teachers=[{"spec": spec, "weights": weights_digest(path)}
                                         for spec, path in zip(inherit.teacher, paths, strict=True)],
                               teacher_weights=list(inherit.teacher_weights), vocab_size=vocab,
-                              cross_tokenizer=teachers.report()["method"] if teachers.report() else None)
+                              cross_tokenizer=getattr(teachers, "method", None))
     with exclusive(partial):  # the processes of one build start it once
         _prepare_partial(partial, settings)
     collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=cache.seed)
