@@ -10,6 +10,7 @@ runs/analyses of configs/analyses/temperature.yaml).
     python benchmarks/cross_tokenizer.py --same runs/analyses --stage code       # 2: a tokenizer of Wikipedia + code
     python benchmarks/cross_tokenizer.py --same runs/analyses --stage smollm2 --smollm2 PATH  # 3: a real model
     python benchmarks/cross_tokenizer.py --same runs/analyses --stage table --out docs/results/cross-tokenizer
+    python benchmarks/cross_tokenizer.py --same runs/analyses --stage tokens --teacher_tokenizers DIR ...
 
 `--smoke` runs everything at a tiny size (for the test suite).
 """
@@ -132,6 +133,26 @@ class Study:
         save_figure_atomic(figure, path, dpi=120)
         plt.close(figure)
 
+    def tokens(self, teacher_tokenizers: list[str], every: int = 20) -> dict:
+        """Teacher tokens and aligned positions per student token, over every `every`-th training block."""
+        from kinherit.data import CorpusSpec, corpus_blocks, load_corpus, load_tokenizer
+        from kinherit.data.token_text import Bridge
+
+        student = load_tokenizer(self.same / "tokenizer")
+        spec = CorpusSpec("wikipedia", validation_fraction=0.075, max_documents=20 if self.smoke else None)
+        corpus = load_corpus([spec], str(self.same / "cache"))
+        blocks = corpus_blocks(corpus, "train", student, self.settings["block_size"], str(self.same / "cache"))
+        counts = {}
+        for path in teacher_tokenizers:
+            bridge = Bridge.build(student, load_tokenizer(path))
+            seen = teacher = aligned = 0
+            for index in range(0, len(blocks), every):
+                ids = blocks[index]["input_ids"]
+                teacher_ids, pairs = bridge.align(ids)
+                seen, teacher, aligned = seen + len(ids), teacher + len(teacher_ids), aligned + len(pairs)
+            counts[path] = {"teacher_tokens_per_student_token": teacher / seen, "aligned_share": aligned / seen}
+        return counts
+
     def table(self) -> dict:
         """Steps to scratch's final loss for every student, and the share of the same-tokenizer saving kept."""
         scratch = read_curve(self.same / "runs" / "scratch")
@@ -154,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--same", required=True, help="a finished experiment folder with teacher, scratch and ki")
     parser.add_argument("--workdir", default="runs/cross-tokenizer")
-    parser.add_argument("--stage", choices=["vocab", "code", "smollm2", "table"], required=True)
+    parser.add_argument("--stage", choices=["vocab", "code", "smollm2", "table", "tokens"], required=True)
+    parser.add_argument("--teacher_tokenizers", nargs="+", default=[], help="stage tokens: teacher tokenizer folders")
     parser.add_argument("--smollm2", help="SmolLM2-135M as a plain checkpoint folder (stage smollm2)")
     parser.add_argument("--smoke", action="store_true", help="everything at a tiny size")
     parser.add_argument("--out", help="stage table: write table.json and validation_loss.png to this folder")
@@ -166,6 +188,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         study.code_stage()
     elif args.stage == "smollm2":
         study.smollm2_stage(args.smollm2)
+    elif args.stage == "tokens":
+        counts = study.tokens(args.teacher_tokenizers)
+        print(json.dumps(counts, indent=2))
+        return counts
     else:
         table = study.table()
         print(json.dumps(table, indent=2))

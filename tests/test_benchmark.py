@@ -133,3 +133,6 @@ def test_the_cross_tokenizer_study_runs_its_commands_and_tabulates_them(tmp_path
     assert rows["ki-16k-map"]["cross_tokenizer"]["method"] == "map"
     assert rows["ki-smollm2"]["cross_tokenizer"]["aligned_share"] > 0.5
     assert all(row["ki_final_val_loss"] > 0 for row in rows.values())
+    teacher_tokenizer = str(tmp_path / "study" / "tokenizer-16k")
+    ratio = study.main([*common, "--stage", "tokens", "--teacher_tokenizers", teacher_tokenizer])[teacher_tokenizer]
+    assert 0.5 < ratio["teacher_tokens_per_student_token"] < 1.5 and 0.5 < ratio["aligned_share"] <= 1.0
