@@ -299,3 +299,72 @@ def test_masks_are_a_function_of_seed_epoch_and_block(tokenizer):
 def test_load_tokenizer_error(tmp_path):
     with pytest.raises(KinheritError, match="could not load a tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_a_corpus_split_is_remembered_until_its_files_change(tmp_path, monkeypatch):
+    from kinherit.data import corpora
+
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps({"text": f"document {i} " * 9}) for i in range(40)))
+    spec = CorpusSpec(str(source), validation_fraction=0.1)
+    fresh = load_corpus([spec], tmp_path / "cache")
+    assert not (tmp_path / "cache" / "corpora").exists()  # a file this fresh could change unseen: not remembered
+    monkeypatch.setattr(corpora, "settled", lambda stat: True)  # as if the file had been written a minute ago
+    first = load_corpus([spec], tmp_path / "cache")
+    assert first.fingerprint == fresh.fingerprint and len(list((tmp_path / "cache" / "corpora").iterdir())) == 1
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the corpus was read again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(corpora, "split_codes", unread)
+        patched.setattr(corpora.Corpus, "_fingerprint", unread)
+        again = load_corpus([spec], tmp_path / "cache")
+        assert again.fingerprint == first.fingerprint
+        assert [len(again.train), len(again.validation)] == [len(first.train), len(first.validation)] == [36, 4]
+        with pytest.raises(AssertionError, match="read again"):  # another split of the same file is not recalled
+            load_corpus([CorpusSpec(str(source), validation_fraction=0.2)], tmp_path / "cache")
+    with source.open("a") as handle:  # a changed file: split and fingerprinted anew
+        handle.write("\n" + json.dumps({"text": "one more document " * 9}))
+    grown = load_corpus([spec], tmp_path / "cache")
+    assert grown.fingerprint != first.fingerprint and grown.count("train") + grown.count("validation") == 41
+
+
+def test_an_unreadable_split_memo_is_replaced(tmp_path, caplog, monkeypatch):
+    from kinherit.data import corpora
+
+    monkeypatch.setattr(corpora, "settled", lambda stat: True)
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps({"text": f"document {i} " * 9}) for i in range(20)))
+    spec = CorpusSpec(str(source), validation_fraction=0.1)
+    first = load_corpus([spec], tmp_path / "cache")
+    (memo,) = (tmp_path / "cache" / "corpora").iterdir()
+    (memo / "codes-0.npy").write_bytes(b"not an array")
+    again = load_corpus([spec], tmp_path / "cache")
+    assert "ignoring the corpus split memo" in caplog.text and again.fingerprint == first.fingerprint
+    assert load_corpus([spec], tmp_path / "cache").count("train") == first.count("train")
+
+
+def test_sealed_files_are_hashed_again_only_once_they_change(tmp_path, monkeypatch):
+    import os
+
+    from kinherit.core import sealed
+
+    folder = tmp_path / "blocks"
+    folder.mkdir()
+    (folder / "data.bin").write_bytes(b"a" * 4096)
+    sealed.seal(folder)
+    hashed = []
+    digest = sealed.file_digest
+    monkeypatch.setattr(sealed, "file_digest", lambda path, flush=False: hashed.append(path.name) or digest(path))
+    sealed.verify(folder, "block cache", remember=True)
+    assert hashed == ["data.bin"]  # too fresh to be remembered yet
+    monkeypatch.setattr(sealed, "SETTLED_SECONDS", -1.0)  # as if it had been written a minute ago
+    sealed.verify(folder, "block cache", remember=True)
+    sealed.verify(folder, "block cache", remember=True)
+    assert hashed == ["data.bin"] * 2 and sealed.verified_stamp(folder).is_file()
+    stat = (folder / "data.bin").stat()
+    (folder / "data.bin").write_bytes(b"b" * 4096)  # the same size, its modification time put back
+    os.utime(folder / "data.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(KinheritError, match="corrupt"):
+        sealed.verify(folder, "block cache", remember=True)

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "kinherit-manifest.json"
 MANIFEST_FORMAT = "kinherit-manifest-v1"
+SETTLED_SECONDS = 2.0  # see `settled`
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -86,11 +88,13 @@ def is_sealed(folder: str | os.PathLike) -> bool:
 
 
 def verify(folder: str | os.PathLike, what: str,
-           hash_now: Callable[[str], bool] = lambda name: True) -> dict[str, dict[str, Any]]:
+           hash_now: Callable[[str], bool] = lambda name: True, remember: bool = False) -> dict[str, dict[str, Any]]:
     """Raise a `KinheritError` naming the file if `folder` is unsealed, or a file is missing, truncated or corrupt;
     returns the manifest's entries. Files for which `hash_now(name)` is false are checked for size only: their
     reader checks each one's digest with `verify_file` when it first opens it (a large cache is then not read
-    whole at every start)."""
+    whole at every start). With `remember`, a file hashed once is not hashed again while its inode, size,
+    modification and change times stay those it had then (`verified_stamp`: the change time moves whenever its
+    contents or times are changed, so only a fault of the disk itself goes unseen)."""
     folder = Path(folder)
     manifest = folder / MANIFEST
     if not manifest.is_file():
@@ -101,17 +105,48 @@ def verify(folder: str | os.PathLike, what: str,
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise KinheritError(f"{what} {folder}: its manifest {manifest} is unreadable ({error}); delete that "
                             "folder and rebuild it") from error
+    stamp_path = verified_stamp(folder)
+    known = _read_stamp(stamp_path) if remember else {}
+    stamps = {}
     for name, entry in entries.items():
         path = folder / name
         if not path.is_file():
             raise KinheritError(f"{what} {folder} is missing {path}; delete that folder and rebuild it")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise KinheritError(f"{what} file {path} has {size} bytes where its manifest says {entry['bytes']}: "
-                                "it is truncated or was changed; delete that folder and rebuild it")
-        if hash_now(name):
+        stat = path.stat()
+        if stat.st_size != entry["bytes"]:
+            raise KinheritError(f"{what} file {path} has {stat.st_size} bytes where its manifest says "
+                                f"{entry['bytes']}: it is truncated or was changed; delete that folder and rebuild it")
+        if not hash_now(name):
+            continue
+        if not settled(stat):  # written so recently that a change within one clock tick would not show
             verify_file(path, entry, what)
+            continue
+        stamps[name] = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, entry["sha256"]]
+        if known.get(name) != stamps[name]:
+            verify_file(path, entry, what)
+    if remember and stamps != known:
+        write_json_atomic(stamp_path, stamps)
     return entries
+
+
+def settled(stat: os.stat_result) -> bool:
+    """Whether a file was last changed long enough ago that any later change shows in its times (file times move
+    in clock ticks of a few milliseconds: a file rewritten within one tick keeps them)."""
+    return time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > SETTLED_SECONDS * 1e9
+
+
+def verified_stamp(folder: Path) -> Path:
+    """Where `verify(..., remember=True)` keeps what each file of `folder` looked like when it was last hashed:
+    a hidden file beside the folder, so the sealed folder itself holds only its own files."""
+    return folder.parent / f".{folder.name}.verified.json"
+
+
+def _read_stamp(path: Path) -> dict[str, list]:
+    try:
+        stamps = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
 
 
 def verify_file(path: Path, entry: dict[str, Any], what: str) -> None:

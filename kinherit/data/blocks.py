@@ -6,7 +6,8 @@ dropped. The documents are read, tokenised and packed a batch at a time, and the
 are made, so memory does not grow with the corpus. The result is cached under a key made of the corpus
 fingerprint, the tokenizer fingerprint and the block length, as token ids in the fewest bytes the
 vocabulary needs (2 up to 65,536 tokens); it is written to a temporary folder, sealed with a manifest of
-its files' digests and renamed, so a half-written or corrupt cache is never read. Training memory-maps
+its files' digests and renamed, so a half-written or corrupt cache is never read (hashed in full when a
+machine first opens it, and again only once its files change: `verify(..., remember=True)`). Training memory-maps
 it: processes on one machine share its pages.
 """
 
@@ -137,7 +138,7 @@ def _write_blocks(target: Path, blocks: Iterator[tuple[np.ndarray, int]], block_
 
 def open_blocks(target: Path) -> Dataset:
     """The sealed blocks in `target`, memory-mapped; a clear error when the folder is incomplete or corrupt."""
-    verify(target, "block cache")
+    verify(target, "block cache", remember=True)
     try:
         return Dataset.from_file(str(target / BLOCKS_FILE))
     except Exception as error:

@@ -7,11 +7,13 @@ split is by document and deterministic: documents are ordered by a hash of their
 Loading streams: a first pass reads only the documents' ids (8 bytes of hash each), a second computes the
 corpus's fingerprint, and a split's documents are written to a memory-mapped Arrow file in the cache only when
 something reads them (a run whose blocks are cached never does). Memory grows with the number of documents
-(a few bytes each), not with their text.
+(a few bytes each), not with their text. The split and fingerprint are remembered under a signature of the
+sources (`source_signature`), so a later start with unchanged sources makes neither pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import itertools
@@ -27,9 +29,10 @@ from datasets import Dataset
 
 from kinherit.core.arrow import write_arrow
 from kinherit.core.errors import KinheritError
-from kinherit.core.sealed import staged_folder, verify
-from kinherit.data.builtin import BUILTIN_CORPORA
+from kinherit.core.sealed import settled, staged_folder, verify
+from kinherit.data.builtin import BUILTIN_CORPORA, BUILTIN_FILES
 from kinherit.data.input_files import jsonl_records, read_text, reading
+from kinherit.data.split_memo import memo_folder, recall_split, remember_split
 
 FILE_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
 TEXT_FILE_LIMIT = 256 * 2**20  # a .txt/.md file is one document, read whole
@@ -126,7 +129,8 @@ def _is_saved_dataset(path: str) -> bool:
     return folder.is_dir() and any((folder / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
 
 
-def _hf_documents(spec: CorpusSpec, name_or_path: str) -> Iterator[tuple[str, str]]:
+def _hf_table(spec: CorpusSpec, name_or_path: str) -> Dataset:
+    """The split `spec.hf_split` of a saved dataset folder or a hub dataset, with its text column checked."""
     import datasets
 
     try:
@@ -145,7 +149,7 @@ def _hf_documents(spec: CorpusSpec, name_or_path: str) -> Iterator[tuple[str, st
     if spec.text_field not in table.column_names:
         raise KinheritError(f"dataset {name_or_path!r} has no column {spec.text_field!r} (columns: "
                             f"{table.column_names}); set the corpus's text_field")
-    yield from _column_texts(table, spec.text_field, name_or_path)
+    return table
 
 
 def _column_texts(table: Dataset, field: str, name: str) -> Iterator[tuple[str, str]]:
@@ -162,21 +166,51 @@ def iter_documents(spec: CorpusSpec) -> Iterator[tuple[str, str]]:
     source = spec.source
     if source in BUILTIN_CORPORA:
         yield from BUILTIN_CORPORA[source]()
-    elif source.startswith("hf:"):
-        yield from _hf_documents(spec, source[3:])
-    elif _looks_like_path(source):
-        expanded = os.path.expanduser(source)
-        if _is_saved_dataset(expanded):
-            yield from _hf_documents(spec, expanded)
-            return
-        if not any(ch in expanded for ch in "*?[") and not os.path.exists(expanded):
-            raise KinheritError(f"corpus path {source!r} does not exist; check the path")
-        for path in _local_files(source):
-            yield from _read_file(path, spec.text_field)
+    elif (dataset := _dataset_name(spec)) is not None:
+        yield from _column_texts(_hf_table(spec, dataset), spec.text_field, dataset)
     else:
+        for path in _source_files(spec):
+            yield from _read_file(path, spec.text_field)
+
+
+def _dataset_name(spec: CorpusSpec) -> str | None:
+    """The hub name or saved-dataset folder a source names, or None when it names files (or a built-in corpus)."""
+    if spec.source.startswith("hf:"):
+        return spec.source[3:]
+    expanded = os.path.expanduser(spec.source)
+    return expanded if spec.source not in BUILTIN_CORPORA and _is_saved_dataset(expanded) else None
+
+
+def _source_files(spec: CorpusSpec) -> list[Path]:
+    """The local files a source names (a built-in corpus: the files it reads), with a clear error when none exist."""
+    source = spec.source
+    if source in BUILTIN_FILES:
+        return BUILTIN_FILES[source]()
+    if not _looks_like_path(source):
         known = ", ".join(BUILTIN_CORPORA)
         raise KinheritError(f"unknown corpus {source!r}: it is not a built-in corpus ({known}), not an existing "
                             "path, and hub datasets need the prefix 'hf:' (for example hf:wikitext)")
+    expanded = os.path.expanduser(source)
+    if not any(ch in expanded for ch in "*?[") and not os.path.exists(expanded):
+        raise KinheritError(f"corpus path {source!r} does not exist; check the path")
+    return _local_files(source)
+
+
+def source_signature(spec: CorpusSpec) -> str | None:
+    """What stands for a source's contents without reading them: each file's path, size and modification time
+    (built-in corpora, local files, saved datasets), or a hub dataset's own fingerprint (`datasets` derives it
+    from the files it downloaded). None while a file is too fresh for its times to show a change (`settled`)."""
+    dataset = _dataset_name(spec)
+    if dataset is not None and not _is_saved_dataset(dataset):
+        return f"hub:{_hf_table(spec, dataset)._fingerprint}"
+    files = sorted(p for p in Path(dataset).rglob("*") if p.is_file()) if dataset else _source_files(spec)
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        if not settled(stat):
+            return None
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return f"files:{len(files)}:{digest.hexdigest()}"
 
 
 def check_train_slice(train_fraction: float, train_offset: float) -> None:
@@ -265,12 +299,18 @@ class Corpus:
     """A split corpus: `train` and `validation` documents (memory-mapped datasets with columns text, domain,
     doc_id, written to the cache on first use), the domains in order, and a fingerprint of the whole."""
 
-    def __init__(self, parts: list[_Part], cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, parts: list[_Part], cache_dir: str | os.PathLike | None = None,
+                 fingerprint: str | None = None) -> None:
         self.parts = parts
         self.domains = list(dict.fromkeys(part.domain for part in parts))
         self.cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.fingerprint = fingerprint or self._fingerprint()
+        self._splits: dict[int, Dataset] = {}
+
+    def _fingerprint(self) -> str:
+        """A digest of every document's split, domain, id and text: what blocks and caches are keyed by."""
         digest = hashlib.sha256()
-        for part in parts:  # per corpus, its training documents then its validation ones, in the source's order
+        for part in self.parts:  # per corpus, its training documents then its validation ones, in the source's order
             held_out = []
             for code, (doc_id, text) in zip(part.codes, _stream(part.spec), strict=False):
                 if code:
@@ -282,8 +322,7 @@ class Corpus:
                         held_out.append(piece)
             for piece in held_out:
                 digest.update(piece)
-        self.fingerprint = digest.hexdigest()
-        self._splits: dict[int, Dataset] = {}
+        return digest.hexdigest()
 
     def count(self, split: str) -> int:
         """How many documents a split ("train" or "validation") holds, without reading them."""
@@ -305,7 +344,7 @@ class Corpus:
             if not target.exists():
                 with staged_folder(target) as staging:
                     write_arrow(staging / DOCUMENTS_FILE, DOCUMENT_SCHEMA, self._batches(code))
-            verify(target, "document cache")
+            verify(target, "document cache", remember=True)
             self._splits[code] = Dataset.from_file(str(target / DOCUMENTS_FILE))
         return self._splits[code]
 
@@ -331,10 +370,19 @@ class Corpus:
 
 def load_corpus(specs: list[CorpusSpec], cache_dir: str | os.PathLike | None = None) -> Corpus:
     """Split one or more corpora, tagged by domain, into one `Corpus` (its documents are read when used, into
-    `cache_dir`, default `$KINHERIT_CACHE` or ~/.cache/kinherit)."""
+    `cache_dir`, default `$KINHERIT_CACHE` or ~/.cache/kinherit). The split and fingerprint are remembered there
+    (`kinherit.data.split_memo`), so a start whose sources are unchanged reads no document."""
     if not specs:
         raise KinheritError("no corpus given; name at least one (for example --corpus wikipedia)")
-    parts = [_Part(spec, spec.domain_tag, split_codes(_stream(spec), spec.validation_fraction, spec.source,
-                                                      spec.train_fraction, spec.train_offset))
-             for spec in specs]
-    return Corpus(parts, cache_dir)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    signatures = [source_signature(spec) for spec in specs]
+    memo = None if None in signatures else memo_folder(root, [dataclasses.asdict(spec) for spec in specs], signatures)
+    remembered = recall_split(memo) if memo else None
+    codes = remembered[0] if remembered else [
+        split_codes(_stream(spec), spec.validation_fraction, spec.source, spec.train_fraction, spec.train_offset)
+        for spec in specs]
+    corpus = Corpus([_Part(spec, spec.domain_tag, part) for spec, part in zip(specs, codes, strict=True)], cache_dir,
+                    fingerprint=remembered[1] if remembered else None)
+    if memo and not remembered:
+        remember_split(memo, codes, corpus.fingerprint)
+    return corpus
