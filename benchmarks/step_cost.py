@@ -47,16 +47,16 @@ from kinherit.data.token_text import Bridge
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models.lm import TEACHER_TENSORS, chunk_positions, target_labels, taught_positions
 from kinherit.models.loading import load_model
+from kinherit.training.cache_shards import write_shard
 from kinherit.training.cross_teachers import CrossTokenizerTeachers
 from kinherit.training.flops import FlopModel
-from kinherit.training.options import InheritanceArguments
+from kinherit.training.options import CacheArguments, InheritanceArguments
 from kinherit.training.teacher_cache import (
     CACHE_FORMAT,
     TeacherCache,
     batch_top_k,
     cache_settings,
     seal_cache,
-    write_shard,
 )
 from kinherit.training.trainer import InheritanceTrainer
 
@@ -157,10 +157,13 @@ class Bench:
             source = self.live_teachers(self.cache_method or "live")
             with source.targets(self.batch, labels, self.temperature, self.pair.vocab) as target_of:
                 target, counts = batch_top_k(target_of, labels, self.pair.batch, k, self.pair.vocab, self.chunk_size)
-            write_shard(staging / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab, "float16")
+            compression = CacheArguments().compression  # what `kinherit cache-teacher` writes by default
+            write_shard(staging / "epoch0-shard00000.safetensors", target, counts, self.pair.vocab, "float16",
+                        compression)
             settings = cache_settings(tokenizer="benchmark", corpus="benchmark", block_size=self.pair.block,
                                       blocks=self.pair.batch, kind=kind, temperature=self.temperature, top_k=k,
                                       epochs=1, blocks_per_shard=self.pair.batch, log_prob_dtype="float16",
+                                      compression=compression,
                                       seed=None, mlm_probability=None, teachers=[], teacher_weights=[],
                                       vocab_size=self.pair.vocab, cross_tokenizer=self.cache_method)
             seal_cache(staging, folder, {"format": CACHE_FORMAT, "settings": settings,

@@ -77,19 +77,23 @@ def test_the_plan_backtest_forecasts_finished_pairs(tmp_path, capsys):
     assert "3 distinct KI / self-learning pairs" in capsys.readouterr().out
 
 
-def test_the_cache_bytes_benchmark_reads_a_cache(tmp_path, capsys):
-    import torch
-    from safetensors.torch import save_file
+def test_the_cache_bytes_benchmark_measures_every_shard_format(tmp_path, capsys):
+    from kinherit.inheritance.topk import TopKTarget
+    from kinherit.training.cache_shards import write_shard
 
     cache_bytes = load_benchmark("cache_bytes")
-    ids = torch.randint(0, 300, (500, 8)).to(torch.uint16)
-    log_probs = -torch.rand(500, 8).sort(dim=1).values.to(torch.float16)
-    save_file({"ids": ids, "log_probs": log_probs, "offsets": torch.tensor([0, 500])},
-              str(tmp_path / "epoch0-shard00000.safetensors"))
-    (tmp_path / "cache.json").write_text(json.dumps({"settings": {"vocab_size": 300}}))
-    report = cache_bytes.main([str(tmp_path)])
-    assert report["positions"] == 500 and report["fields"]["ids"]["packed_bits"] == 9
-    assert report["fields"]["log_probs"]["zstd3"]["ratio"] > 1.0
+    torch.manual_seed(0)
+    ids = torch.randint(0, 300, (500, 8))
+    log_probs = -torch.rand(500, 8).sort(dim=1).values * 4
+    write_shard(tmp_path / "epoch0-shard00000.safetensors", TopKTarget(ids, log_probs), [100] * 5, 300, "float16",
+                "none")
+    (tmp_path / "cache.json").write_text(json.dumps({"settings": {"vocab_size": 300, "top_k": 8,
+                                                                  "log_prob_dtype": "float16"}}))
+    report = cache_bytes.main([str(tmp_path), "--batch_blocks", "3", "--batches", "4", "--repeats", "1"])
+    formats = report["formats"]
+    assert report["positions"] == 500 and report["packed_id_bits"] == 9 and set(formats) == {"zstd", "none"}
+    assert formats["zstd"]["bytes_per_position"] < formats["none"]["bytes_per_position"] < 8 * 4 + 1
+    assert all(entry["read_ms_per_batch"] > 0 for entry in formats.values())
     assert "500 positions at K = 8" in capsys.readouterr().out
 
 

@@ -129,6 +129,16 @@ def test_unknown_architecture_is_a_clear_error(tmp_path, tokenizer):
         load_teacher(str(folder), tokenizer, "causal")
 
 
+def test_a_teacher_path_that_does_not_exist_is_named(tmp_path):
+    from kinherit.data import load_tokenizer
+    from kinherit.models.loading import load_config
+
+    with pytest.raises(KinheritError, match=f"model path {tmp_path}/final does not exist or has no config.json"):
+        load_config(str(tmp_path / "final"))
+    with pytest.raises(KinheritError, match=f"tokenizer folder '{tmp_path}/final' does not exist"):
+        load_tokenizer(tmp_path / "final")
+
+
 def test_truncated_weights_of_a_foreign_checkpoint_are_a_clear_error(tmp_path, tokenizer):
     model = load_model("llama-1x64", tokenizer, 32)
     model.save_pretrained(tmp_path)

@@ -49,7 +49,8 @@ def teachers(tmp_path_factory, tokenizer):
 def build(tmp, tokenizer_dir, teacher, top_k, parts=None, name=None, **options):
     cache = CacheArguments(output=str(tmp / (name or f"cache-{top_k}")), top_k=top_k, batch_size=7,
                            blocks_per_shard=options.get("blocks_per_shard", 50),
-                           **{k: v for k, v in options.items() if k in ("epochs", "seed", "log_prob_dtype")})
+                           **{k: v for k, v in options.items()
+                              if k in ("epochs", "seed", "log_prob_dtype", "compression")})
     inherit = InheritanceArguments(teacher=[str(teacher)], temperature=options.get("temperature", 1.0),
                                    inherit_schedule="constant")
     return build_cache(data_args(tokenizer_dir, tmp), inherit, cache, parts=parts), cache.output
@@ -61,8 +62,10 @@ def live_blocks(tmp, tokenizer, tokenizer_dir):
     return build_blocks(corpus.train, tokenizer, 32, corpus.domains, corpus.fingerprint, "train", data.cache_dir)
 
 
-def test_cache_reads_back_the_live_top_k_exactly(tmp_path, tokenizer, tokenizer_dir, teachers):
-    manifest, path = build(tmp_path, tokenizer_dir, teachers / "llama-1x64", 8, log_prob_dtype="float32")
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_cache_reads_back_the_live_top_k_exactly(tmp_path, tokenizer, tokenizer_dir, teachers, compression):
+    manifest, path = build(tmp_path, tokenizer_dir, teachers / "llama-1x64", 8, log_prob_dtype="float32",
+                           compression=compression)
     blocks = live_blocks(tmp_path, tokenizer, tokenizer_dir)
     assert manifest["settings"]["blocks"] == len(blocks) and manifest["positions"] == len(blocks) * 31
     cache = TeacherCache(path)
@@ -76,7 +79,12 @@ def test_cache_reads_back_the_live_top_k_exactly(tmp_path, tokenizer, tokenizer_
     cached = cache.target(batch["block_index"], 0, torch.full((4,), 31), torch.device("cpu"), cache.held)
     assert torch.equal(cached.ids, live.ids)
     torch.testing.assert_close(cached.log_probs, live.log_probs, rtol=1e-5, atol=1e-5)
-    assert manifest["bytes_per_position"] == pytest.approx(8 * (2 + 4), rel=0.05)  # uint16 ids, float32 values
+    plain = 8 * (2 + 4)  # uint16 ids, float32 values
+    assert manifest["settings"]["compression"] == compression
+    if compression == "none":
+        assert manifest["bytes_per_position"] == pytest.approx(plain, rel=0.05)
+    else:  # an untrained teacher's near-uniform rows compress little, but they do
+        assert manifest["bytes_per_position"] < plain
     # a run's --top_k reads only the first K tokens of each position: the same values as cutting the whole rows
     three = cache.target(batch["block_index"], 0, torch.full((4,), 31), torch.device("cpu"), 3)
     assert three.ids.shape == (4 * 31, 3) and torch.equal(three.ids, cached.ids[:, :3])

@@ -78,6 +78,9 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | os.Path
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
     """Load an HF tokenizer from a folder or hub name; it must be a fast tokenizer (a sealed folder is verified)."""
+    if str(path).startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(str(path))):
+        raise KinheritError(f"tokenizer folder {str(path)!r} does not exist; check the path (a `kinherit pretrain` "
+                            "output folder holds its tokenizer)")
     if is_sealed(path):
         verify(path, "tokenizer")
     try:

@@ -82,7 +82,11 @@ def reading_weights(source: str) -> Iterator[None]:
 
 
 def load_config(source: str, trust_remote_code: bool = False) -> PretrainedConfig:
-    """The HF config of a checkpoint folder, or a clear error if transformers does not know its architecture."""
+    """The HF config of a checkpoint folder, or a clear error if the folder is missing or transformers does not know
+    its architecture."""
+    if source.startswith(("/", ".", "~")) and not is_checkpoint(source):  # a local path, not a hub id
+        raise KinheritError(f"model path {source} does not exist or has no config.json; give a checkpoint folder "
+                            "(for a `kinherit pretrain` run: its output folder, which holds the final model)")
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, OSError) as error:

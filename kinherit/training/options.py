@@ -27,10 +27,10 @@ from kinherit.inheritance.loss import InheritanceLoss
 from kinherit.inheritance.schedules import SCHEDULES, make_schedule
 from kinherit.inheritance.topk import check_top_k
 from kinherit.models.lm import check_chunk_size
+from kinherit.training.cache_shards import COMPRESSIONS, LOG_PROB_TYPES
 
 NONFINITE = ("stop", "skip")
 PLACEMENTS = ("replicate", "shard")
-LOG_PROB_DTYPES = ("float16", "float32")
 REPEATABLE = ("--teacher", "--corpus", "--teacher_weights", "--only")
 SPLITS = ("validation", "train", "all")
 # The data options that belong to a corpus rather than to a run: which documents are read and held out.
@@ -286,12 +286,16 @@ class CacheArguments:
     batch_size: int = field(default=32, metadata={"help": "Blocks per teacher forward pass."})
     blocks_per_shard: int = field(default=4096, metadata={"help": "Blocks per shard file."})
     log_prob_dtype: str = field(default="float16", metadata={"help": "float16 or float32."})
+    compression: str = field(default="zstd", metadata={
+        "help": "zstd (each block's rows compressed on their own) or none (plain tensors)."})
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.epochs < 1 or self.batch_size < 1 or self.blocks_per_shard < 1:
             raise KinheritError("--top_k, --epochs, --batch_size and --blocks_per_shard must be positive")
-        if self.log_prob_dtype not in LOG_PROB_DTYPES:
-            raise KinheritError(f"--log_prob_dtype must be one of {', '.join(LOG_PROB_DTYPES)}")
+        if self.log_prob_dtype not in LOG_PROB_TYPES:
+            raise KinheritError(f"--log_prob_dtype must be one of {', '.join(LOG_PROB_TYPES)}")
+        if self.compression not in COMPRESSIONS:
+            raise KinheritError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
 
 
 @dataclass

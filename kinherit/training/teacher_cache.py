@@ -7,9 +7,9 @@ of running the teachers. Layout of a cache folder (sealed, see `kinherit.core.se
 - `cache.json`: the manifest: what was cached (teachers and their weight digests, tokenizer, corpus
   and block layout fingerprints, temperature, K, masking seed, probability and epochs), the teachers'
   validation loss, sizes and build time.
-- `epoch{E}-shard{S}.safetensors`: for blocks `S * blocks_per_shard ...` in block-index order, `ids`
-  `[positions, K]` (uint16 when the vocabulary fits, else int32), `log_probs` `[positions, K]`
-  (float16 or float32) and `offsets` `[blocks + 1]` (each block's first row).
+- `epoch{E}-shard{S}.safetensors`: for blocks `S * blocks_per_shard ...` in block-index order, each block's
+  top-K ids and log-probabilities (float16 or float32), compressed block by block or plain
+  (`kinherit.training.cache_shards`).
 
 Positions: causal LMs are taught at every position that has a next token (block length - 1 per
 block), the same in every epoch, so one epoch is stored. Masked LMs are taught at the masked positions
@@ -38,10 +38,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
-from kinherit.core.atomic import fsync_folder, staging_path, write_json_atomic
+from kinherit.core.atomic import fsync_folder, write_json_atomic
 from kinherit.core.errors import KinheritError
 from kinherit.core.locks import exclusive
 from kinherit.core.sealed import seal, unseal, verify, verify_file, weights_digest
@@ -60,6 +59,7 @@ from kinherit.models.lm import (
     validation_loss,
 )
 from kinherit.models.loading import load_config, model_kind
+from kinherit.training.cache_shards import ShardReader, write_shard
 from kinherit.training.load_teachers import build_teachers, parse_teacher_specs
 from kinherit.training.options import (
     CacheArguments,
@@ -73,7 +73,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "kinherit-teacher-cache-v1"
 MANIFEST_NAME = "cache.json"
-LOG_PROB_TYPES = {"float16": torch.float16, "float32": torch.float32}
 # Settings a student run must share with the cache it reads (the manifest's `settings`).
 MATCHED = ("tokenizer", "corpus", "block_size", "blocks", "kind", "temperature")
 MATCHED_MASKED = ("seed", "mlm_probability")
@@ -146,6 +145,7 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
                               block_size=data.block_size, blocks=len(blocks), kind=kind,
                               temperature=inherit.temperature, top_k=cache.top_k, epochs=epochs,
                               blocks_per_shard=cache.blocks_per_shard, log_prob_dtype=cache.log_prob_dtype,
+                              compression=cache.compression,
                               seed=cache.seed if masked else None,
                               mlm_probability=data.mlm_probability if masked else None,
                               teachers=[{"spec": spec, "weights": weights_digest(path)}
@@ -166,7 +166,7 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
         logger.info("caching epoch %d, blocks %d-%d of %d", epoch, lo, hi, len(blocks))
         target, counts = _cache_blocks(blocks, range(lo, hi), collator, teachers, kind, inherit.temperature,
                                        cache.top_k, vocab, inherit.chunk_size, cache.batch_size, device)
-        write_shard(path, target, counts, vocab, cache.log_prob_dtype)
+        write_shard(path, target, counts, vocab, cache.log_prob_dtype, cache.compression)
     with exclusive(output) if parts.parts > 1 else contextlib.nullcontext():
         if output.exists():  # another part finished it
             return TeacherCache(output).manifest
@@ -179,7 +179,7 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
         positions = 0
         for epoch_shard in sorted(partial.glob("epoch*-shard*.safetensors")):
             with safe_open(str(epoch_shard), "pt") as handle:
-                positions += handle.get_slice("ids").get_shape()[0]
+                positions += int(handle.get_tensor("offsets")[-1])
         shard_bytes = sum(p.stat().st_size for p in partial.glob("epoch*-shard*.safetensors"))
         teacher_val_loss = None
         eval_blocks = corpus_blocks(corpus, "validation", tokenizer, data.block_size, data.cache_dir)
@@ -201,14 +201,16 @@ def shard_name(epoch: int, shard: int) -> str:
 
 
 def cache_settings(*, tokenizer: str, corpus: str, block_size: int, blocks: int, kind: str, temperature: float,
-                   top_k: int, epochs: int, blocks_per_shard: int, log_prob_dtype: str, seed: int | None,
+                   top_k: int, epochs: int, blocks_per_shard: int, log_prob_dtype: str, compression: str,
+                   seed: int | None,
                    mlm_probability: float | None, teachers: list[dict[str, str]], teacher_weights: list[float],
                    vocab_size: int, cross_tokenizer: str | None) -> dict[str, Any]:
     """A manifest's `settings`: what a run must share with the cache (MATCHED) and what reading it needs. Every
     key is required, so that a cache written outside `build_cache` (a benchmark's) cannot lack one."""
     return {"tokenizer": tokenizer, "corpus": corpus, "block_size": block_size, "blocks": blocks, "kind": kind,
             "temperature": temperature, "top_k": top_k, "epochs": epochs, "blocks_per_shard": blocks_per_shard,
-            "log_prob_dtype": log_prob_dtype, "seed": seed, "mlm_probability": mlm_probability,
+            "log_prob_dtype": log_prob_dtype, "compression": compression, "seed": seed,
+            "mlm_probability": mlm_probability,
             "teachers": teachers, "teacher_weights": teacher_weights, "vocab_size": vocab_size,
             "cross_tokenizer": cross_tokenizer}
 
@@ -237,18 +239,6 @@ def batch_top_k(target_of: TargetFn, labels: torch.Tensor, blocks: int, top_k: i
         ids.append(top.ids.cpu())
         log_probs.append(top.log_probs.cpu())
     return TopKTarget(torch.cat(ids), torch.cat(log_probs)), counts
-
-
-def write_shard(path: Path, target: TopKTarget, counts: list[int], vocab: int, log_prob_dtype: str) -> None:
-    """Write one shard atomically: ids (uint16 when the vocabulary fits), log-probs and each block's first row."""
-    offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
-    offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
-    tensors = {"ids": target.ids.cpu().to(torch.uint16 if vocab <= 65536 else torch.int32).contiguous(),
-               "log_probs": target.log_probs.cpu().to(LOG_PROB_TYPES[log_prob_dtype]).contiguous(),
-               "offsets": offsets}
-    staging = staging_path(path)
-    save_file(tensors, str(staging))
-    os.replace(staging, path)
 
 
 def _prepare_partial(partial: Path, settings: dict[str, Any]) -> None:
@@ -303,8 +293,7 @@ class TeacherCache:
             raise KinheritError(f"{self.path} is not a {CACHE_FORMAT} teacher cache")
         self.settings = self.manifest["settings"]
         self.held = min(self.settings["top_k"], self.settings["vocab_size"])  # a K above V was built as V
-        self._handles: dict[tuple[int, int], Any] = {}
-        self._offsets: dict[tuple[int, int], torch.Tensor] = {}
+        self._shards: dict[tuple[int, int], ShardReader] = {}
 
     def report(self) -> dict[str, Any] | None:
         """What a teacher with another tokenizer reached when the cache was built (None: the same tokenizer)."""
@@ -346,15 +335,15 @@ class TeacherCache:
             yield lambda chunk: cross_tokenizer_rows(cached.ids[row[chunk]], cached.log_probs[row[chunk]],
                                                      self.settings["cross_tokenizer"])
 
-    def _shard(self, epoch: int, shard: int):
+    def _shard(self, epoch: int, shard: int) -> ShardReader:
         key = (epoch, shard)
-        if key not in self._handles:
+        if key not in self._shards:
             path = self.path / shard_name(epoch, shard)
             verify_file(path, self.entries[path.name], "teacher cache")  # each shard hashed once, when first read
-            handle = safe_open(str(path), "pt")
-            self._handles[key] = handle
-            self._offsets[key] = handle.get_tensor("offsets")
-        return self._handles[key], self._offsets[key]
+            settings = self.settings
+            self._shards[key] = ShardReader(path, settings.get("compression", "none"), self.held,
+                                            settings["vocab_size"], settings["log_prob_dtype"])
+        return self._shards[key]
 
     def target(self, block_index: torch.Tensor, epoch: int, counts: torch.Tensor, device: torch.device,
                columns: int) -> TopKTarget:
@@ -373,15 +362,13 @@ class TeacherCache:
         for block, count in zip(block_index.tolist(), counts.tolist(), strict=True):
             if not 0 <= block < self.settings["blocks"]:
                 raise KinheritError(f"block {block} is not in teacher cache {self.path}")
-            handle, offsets = self._shard(epoch, block // per_shard)
-            local = block % per_shard
-            lo, hi = int(offsets[local]), int(offsets[local + 1])
+            shard = self._shard(epoch, block // per_shard)
+            lo, hi = shard.rows(block % per_shard)
             if hi - lo != count:
                 raise KinheritError(f"teacher cache {self.path} holds {hi - lo} positions for block {block} but the "
                                     f"run is taught on {count}: the masks differ (seed or masking settings)")
             # only the columns the run reads, converted once, straight into the batch's tensors
-            ids[row:row + count] = handle.get_slice("ids")[lo:hi, :columns]
-            log_probs[row:row + count] = handle.get_slice("log_probs")[lo:hi, :columns]
+            ids[row:row + count], log_probs[row:row + count] = shard.read(block % per_shard, columns)
             row += count
         return TopKTarget(ids.to(device), log_probs.to(device))
 
