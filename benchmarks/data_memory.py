@@ -8,7 +8,8 @@ has read) and its peak anonymous memory (RssAnon, sampled every 20 ms: what it a
 tokens packed; the tokenizer's own batch-encode speed on a 20 MB sample of the same text is the pipeline's ceiling.
 A second child then trains a tiny model (llama-1x64) for two steps on the prepared corpus (its blocks cached, as
 every run after the first finds them; its validation pass skipped) and reports its peak: the memory a run needs to
-start. `--parts N` prepares with N processes at once (`kinherit prepare --parts`); `--train_processes N` starts N
+start (`--starts`: a machine's first start, then a later one, which finds the corpus split and the blocks' hash
+remembered). `--parts N` prepares with N processes at once (`kinherit prepare --parts`); `--train_processes N` starts N
 training runs at once on the same blocks.
 
     python benchmarks/data_memory.py --sizes 100 400 1000 --workdir /tmp/kinherit-data --json data.json
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -68,8 +70,10 @@ data = DataArguments(corpus=[path], tokenizer=tokenizer_dir, cache_dir=cache, bl
                      validation_fraction=0.01)
 args = KinheritTrainingArguments(output_dir=output, max_steps=2, per_device_train_batch_size=8, report_to="none",
                                  eval_strategy="no", save_strategy="no", disable_tqdm=True, use_cpu=True)
+started = time.perf_counter()
 pretrain(ModelArguments(model="llama-1x64"), data, InheritanceArguments(), args)
-print(json.dumps({"train_peak_mb": status_mb("VmHWM"), "train_peak_anon_mb": anon[0]}))
+print(json.dumps({"train_peak_mb": status_mb("VmHWM"), "train_peak_anon_mb": anon[0],
+                  "train_seconds": time.perf_counter() - started}))
 """
 
 
@@ -134,8 +138,17 @@ def prepare(corpus: Path, tokenizer_dir: Path, cache: Path, block_size: int, par
             "documents": children[0]["documents"], "processes": parts}
 
 
+def forget(cache: Path) -> None:
+    """Remove what a first start on a machine leaves for later starts: the corpus split memo and the stamps of the
+    caches already hashed, so that the next start is a first one."""
+    shutil.rmtree(cache / "corpora", ignore_errors=True)
+    for stamp in cache.rglob(".*.verified.json"):
+        stamp.unlink()
+
+
 def train(corpus: Path, tokenizer_dir: Path, cache: Path, block_size: int, processes: int) -> list[dict]:
-    """Each of `processes` runs started at once on the prepared corpus, to step 2: its peak memory."""
+    """Each of `processes` runs started at once on the prepared corpus, to step 2: its peak memory and seconds (a
+    tiny model's two steps: nearly all of it is the start)."""
     return _children([[sys.executable, "-c", TRAIN_CHILD, str(corpus), str(tokenizer_dir), str(cache),
                        str(block_size), str(cache / f"run-{time.time_ns()}-{index}")] for index in range(processes)])
 
@@ -153,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="training processes started at once on the prepared corpus (each reports its peak)")
     parser.add_argument("--reuse", action="store_true",
                         help="train on this size's last prepared cache in --workdir, if there is one")
+    parser.add_argument("--starts", action="store_true",
+                        help="train twice: a machine's first start (the split memo and hash stamps removed), then a "
+                             "later one")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     from kinherit.data import CorpusSpec, load_corpus, train_tokenizer
@@ -181,11 +197,15 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({entry['load_seconds']:.1f} s reading and splitting), {entry['tokens']:,} tokens, "
                   f"{entry['tokens_per_second']:,.0f} tokens/s (the tokenizer alone: "
                   f"{entry['encode_tokens_per_second']:,.0f})", flush=True)
-        if not args.no_train:
-            entry["training"] = train(corpus, tokenizer_dir, cache, args.block_size, args.train_processes)
-            for index, run in enumerate(entry["training"]):
-                print(f"{megabytes:>6g} MB text, training process {index + 1} of {args.train_processes}, to step 2: "
-                      f"{run['train_peak_mb']:,.0f} MB ({run['train_peak_anon_mb']:,.0f} MB anonymous)", flush=True)
+        for start in ([] if args.no_train else ["first", "later"] if args.starts else ["as found"]):
+            if start == "first":
+                forget(cache)
+            runs = train(corpus, tokenizer_dir, cache, args.block_size, args.train_processes)
+            entry.setdefault("training", []).extend(dict(run, start=start) for run in runs)
+            for index, run in enumerate(runs):
+                print(f"{megabytes:>6g} MB text, training process {index + 1} of {args.train_processes} ({start} "
+                      f"start), to step 2: {run['train_peak_mb']:,.0f} MB ({run['train_peak_anon_mb']:,.0f} MB "
+                      f"anonymous), {run['train_seconds']:.1f} s", flush=True)
         entry["text_mb"] = megabytes
         results["sizes"][megabytes] = entry
     if args.json:

@@ -51,6 +51,10 @@ def test_the_data_memory_benchmark_prepares_a_corpus(tmp_path, capsys):
     entry = result["sizes"][0.2]
     assert entry["tokens"] > 10_000 and entry["peak_anon_mb"] > 0 and entry["tokens_per_second"] > 0
     assert entry["processes"] == 2 and "0.2 MB text, 2 process(es): preparing" in capsys.readouterr().out
+    again = data.main(["--sizes", "0.2", "--reuse", "--starts", "--vocab_size", "300", "--block_size", "32",
+                       "--workdir", str(tmp_path)])["sizes"][0.2]
+    assert [run["start"] for run in again["training"]] == ["first", "later"]
+    assert all(run["train_seconds"] > 0 and run["train_peak_anon_mb"] > 0 for run in again["training"])
 
 
 def test_the_plan_backtest_forecasts_finished_pairs(tmp_path, capsys):
