@@ -259,3 +259,23 @@ def test_experiment_runs_each_run_under_its_launcher(tmp_path, capsys):
     assert torch.isfinite(torch.tensor(report["compute_saved"]["ki"]["ki_final_val_loss"]))
     run_experiment(path)
     assert capsys.readouterr().out.count("done, skipped") == 3
+
+
+def test_torchrun_prepares_a_corpus_in_parts_into_the_blocks_one_process_makes(tmp_path, tokenizer_dir):
+    """`torchrun ... -m kinherit prepare`: each rank tokenises its part, the last packs: one process's blocks."""
+    from datasets import Dataset
+
+    options = ["--tokenizer", str(tokenizer_dir), "--block_size", "32", "--max_documents", "30",
+               "--validation_fraction", "0.1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, prefix in (("one", [sys.executable]), ("ranks", torchrun(2))):
+        done = subprocess.run([*prefix, "-m", "kinherit", "prepare", *options, "--cache_dir", str(tmp_path / name)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folders = {name: sorted(p for p in (tmp_path / name / "blocks").iterdir() if not p.name.startswith("."))
+               for name in ("one", "ranks")}
+    assert [f.name for f in folders["one"]] == [f.name for f in folders["ranks"]] and len(folders["one"]) == 2
+    for one, ranks in zip(folders["one"], folders["ranks"], strict=True):
+        assert is_sealed(ranks)
+        assert Dataset.from_file(str(one / "blocks.arrow"))["input_ids"] == \
+            Dataset.from_file(str(ranks / "blocks.arrow"))["input_ids"]
