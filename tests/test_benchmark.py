@@ -144,3 +144,32 @@ def test_the_cross_tokenizer_study_runs_its_commands_and_tabulates_them(tmp_path
     teacher_tokenizer = str(tmp_path / "study" / "tokenizer-16k")
     ratio = study.main([*common, "--stage", "tokens", "--teacher_tokenizers", teacher_tokenizer])[teacher_tokenizer]
     assert 0.5 < ratio["teacher_tokens_per_student_token"] < 1.5 and 0.5 < ratio["aligned_share"] <= 1.0
+
+
+def test_the_paper_experiments_start_through_the_paper_start_benchmark(tmp_path, tokenizer_dir, capsys):
+    """configs/paper YAMLs, as committed, adapted to a local corpus and a tiny model: every one parses as an
+    experiment, and one runs its teacher, scratch and KI runs one step each (block length, batch and accumulation
+    shrunk here only to keep the test short)."""
+    import yaml
+
+    from kinherit.data import BUILTIN_CORPORA
+    from kinherit.experiment.spec import load_experiment
+
+    paper_start = load_benchmark("paper_start")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": text}) for _id, text in BUILTIN_CORPORA["wikipedia"]()))
+    configs = sorted((BENCHMARKS.parent / "configs" / "paper").glob("*.yaml"))
+    for config in configs:
+        adapted = paper_start.adapted(yaml.safe_load(config.read_text()), str(corpus), str(tokenizer_dir),
+                                      "roberta-1x64", 1, tmp_path / "parsed", {})
+        (tmp_path / config.name).write_text(yaml.safe_dump(adapted))
+        experiment = load_experiment(tmp_path / config.name)
+        assert experiment.launcher is None and list(experiment.runs) == ["teacher", "scratch", "ki"]
+    report = paper_start.main([str(configs[0]), "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir),
+                               "--steps", "1", "--workdir", str(tmp_path / "run"), "--set", "block_size=32",
+                               "per_device_train_batch_size=2", "gradient_accumulation_steps=1"])
+    assert report["runs"] == ["teacher", "scratch", "ki"] and report["peak_mb"] > 0
+    for run in report["runs"]:
+        log = (tmp_path / "run" / "runs" / "runs" / run / "log.jsonl").read_text().splitlines()
+        assert max(json.loads(line).get("step", 0) for line in log) == 1
+    assert "3 runs (teacher, scratch, ki) of 1 step(s)" in capsys.readouterr().out
