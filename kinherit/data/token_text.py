@@ -39,12 +39,18 @@ def _byte_level_alphabet() -> dict[str, int]:
     return stand_ins
 
 
-def tokenizer_family(tokenizer: PreTrainedTokenizerBase) -> str:
-    """byte-level, wordpiece or sentencepiece: how a token's string spells its bytes (refused otherwise)."""
+def _definition(tokenizer: PreTrainedTokenizerBase) -> dict:
+    """The fast tokenizer's own definition (tokenizer.json), or a refusal naming a slow tokenizer."""
     if not tokenizer.is_fast:
         raise KinheritError(f"tokenizer {tokenizer.name_or_path!r} is not a fast tokenizer, so it gives no character "
                             "offsets; a teacher with another tokenizer needs tokenizer.json")
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    return json.loads(tokenizer.backend_tokenizer.to_str())
+
+
+def tokenizer_family(tokenizer: PreTrainedTokenizerBase, spec: dict | None = None) -> str:
+    """byte-level, wordpiece or sentencepiece: how a token's string spells its bytes (refused otherwise); `spec`:
+    its definition, if already read."""
+    spec = spec or _definition(tokenizer)
     parts = [spec.get("decoder") or {}, spec.get("pre_tokenizer") or {}]
     for part in list(parts):
         parts += part.get("decoders", []) + part.get("pretokenizers", [])
@@ -65,9 +71,10 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes | None]:
 
     WordPiece drops spaces: a word-initial piece is read as a space and the piece, a `##` piece as the piece.
     """
-    family = tokenizer_family(tokenizer)
+    spec = _definition(tokenizer)
+    family = tokenizer_family(tokenizer, spec)
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    prefix = json.loads(tokenizer.backend_tokenizer.to_str())["model"].get("continuing_subword_prefix") or "##"
+    prefix = (spec.get("model") or {}).get("continuing_subword_prefix") or "##"
     alphabet = _byte_level_alphabet()
     table: list[bytes | None] = [None] * len(tokenizer)
     for token, index in tokenizer.get_vocab().items():
