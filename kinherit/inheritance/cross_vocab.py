@@ -36,8 +36,9 @@ def mapped_probs(teacher_logits: torch.Tensor, mapping: torch.Tensor, vocab: int
     (teacher id -> student id, -1: dropped) and renormalised, and the mass per row that landed on student
     tokens."""
     probs = torch.softmax(teacher_logits.float()[:, :mapping.numel()] / temperature, dim=-1)
-    kept = mapping >= 0
-    mapped = probs.new_zeros(probs.shape[0], vocab).index_add_(1, mapping[kept], probs[:, kept])
+    # dropped tokens land in one extra column, cut off after: no copy of the kept columns
+    into = torch.where(mapping >= 0, mapping, vocab)
+    mapped = probs.new_zeros(probs.shape[0], vocab + 1).index_add_(1, into, probs)[:, :vocab]
     mass = mapped.sum(-1)
     return mapped.div_(mass.clamp_min(1e-30)[:, None]), mass
 
