@@ -98,6 +98,29 @@ def test_values_and_gradients_match_float64_reference(divergence, tau, path):
 
 
 @pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("ki_weight, alpha", [(0.25, 0.7), (4.0, 0.3), (0.0, 1.0), (2.0, 1.0)])
+def test_the_ki_weight_matches_float64_reference(path, ki_weight, alpha):
+    """(1 - alpha) CE + alpha w tau^2 KL, computed as a rescaled loss at another alpha, equals the plain formula."""
+    student, teachers, labels = make(17)
+    parts = InheritanceLoss(temperature=1.5, chunk_size=5, ki_weight=ki_weight, **PATHS[path])(
+        student, teachers[0], labels, alpha=alpha)
+    parts.total.backward()
+    ref_student = student.detach().double().requires_grad_()
+    _total, ce, ki = reference(ref_student, teachers, [1.0], labels, alpha, 1.5, "forward_kl")
+    total = (1 - alpha) * ce + alpha * ki_weight * ki
+    total.backward()
+    assert parts.total.item() == pytest.approx(total.item(), rel=1e-5, abs=1e-7)
+    assert parts.self_loss.item() == pytest.approx(ce.item(), rel=1e-5)  # the parts are reported unweighted
+    assert parts.ki_loss.item() == pytest.approx(ki.item(), rel=1e-4)
+    assert torch.allclose(student.grad.double(), ref_student.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_a_negative_ki_weight_is_refused():
+    with pytest.raises(KinheritError, match="--ki_weight must be a finite number >= 0"):
+        InheritanceLoss(ki_weight=-1.0)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 def test_three_weighted_teachers(path):
     student, teachers, labels = make(5, n_teachers=3)
     weights = [0.5, 0.3, 0.2]

@@ -25,9 +25,11 @@ def check_temperature(temperature: float) -> None:
         raise KinheritError(f"temperature must be a positive number, got {temperature}")
 
 
-def validate_options(temperature: float, divergence: str, beta: float) -> None:
-    """Raise a clear error for a temperature, divergence or JSD beta that cannot work."""
+def validate_options(temperature: float, divergence: str, beta: float, ki_weight: float = 1.0) -> None:
+    """Raise a clear error for a temperature, divergence, JSD beta or KI-term weight that cannot work."""
     check_temperature(temperature)
+    if not (ki_weight >= 0.0 and math.isfinite(ki_weight)):
+        raise KinheritError(f"--ki_weight must be a finite number >= 0, got {ki_weight}")
     if divergence not in DIVERGENCES:
         raise KinheritError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     if divergence == "jsd" and not 0.0 < beta < 1.0:

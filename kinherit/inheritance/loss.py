@@ -1,9 +1,11 @@
 """The inheritance loss, one class for the public API and the trainer:
 
-    L = (1 - alpha) * CE(student) + alpha * tau^2 * D(P_T^tau || P_S^tau)
+    L = (1 - alpha) * CE(student) + alpha * w * tau^2 * D(P_T^tau || P_S^tau)
 
-averaged over the positions that carry a label (Qin et al., 2022, Eq. 1; D is the forward KL in the
-paper). P^tau = softmax(logits / tau); P_T comes from a teacher source (one teacher, a mixture, routed
+averaged over the positions that carry a label (Qin et al., 2022, Eq. 1, where w = 1; D is the forward KL in the
+paper). `ki_weight` w != 1 is a control for the tau^2 factor: the same loss as c * ((1 - a) CE + a tau^2 D) with
+c = 1 - alpha + alpha w and a = alpha w / c, which is how it is computed, by every backend.
+P^tau = softmax(logits / tau); P_T comes from a teacher source (one teacher, a mixture, routed
 teachers, a cache). Every softmax and divergence is computed in float32, one chunk of positions at a
 time, with the student's LM head applied inside the chunk loop, so no float32 tensor of shape
 [positions, vocabulary] ever exists whole.
@@ -43,7 +45,7 @@ from kinherit.models.lm import SELF_TENSORS, TEACHER_TENSORS, check_chunk_size, 
 class LossSums:
     """Sums over the taught positions of one batch; the trainer divides them by the global count."""
 
-    total: torch.Tensor  # (1 - alpha) * CE + alpha * tau^2 * D, differentiable (CE alone without a teacher)
+    total: torch.Tensor  # (1 - alpha) * CE + alpha * w * tau^2 * D, differentiable (CE alone without a teacher)
     self_loss: float  # CE
     ki_loss: float  # tau^2 * D (0 without a teacher)
     agreements: float  # positions where the student's and the teacher's most likely tokens agree
@@ -77,8 +79,10 @@ class InheritanceLoss:
 
     def __init__(self, temperature: float = 2.0, divergence: str = "forward_kl", beta: float = 0.5,
                  chunk_size: int | None = None, vocab_size: int | None = None, kernels: str = "auto",
-                 label_smoothing: float = 0.0, top_k: int | None = None, top_k_mode: TopKMode = "tail") -> None:
-        validate_options(temperature, divergence, beta)
+                 label_smoothing: float = 0.0, top_k: int | None = None, top_k_mode: TopKMode = "tail",
+                 ki_weight: float = 1.0) -> None:
+        validate_options(temperature, divergence, beta, ki_weight)
+        self.ki_weight = ki_weight
         check_loss_kernels(kernels)
         check_top_k(top_k, top_k_mode)
         self.top_k = top_k
@@ -111,6 +115,10 @@ class InheritanceLoss:
         """
         if not 0.0 <= alpha <= 1.0:
             raise KinheritError(f"alpha must be in [0, 1], got {alpha}")
+        scale = 1.0
+        if targets is not None and self.ki_weight != 1.0:  # (1 - alpha) CE + alpha w KI = scale * (the same at a)
+            scale = 1.0 - alpha + alpha * self.ki_weight
+            alpha = alpha * self.ki_weight / scale if scale > 0 else alpha
         positions = taught_positions(labels)
         names, params = zip(*head.named_parameters(), strict=True) if head is not None else ((), ())
         vocab = self.vocab_size  # None: every logit row
@@ -139,7 +147,8 @@ class InheritanceLoss:
         size = chunk_positions(self.chunk_size, width, SELF_TENSORS if targets is None else TEACHER_TENSORS)
         total, stats = chunked_loss(compute, positions, size, [hidden], list(params), n_stats=3)
         ce, ki, agree = stats.tolist()
-        return LossSums(total=total, self_loss=ce, ki_loss=ki, agreements=agree, positions=positions.numel())
+        return LossSums(total=total * scale if scale != 1.0 else total, self_loss=ce, ki_loss=ki, agreements=agree,
+                        positions=positions.numel())
 
     def targets(self, source: TeacherSource, inputs: dict[str, torch.Tensor],
                 labels: torch.Tensor) -> AbstractContextManager[TargetFn]:

@@ -173,6 +173,9 @@ class InheritanceArguments(TeacherArguments):
 
     divergence: str = field(default="forward_kl", metadata={"help": "forward_kl, reverse_kl, jsd or tvd."})
     jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight beta of the jsd divergence."})
+    ki_weight: float = field(default=1.0, metadata={
+        "help": "Weight w of the KI term: (1 - alpha) CE + alpha w tau^2 D. 1 is the paper's; w = (tau0 / tau)^2 "
+                "gives tau the KI term's weight of tau0 (a control for the tau^2 factor)."})
     inherit_schedule: str = field(default="linear", metadata={"help": f"One of {', '.join(SCHEDULES)}."})
     inherit_steps: int | None = field(default=None, metadata={
         "help": "Step at which the inheritance rate reaches 0 (linear, step, cosine; optional elsewhere)."})
@@ -201,7 +204,7 @@ class InheritanceArguments(TeacherArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        validate_options(self.temperature, self.divergence, self.jsd_beta)
+        validate_options(self.temperature, self.divergence, self.jsd_beta, self.ki_weight)
         check_loss_kernels(self.loss_kernels)
         check_top_k(self.top_k, self.top_k_mode)
         if self.nonfinite not in NONFINITE:
@@ -226,7 +229,7 @@ class InheritanceArguments(TeacherArguments):
         return InheritanceLoss(temperature=self.temperature, divergence=self.divergence, beta=self.jsd_beta,
                                top_k=self.top_k, top_k_mode=self.top_k_mode,
                                chunk_size=self.chunk_size, vocab_size=vocab_size, kernels=self.loss_kernels,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, ki_weight=self.ki_weight)
 
 
 @dataclass
