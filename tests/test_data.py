@@ -165,7 +165,7 @@ def test_blocks_are_full_and_cached(tmp_path, wiki_corpus, tokenizer, monkeypatc
     second = build_blocks(wiki_corpus.train, tokenizer, 64, wiki_corpus.domains, wiki_corpus.fingerprint, "train",
                           tmp_path)
     assert second["input_ids"] == first["input_ids"]
-    assert not [p for p in (tmp_path / "blocks").iterdir() if p.name.startswith(".")]  # no staging left
+    assert not [p for p in (tmp_path / "blocks").iterdir() if ".tmp-" in p.name]  # no staging left
 
 
 def test_the_split_streams_as_the_sorted_split_of_its_definition():
