@@ -31,7 +31,7 @@ from kinherit.core.arrow import write_arrow
 from kinherit.core.errors import KinheritError
 from kinherit.core.locks import exclusive
 from kinherit.core.sealed import staged_folder, verify
-from kinherit.data.corpora import Corpus, default_cache_dir
+from kinherit.data.corpora import Corpus, cache_root
 from kinherit.data.tokenizer import tokenizer_fingerprint
 
 CACHE_FORMAT = "blocks-v3"  # v3: one memory-mapped Arrow file, token ids in 2 or 4 bytes
@@ -122,8 +122,7 @@ def block_folder(corpus_fingerprint: str, tokenizer: PreTrainedTokenizerBase, bl
     key = hashlib.sha256(
         f"{CACHE_FORMAT}\0{corpus_fingerprint}\0{tokenizer_fingerprint(tokenizer)}\0{block_size}\0{split}\0"
         f"{','.join(domains)}".encode()).hexdigest()[:24]
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return Path(os.path.abspath(root / "blocks" / f"{split}-{block_size}-{key}"))
+    return Path(os.path.abspath(cache_root(cache_dir) / "blocks" / f"{split}-{block_size}-{key}"))
 
 
 def _write_blocks(target: Path, blocks: Iterator[tuple[np.ndarray, int]], block_size: int, vocab_size: int,

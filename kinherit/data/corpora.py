@@ -47,6 +47,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KINHERIT_CACHE", Path.home() / ".cache" / "kinherit"))
 
 
+def cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """The cache folder a `--cache_dir` names, the default one when it names none."""
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+
 @dataclass(frozen=True)
 class CorpusSpec:
     """Where a corpus comes from and how to split it.
@@ -303,7 +308,7 @@ class Corpus:
                  fingerprint: str | None = None) -> None:
         self.parts = parts
         self.domains = list(dict.fromkeys(part.domain for part in parts))
-        self.cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_root = cache_root(cache_dir)
         self.fingerprint = fingerprint or self._fingerprint()
         self._splits: dict[int, Dataset] = {}
 
@@ -374,9 +379,9 @@ def load_corpus(specs: list[CorpusSpec], cache_dir: str | os.PathLike | None = N
     (`kinherit.data.split_memo`), so a start whose sources are unchanged reads no document."""
     if not specs:
         raise KinheritError("no corpus given; name at least one (for example --corpus wikipedia)")
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     signatures = [source_signature(spec) for spec in specs]
-    memo = None if None in signatures else memo_folder(root, [dataclasses.asdict(spec) for spec in specs], signatures)
+    settings = [dataclasses.asdict(spec) for spec in specs]
+    memo = None if None in signatures else memo_folder(cache_root(cache_dir), settings, signatures)
     remembered = recall_split(memo) if memo else None
     codes = remembered[0] if remembered else [
         split_codes(_stream(spec), spec.validation_fraction, spec.source, spec.train_fraction, spec.train_offset)

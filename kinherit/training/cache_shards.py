@@ -25,17 +25,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kinherit.core.atomic import staging_path
+from kinherit.data.blocks import token_type
 from kinherit.inheritance.topk import TopKTarget
 
 COMPRESSIONS = ("zstd", "none")
 ZSTD_LEVEL = 3
-LOG_PROB_TYPES = {"float16": torch.float16, "float32": torch.float32}
+LOG_PROB_DTYPES = ("float16", "float32")
 FIELDS = ("ids", "log_probs")
 
 
-def id_type(vocab: int) -> torch.dtype:
-    """The stored type of token ids below `vocab`: 2 bytes up to 65,536 tokens, else 4."""
-    return torch.uint16 if vocab <= 65536 else torch.int32
+def stored_types(vocab: int, log_prob_dtype: str) -> dict[str, np.dtype]:
+    """The types a shard stores: ids in the fewest bytes the vocabulary needs (as the blocks hold them), log-probs
+    in `log_prob_dtype`."""
+    return {"ids": np.dtype(token_type(vocab)[1]), "log_probs": np.dtype(log_prob_dtype)}
 
 
 def _shuffled(values: np.ndarray) -> bytes:
@@ -55,15 +57,15 @@ def write_shard(path: Path, target: TopKTarget, counts: list[int], vocab: int, l
     """Write one shard atomically: each block's rows (`counts` of them, in order) of ids and log-probs."""
     offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
     offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
-    fields = {"ids": target.ids.cpu().to(id_type(vocab)).contiguous(),
-              "log_probs": target.log_probs.cpu().to(LOG_PROB_TYPES[log_prob_dtype]).contiguous()}
+    types = stored_types(vocab, log_prob_dtype)
+    fields = {"ids": target.ids.cpu().numpy().astype(types["ids"]),
+              "log_probs": target.log_probs.cpu().float().numpy().astype(types["log_probs"])}
     tensors = {"offsets": offsets}
     if compression == "none":
-        tensors.update(fields)
+        tensors.update({name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in fields.items()})
     else:
         codec = pa.Codec("zstd", compression_level=ZSTD_LEVEL)
-        for name, values in fields.items():
-            array = values.view(torch.int16 if values.dtype == torch.uint16 else values.dtype).numpy()
+        for name, array in fields.items():
             frames = [codec.compress(_shuffled(array[lo:hi]), asbytes=True)
                       for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
             sizes = torch.zeros(len(frames) + 1, dtype=torch.int64)
@@ -86,8 +88,7 @@ class ShardReader:
         self.compression, self.top_k = compression, top_k
         if compression != "none":
             self.codec = pa.Codec("zstd")
-            self.types = {"ids": np.dtype(np.uint16 if id_type(vocab) == torch.uint16 else np.int32),
-                          "log_probs": np.dtype(np.float16 if log_prob_dtype == "float16" else np.float32)}
+            self.types = stored_types(vocab, log_prob_dtype)
             self.frames = {name: self.handle.get_tensor(f"{name}_bytes") for name in FIELDS}
 
     def rows(self, block: int) -> tuple[int, int]:
@@ -107,5 +108,5 @@ class ShardReader:
             raw = self.codec.decompress(packed, decompressed_size=(hi - lo) * self.top_k * dtype.itemsize,
                                         asbytes=True)
             values = _unshuffled(raw, dtype, self.top_k)[:, :columns]
-            read.append(torch.from_numpy(values.astype(np.int32) if dtype == np.uint16 else values))
+            read.append(torch.from_numpy(values))
         return read[0], read[1]

@@ -27,7 +27,7 @@ from kinherit.inheritance.loss import InheritanceLoss
 from kinherit.inheritance.schedules import SCHEDULES, make_schedule
 from kinherit.inheritance.topk import check_top_k
 from kinherit.models.lm import check_chunk_size
-from kinherit.training.cache_shards import COMPRESSIONS, LOG_PROB_TYPES
+from kinherit.training.cache_shards import COMPRESSIONS, LOG_PROB_DTYPES
 
 NONFINITE = ("stop", "skip")
 PLACEMENTS = ("replicate", "shard")
@@ -295,8 +295,8 @@ class CacheArguments:
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.epochs < 1 or self.batch_size < 1 or self.blocks_per_shard < 1:
             raise KinheritError("--top_k, --epochs, --batch_size and --blocks_per_shard must be positive")
-        if self.log_prob_dtype not in LOG_PROB_TYPES:
-            raise KinheritError(f"--log_prob_dtype must be one of {', '.join(LOG_PROB_TYPES)}")
+        if self.log_prob_dtype not in LOG_PROB_DTYPES:
+            raise KinheritError(f"--log_prob_dtype must be one of {', '.join(LOG_PROB_DTYPES)}")
         if self.compression not in COMPRESSIONS:
             raise KinheritError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
 
