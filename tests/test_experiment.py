@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 
 import pytest
 import yaml
 
 from kinherit.core.errors import KinheritError
-from kinherit.experiment.compute_saved import EvalPoint, compute_saved, crossing, summarise
+from kinherit.experiment.compute_saved import EvalPoint, compute_saved, crossing, downstream_saved, summarise
 from kinherit.experiment.runner import run_experiment, run_lock
 from kinherit.experiment.spec import load_experiment, parse_experiment, run_arguments
 
@@ -65,6 +66,13 @@ def test_valid_experiment_orders_teachers_first():
     ({**BASE, "finetune_options": {"task": "x"}}, r"finetune_options \['task'\] are set by the experiment"),
     (with_runs([{"name": "a", "model": "m", "finetune": "no-such-task"}]), "neither a built-in task"),
     (with_runs([{"name": "a", "model": "m", "finetune": [3]}]), "finetune must be a name or a list of names"),
+    (with_runs([{"name": "a", "model": "m", "finetune": ["rotten-tomatoes"], "finetune_steps": [0]}]),
+     "finetune_steps must be a list of distinct positive steps, got \\[0\\]"),
+    (with_runs([{"name": "a", "model": "m", "finetune": ["rotten-tomatoes"], "finetune_steps": [5, 5]}]),
+     "finetune_steps must be a list of distinct positive steps"),
+    (with_runs([{"name": "a", "model": "m", "finetune_steps": [5]}]), "has finetune_steps but no finetune tasks"),
+    (with_runs([{"name": "a", "model": "m", "max_steps": 10, "finetune": ["rotten-tomatoes"],
+                 "finetune_steps": [5, 20]}]), r"finetune_steps \[20\] lie beyond its max_steps 10"),
     ({**BASE, "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 1.5}}},
      r"validation_fraction must be in \[0, 1\), got 1.5"),
 ])
@@ -147,6 +155,19 @@ def test_compute_saved_interpolates_the_crossing():
     assert result["flops_fraction"] == pytest.approx(0.375) and result["time_fraction"] == pytest.approx(0.375)
     assert result["ki_beats_teacher"] is True and result["ki_beats_baseline"] is True
     assert result["ki_val_loss_at_equal_steps"][1] == {"step": 50, "ki": 6.0, "baseline": 7.5}
+
+
+def test_downstream_saved_interpolates_the_accuracy_crossing():
+    def results(points):
+        return {str(step): {"accuracy": {"mean": mean, "std": 0.01}} for step, mean in points}
+
+    baseline = results([(100, 0.1), (300, 0.25)])
+    saved = downstream_saved(results([(100, 0.2), (200, 0.3), (300, 0.35)]), baseline)
+    # scratch's final 0.25 is reached halfway between step 100 (0.2) and 200 (0.3): step 150 of 300
+    assert saved["reached_at_step"] == pytest.approx(150) and saved["steps_fraction"] == pytest.approx(0.5)
+    assert saved["baseline_final_accuracy"] == 0.25 and saved["ki"]["200"] == {"mean": 0.3, "std": 0.01}
+    never = downstream_saved(results([(100, 0.2), (300, 0.24)]), baseline)
+    assert never["reached_at_step"] is None and never["steps_fraction"] is None
 
 
 def test_compute_saved_never_reached_is_none_not_a_number():
@@ -248,6 +269,53 @@ def test_miniature_experiment_end_to_end_and_skip(tmp_path, capsys):
         path.write_text(yaml.safe_dump(changed))
         with pytest.raises(KinheritError, match=message):
             run_experiment(path)
+
+
+def test_finetune_steps_keep_checkpoints_and_report_downstream_compute_saved(tmp_path, capsys):
+    """`finetune_steps:` keeps the checkpoints at those steps (training unchanged, bit for bit), fine-tunes each, and
+    the report says at which step the KI run's accuracy reaches its baseline's final accuracy."""
+    student = {"model": "llama-1x64", "max_steps": 8, "finetune": [str(tmp_path / "task.jsonl")],
+               "finetune_steps": [4, 8]}
+    config = {
+        "name": "along", "output_dir": str(tmp_path / "out"), "tokenizer": {"corpus": "wiki", "vocab_size": 300},
+        "corpora": {"wiki": {"source": "wikipedia", "validation_fraction": 0.1, "max_documents": 10}},
+        "defaults": {"block_size": 32, "per_device_train_batch_size": 4, "eval_steps": 4, "logging_steps": 2,
+                     "save_steps": 100, "training_args": {"report_to": "none", "disable_tqdm": True}},
+        "runs": [{"name": "teacher", "model": "llama-1x64", "max_steps": 6},
+                 {"name": "scratch", **student},
+                 {"name": "ki", **student, "teachers": ["teacher"], "baseline": "scratch",
+                  "inherit": {"inherit_steps": 8}},
+                 {"name": "plain", "model": "llama-1x64", "max_steps": 8}],  # scratch without kept checkpoints
+        "finetune_options": {"seeds": [0, 1], "learning_rates": [1e-3], "epochs": 1, "max_length": 16}}
+    rows = [{"text": f"{word} {i}", "label": word} for i in range(30) for word in ("alpha", "beta")]
+    (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "along.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runs = tmp_path / "out" / "runs"
+    report = run_experiment(path)
+    assert re.search(r"scratch at step 4 on \S*task.jsonl: accuracy", capsys.readouterr().out)
+    assert [p.name for p in runs.glob("plain/checkpoint-*")] == ["checkpoint-8"]  # save_total_limit 1
+    for name in ("scratch", "ki"):  # the kept step survives it too; the final step is fine-tuned as the final model
+        assert sorted(p.name for p in runs.glob(f"{name}/checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+        along = json.loads((runs / name / "finetune_steps.json").read_text())["task.jsonl"]
+        assert sorted(along) == ["4", "8"] and along["8"] == json.loads((runs / name / "finetune.json").read_text())[
+            "task.jsonl"]
+    logged = [json.loads(line) for line in (runs / "scratch" / "log.jsonl").read_text().splitlines()]
+    plain = [json.loads(line) for line in (runs / "plain" / "log.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r.get("loss"), r.get("eval_loss")) for r in logged if "loss" in r or "eval_loss" in r]
+    assert losses == [(r["step"], r.get("loss"), r.get("eval_loss")) for r in plain if "loss" in r or "eval_loss" in r]
+    d = report["downstream_saved"]["ki"]["task.jsonl"]
+    assert d["baseline"] == "scratch" and sorted(d["ki"]) == sorted(d["baseline_curve"]) == ["4", "8"]
+    assert d["baseline_final_accuracy"] == pytest.approx(
+        json.loads((runs / "scratch" / "finetune.json").read_text())["task.jsonl"]["accuracy"]["mean"])
+    out = tmp_path / "out" / "reports" / "along"
+    assert "## Downstream compute saved" in (out / "report.md").read_text()
+    assert (out / "finetune_steps.png").stat().st_size > 5_000
+    # a run trained elsewhere without keeping its checkpoints is named, with the way out
+    config["runs"][3] = {"name": "plain", **student}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(KinheritError, match="run 'plain' has no checkpoint at step 4 to fine-tune"):
+        run_experiment(path)
 
 
 def test_shipped_configs_are_valid():

@@ -110,6 +110,14 @@ def test_rotation_keeps_the_newest_sealed_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-200", "checkpoint-300", "checkpoint-400"]
 
 
+def test_rotation_spares_the_kept_steps(tmp_path):
+    for step in (100, 200, 300, 400):
+        make_checkpoint(tmp_path, step)
+    make_checkpoint(tmp_path, 150, sealed=False)  # a kept step cut short while saving is still a leftover
+    rotate_checkpoints(tmp_path, keep=1, step=400, kept_steps=[100, 150, 300])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-100", "checkpoint-300", "checkpoint-400"]
+
+
 def test_unfinished_final_model_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (tmp_path / "log.jsonl").write_text("")

@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -203,17 +203,19 @@ def sealed_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return [path for _step, path in _checkpoints(run_dir) if is_sealed(path)] if run_dir.is_dir() else []
 
 
-def rotate_checkpoints(run_dir: str | os.PathLike, keep: int | None, step: int, protect: str | None = None) -> None:
+def rotate_checkpoints(run_dir: str | os.PathLike, keep: int | None, step: int, protect: str | None = None,
+                       kept_steps: Collection[int] = ()) -> None:
     """Keep the newest `keep` sealed checkpoints up to `step`; delete older ones and unsealed leftovers below it.
 
     Checkpoints above `step` (left by a run that went further before it was stopped) are not touched:
-    this run overwrites each of them when it gets there.
+    this run overwrites each of them when it gets there. Sealed checkpoints of `kept_steps` are kept besides
+    (and not counted in) the newest `keep`.
     """
     if keep is None or keep <= 0:
         return
     run_dir = Path(run_dir)
     upto = [(s, p) for s, p in _checkpoints(run_dir) if s <= step]
-    sealed = [p for _s, p in upto if is_sealed(p)]
+    sealed = [p for s, p in upto if is_sealed(p) and s not in kept_steps]
     doomed = [p for _s, p in upto if not is_sealed(p)] + sealed[:-keep]
     for path in doomed:
         if protect is None or Path(protect).resolve() != path.resolve():

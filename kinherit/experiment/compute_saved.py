@@ -82,6 +82,32 @@ def compute_saved(ki: list[EvalPoint], baseline: list[EvalPoint], teacher_loss: 
     }
 
 
+def downstream_saved(ki: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The pre-training step at which the KI run's fine-tuned test accuracy (mean over fine-tuning seeds) first
+    reaches the baseline's at its last step, interpolated as `crossing` does, and its fraction of that step.
+
+    `ki` and `baseline` map a pre-training step (as a string, from JSON) to a `kinherit finetune` result.
+    """
+    if not ki or not baseline:
+        raise ValueError("both runs need at least one fine-tuned step")
+
+    def curve(results: dict[str, dict[str, Any]]) -> list[EvalPoint]:  # accuracy negated: higher is better
+        return [EvalPoint(step=float(step), loss=-results[step]["accuracy"]["mean"], flops=0.0, seconds=0.0)
+                for step in sorted(results, key=float)]
+
+    ki_curve, baseline_curve = curve(ki), curve(baseline)
+    final = baseline_curve[-1]
+    hit = crossing(ki_curve, final.loss)
+
+    def accuracy(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+        return {step: {key: results[step]["accuracy"][key] for key in ("mean", "std")}
+                for step in sorted(results, key=float)}
+
+    return {"ki": accuracy(ki), "baseline": accuracy(baseline), "baseline_final_step": final.step,
+            "baseline_final_accuracy": -final.loss, "reached_at_step": hit.step if hit else None,
+            "steps_fraction": hit.step / final.step if hit else None}
+
+
 def summarise(values: list[float | None]) -> dict[str, Any]:
     """Mean, sample standard deviation, min and max over seeds; counts how many reached the target."""
     reached = [v for v in values if v is not None]

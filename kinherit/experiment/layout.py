@@ -24,6 +24,9 @@ EVALUATION = "evaluation.json"  # a run's losses on the corpora its `evaluate:` 
 FINETUNING = "finetune.json"  # a run's downstream results on the tasks its `finetune:` lists
 
 
+FINETUNING_ALONG = "finetune_steps.json"  # ... and of its checkpoints at the steps its `finetune_steps:` lists
+
+
 MANIFESTS = "experiments"  # OUTPUT/experiments/NAME.json: each experiment that uses the folder
 
 

@@ -11,8 +11,15 @@ from kinherit.core.atomic import save_figure_atomic, write_json_atomic, write_te
 from kinherit.core.errors import KinheritError
 from kinherit.core.names import check_name
 from kinherit.core.run_log import LOG_FILE, read_records
-from kinherit.experiment.compute_saved import EvalPoint, compute_saved, loss_at, summarise
-from kinherit.experiment.layout import MANIFESTS, START, check_current_layout, manifest_path, report_folder
+from kinherit.experiment.compute_saved import EvalPoint, compute_saved, downstream_saved, loss_at, summarise
+from kinherit.experiment.layout import (
+    FINETUNING_ALONG,
+    MANIFESTS,
+    START,
+    check_current_layout,
+    manifest_path,
+    report_folder,
+)
 from kinherit.models.lm import perplexity
 
 FRACTIONS = ("steps_fraction", "flops_fraction", "time_fraction")
@@ -275,6 +282,46 @@ def plot_finetuning(folder: Path, finetuning: dict[str, dict[str, Any]]) -> list
     return [name]
 
 
+def plot_downstream(folder: Path, downstream: dict[str, dict[str, Any]]) -> list[str]:
+    """Fine-tuned test accuracy against the pre-training step of each KI run and its baseline, one panel per task,
+    with the baseline's final accuracy as a dashed line; saved as PNG."""
+    tasks = sorted({task for results in downstream.values() for task in results})
+    if not tasks:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        drawn: set[str] = set()
+        for name, results in downstream.items():
+            if task not in results:
+                continue
+            d = results[task]
+            for run, points in ((name, d["ki"]), (d["baseline"], d["baseline_curve"])):
+                if run in drawn:
+                    continue
+                drawn.add(run)
+                steps = [float(step) for step in points]
+                ax.errorbar(steps, [p["mean"] for p in points.values()], yerr=[p["std"] for p in points.values()],
+                            marker="o", capsize=3, label=run)
+            ax.axhline(d["baseline_final_accuracy"], color="grey", linestyle="--", linewidth=1)
+            if d["reached_at_step"] is not None:
+                ax.axvline(d["reached_at_step"], color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{task}: fine-tuned along pre-training")
+        ax.set_xlabel("pre-training step of the checkpoint")
+        ax.set_ylabel("test accuracy (mean +- std over fine-tuning seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    name = "finetune_steps.png"
+    save_figure_atomic(figure, folder / name, dpi=110)
+    plt.close(figure)
+    return [name]
+
+
 def experiment_names(folder: str | Path) -> list[str]:
     """The experiments that use an output folder (each has a manifest there)."""
     check_current_layout(Path(folder))
@@ -337,19 +384,46 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
         if path.exists():
             for task, result in json.loads(path.read_text()).items():
                 finetuning.setdefault(task, {})[name] = result
+    downstream, downstream_groups = _downstream(folder, runs)
     students = _students(curves, teacher_losses, runs)
     plots = (plot_curves(target, students, teacher_losses, compute, runs)
              + plot_summary(target, curves, students, compute, {n for n, s in summaries.items() if s})
              + plot_evaluation(target, evaluation, set(students))
-             + plot_finetuning(target, finetuning))
+             + plot_finetuning(target, finetuning) + plot_downstream(target, downstream))
     report = {"experiment": manifest["name"], "headline": _headline(compute, groups), "compute_saved": compute,
               "seed_summary": groups, "teacher_val_loss": teacher_losses, "tokens_per_second": throughput,
               "final_val_loss": {n: c[-1].loss for n, c in curves.items() if c},
               "runs_finished": sorted(n for n, s in summaries.items() if s), "evaluation": evaluation,
-              "finetune": finetuning, "plots": plots}
+              "finetune": finetuning, "downstream_saved": downstream, "downstream_seed_summary": downstream_groups,
+              "plots": plots}
     write_json_atomic(target / "report.json", report)
     write_text_atomic(target / "report.md", render_markdown(report, summaries))
     return report
+
+
+def _downstream(folder: Path, runs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Downstream compute saved of each KI run against its baseline, per task both fine-tuned along pre-training
+    (`finetune_steps:`), and its steps fraction summarised over the seeds of each group."""
+    along = {}
+    for name in runs:
+        path = folder / "runs" / name / FINETUNING_ALONG
+        if path.exists():
+            along[name] = json.loads(path.read_text(encoding="utf-8"))
+    downstream: dict[str, Any] = {}
+    for name, run in runs.items():
+        baseline = run.get("baseline")
+        for task, results in along.get(name, {}).items():
+            if baseline and task in along.get(baseline, {}):
+                saved = downstream_saved(results, along[baseline][task])
+                downstream.setdefault(name, {})[task] = {**saved, "baseline": baseline,
+                                                         "baseline_curve": saved.pop("baseline")}
+    groups: dict[str, Any] = {}
+    for name, results in downstream.items():
+        for task, d in results.items():
+            groups.setdefault(runs[name]["group"], {}).setdefault(task, []).append((name, d["steps_fraction"]))
+    summaries = {group: {task: {**summarise([f for _n, f in pairs]), "members": [n for n, _f in pairs]}
+                         for task, pairs in tasks.items() if len(pairs) > 1} for group, tasks in groups.items()}
+    return downstream, {group: tasks for group, tasks in summaries.items() if tasks}
 
 
 def render_markdown(report: dict[str, Any], summaries: dict[str, Any]) -> str:
@@ -411,6 +485,27 @@ def render_markdown(report: dict[str, Any], summaries: dict[str, Any]) -> str:
             lines += ["", f"### Validation loss at equal steps: `{name}` vs `{c['baseline']}`", "",
                       "| step | KI | baseline |", "|---|---|---|"]
             lines += [f"| {r['step']:.0f} | {r['ki']:.4f} | {r['baseline']:.4f} |" for r in rows]
+    if report.get("downstream_saved"):
+        lines += ["", "## Downstream compute saved (`finetune_steps:`)", "",
+                  "Each checkpoint fine-tuned as `finetune:` does (test accuracy, mean +- std over fine-tuning seeds); "
+                  "the step at which the KI run's accuracy first reaches its baseline's final accuracy, interpolated "
+                  "between checkpoints."]
+        for name, results in report["downstream_saved"].items():
+            for task, d in results.items():
+                reached = ("never" if d["reached_at_step"] is None else
+                           f"step {d['reached_at_step']:.0f} ({_percent(d['steps_fraction'])} of its steps)")
+                target = d["baseline_final_accuracy"]
+                lines += ["", f"### `{name}` vs `{d['baseline']}` on {task}: reaches {target:.4f} at {reached}", "",
+                          "| step | KI | baseline |", "|---|---|---|"]
+                for step in sorted({*d["ki"], *d["baseline_curve"]}, key=float):
+                    cells = [f"{r[step]['mean']:.4f} +- {r[step]['std']:.4f}" if step in r else ""
+                             for r in (d["ki"], d["baseline_curve"])]
+                    lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        for group, tasks in report["downstream_seed_summary"].items():
+            for task, s in tasks.items():
+                mean = "never" if s["mean"] is None else f"{s['mean']:.3f} +- {s['std']:.3f}"
+                lines += ["", f"`{group}` on {task} over seeds ({', '.join(s['members'])}): steps fraction {mean}, "
+                          f"reached in {s['reached']}/{s['runs']}"]
     for plot in report["plots"]:
         lines += ["", f"![{plot}]({plot})"]
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from kinherit.experiment.layout import (
     CACHES,
     EVALUATION,
     FINETUNING,
+    FINETUNING_ALONG,
     GROWN,
     LAUNCH_FILE,
     MANIFESTS,
@@ -76,7 +77,7 @@ def prepare_output(experiment: Experiment) -> None:
     runs = {name: {"group": spec.group, "seed": spec.seed, "teachers": spec.teacher_runs(), "grow": spec.grow,
                    "baseline": spec.baseline, "model": spec.settings["model"],
                    "fingerprint": run_fingerprint(spec, experiment.launcher), "settings": spec.settings,
-                   "evaluate": spec.evaluate, "finetune": spec.finetune}
+                   "evaluate": spec.evaluate, "finetune": spec.finetune, "finetune_steps": spec.finetune_steps}
             for name, spec in experiment.runs.items()}
     write_json_atomic(manifest_path(folder, experiment.name),
                       {"name": experiment.name, "description": experiment.description,
@@ -171,6 +172,32 @@ def finetune_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
               f"{result['accuracy']['std']:.4f} over {len(result['test'])} seeds", flush=True)
 
 
+def finetune_along(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
+    """Fine-tune the run's checkpoints at the steps its `finetune_steps:` lists on its `finetune:` tasks (the last
+    step is the final model), kept in `finetune_steps.json` as {task: {step: result}}."""
+    from kinherit.commands.finetune import finetune
+    from kinherit.commands.pretrain import RUN_MARKER
+
+    final_step = json.loads((run_dir / RUN_MARKER).read_text(encoding="utf-8"))["steps"]
+    path = run_dir / FINETUNING_ALONG
+    done = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    for step in spec.finetune_steps:
+        checkpoint = run_dir if step == final_step else run_dir / f"checkpoint-{step}"
+        if not checkpoint.is_dir():
+            raise KinheritError(f"run {spec.name!r} has no checkpoint at step {step} to fine-tune ({checkpoint}): it "
+                                "was trained without keeping it (finetune_steps keeps the checkpoints of a run "
+                                f"trained with it); delete {run_dir} to train it again, or drop that step")
+        for task in spec.finetune:
+            arguments = finetune_arguments(experiment.finetune_options, str(checkpoint), task,
+                                           str(experiment.output_dir / "finetune"))
+            result = finetune(arguments)
+            done.setdefault(result["task"], {})[str(step)] = {
+                key: result[key] for key in ("accuracy", "macro_f1", "majority_test_accuracy", "selected")}
+            write_json_atomic(path, done)
+            print(f"    {spec.name} at step {step} on {task}: accuracy {result['accuracy']['mean']:.4f} +- "
+                  f"{result['accuracy']['std']:.4f}", flush=True)
+
+
 def run_lock(output_dir: Path, name: str) -> contextlib.AbstractContextManager[None]:
     """Hold run `name` of a shared output folder while training it (an exclusive lock on
     `OUTPUT/runs/.locks/NAME`): a second experiment that shares the run waits for it, then finds it done
@@ -250,6 +277,7 @@ def run_experiment(path: str | Path, output_dir: str | None = None, only: list[s
     for name in tuned:
         with run_lock(experiment.output_dir, name):
             finetune_run(experiment, experiment.runs[name], experiment.output_dir / "runs" / name)
+            finetune_along(experiment, experiment.runs[name], experiment.output_dir / "runs" / name)
     report = write_report(experiment.output_dir, experiment.name)
     print(report["headline"], flush=True)
     print(f"report: {report_folder(experiment.output_dir, experiment.name) / 'report.md'}", flush=True)

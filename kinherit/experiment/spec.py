@@ -48,7 +48,7 @@ CORPUS_KEYS = {"source", "domain", "hf_config", "hf_split", *CORPUS_OPTIONS}
 
 # A run's own keys: what the runner resolves (teachers are run names, corpus names the experiment's corpora).
 RUN_KEYS = {"name", "teachers", "routing", "baseline", "grow", "start", "seeds", "seed", "group", "corpus",
-            "description", "evaluate", "finetune", "cache"}
+            "description", "evaluate", "finetune", "finetune_steps", "cache"}
 
 
 # `cache:` options of a run: `kinherit cache-teacher`'s, less those the runner sets (where, and the masking seed)
@@ -131,6 +131,7 @@ class RunSpec:
     start: str | None = None  # continue training from this run's final model (post-training, domain adaptation)
     evaluate: list[str] = field(default_factory=list)  # corpora to score the finished run on
     finetune: list[str] = field(default_factory=list)  # tasks to fine-tune the finished run on
+    finetune_steps: list[int] = field(default_factory=list)  # ... and its checkpoints at these steps (kept for it)
     cache: dict[str, Any] | None = None  # read the teachers from a cache built with these options
 
     def teacher_runs(self) -> list[str]:
@@ -264,6 +265,10 @@ def _check_run(index: int, run: Any) -> dict[str, Any]:
         raise KinheritError(f"{where}: routing must map domain names to run names")
     for key in ("corpus", "evaluate", "finetune"):
         _check_names(where, key, run.get(key))
+    steps = run.get("finetune_steps", [])
+    if not isinstance(steps, list) or not all(_is_int(step) and step > 0 for step in steps) or len(set(steps)) < len(
+            steps):
+        raise KinheritError(f"{where}: finetune_steps must be a list of distinct positive steps, got {steps!r}")
     if "cache" in run:
         _check_keys(f"{where} cache", run["cache"], CACHE_KEYS, "the options of `kinherit cache-teacher --help`")
         if not teachers and not routing:
@@ -388,7 +393,7 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
                                     routing=dict(routing), baseline=run.get("baseline"), group=run["_group"],
                                     seed=run["seed"], grow=run.get("grow"), start=run.get("start"),
                                     evaluate=evaluate, finetune=finetune,
-                                    cache=run.get("cache"))
+                                    finetune_steps=sorted(run.get("finetune_steps", [])), cache=run.get("cache"))
     for spec in runs.values():
         for ref in [*spec.dependencies(), *([spec.baseline] if spec.baseline else [])]:
             if ref not in runs:
@@ -401,8 +406,19 @@ def parse_experiment(data: dict[str, Any], output_dir: str | None = None) -> Exp
     experiment.order()  # raises on cycles
     if experiment.launcher is None:  # a launched run checks its options where it runs (bf16 needs its GPUs)
         for spec in runs.values():
-            run_arguments(experiment, spec)
+            _check_finetune_steps(spec, run_arguments(experiment, spec)[3].max_steps)
     return experiment
+
+
+def _check_finetune_steps(spec: RunSpec, max_steps: int) -> None:
+    """`finetune_steps:` are steps of the run, fine-tuned on the tasks its `finetune:` lists."""
+    if not spec.finetune_steps:
+        return
+    if not spec.finetune:
+        raise KinheritError(f"run {spec.name!r} has finetune_steps but no finetune tasks; add finetune: [TASK]")
+    beyond = [step for step in spec.finetune_steps if step > max_steps]
+    if beyond:
+        raise KinheritError(f"run {spec.name!r}: finetune_steps {beyond} lie beyond its max_steps {max_steps}")
 
 
 def load_experiment(path: str | Path, output_dir: str | None = None) -> Experiment:
@@ -447,6 +463,9 @@ def run_settings(experiment: Experiment, spec: RunSpec) -> dict[str, Any]:
         teachers = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
     else:
         teachers = [teacher_dirs[name] for name in spec.teachers]
+    final = s.get("max_steps", KinheritTrainingArguments.max_steps)  # fine-tuned as the run's final model
+    if spec.finetune_steps:  # kept for fine-tuning; not part of the run's identity, since training is unchanged
+        s["keep_checkpoints"] = sorted({*s.get("keep_checkpoints", []), *spec.finetune_steps} - {final})
     return {**s, "corpus": corpus_args(experiment, corpus_names), "tokenizer": str(tokenizer_folder(experiment)),
             "cache_dir": str(experiment.output_dir / "cache"), "output_dir": str(run_dir), "teacher": teachers,
             "seed": spec.seed, "data_seed": spec.seed,

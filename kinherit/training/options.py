@@ -249,6 +249,9 @@ class KinheritTrainingArguments(TrainingArguments):
     save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint: steps, epoch or no."})
     save_steps: float = field(default=500, metadata={"help": "Checkpoint every this many steps."})
     save_total_limit: int | None = field(default=1, metadata={"help": "Checkpoints kept."})
+    keep_checkpoints: list[int] = field(default_factory=list, metadata={
+        "help": "Also checkpoint at these steps and never rotate those out (beside save_total_limit's): the "
+                "checkpoints to fine-tune along pre-training."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, none..."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep domain ids for routing."})
     overwrite_output_dir: bool = field(default=False, metadata={
@@ -269,6 +272,8 @@ class KinheritTrainingArguments(TrainingArguments):
                 (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
                 (self.max_grad_norm is None or self.max_grad_norm >= 0,
                  f"--max_grad_norm must be >= 0, got {self.max_grad_norm}"),
+                (all(step > 0 for step in self.keep_checkpoints),
+                 f"--keep_checkpoints must be positive steps, got {self.keep_checkpoints}"),
                 *[(value is None or value > 0, f"--{name} must be positive, got {value}")
                   for name, value in (("eval_steps", self.eval_steps), ("logging_steps", self.logging_steps),
                                       ("save_steps", self.save_steps))]])

@@ -63,6 +63,14 @@ class _Clock(TrainerCallback):
         self.trainer.replay_adaptive_schedule()
 
 
+class _KeptCheckpoints(TrainerCallback):
+    """Checkpoint at each of `--keep_checkpoints`' steps too (rotation spares them): fine-tuning along pre-training."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in getattr(args, "keep_checkpoints", ()):
+            control.should_save = True
+
+
 class InheritanceTrainer(Trainer):
     """A `Trainer` that trains the student on (1 - alpha_t) * L_self + alpha_t * L_KI.
 
@@ -107,6 +115,7 @@ class InheritanceTrainer(Trainer):
         self.stats = InheritStats()
         self.add_callback(_Clock(self))
         self.add_callback(_MaskEpoch(self))
+        self.add_callback(_KeptCheckpoints())
 
     def _get_train_sampler(self, train_dataset=None):
         """The stock shuffled order, held in 4 bytes per block instead of a Python list (see `BlockOrder`)."""
@@ -222,7 +231,8 @@ class InheritanceTrainer(Trainer):
         if self.args.should_save:
             self.counters.save(folder)
             seal(folder)
-            rotate_checkpoints(run_dir, limit, self.state.global_step, protect=self.state.best_model_checkpoint)
+            rotate_checkpoints(run_dir, limit, self.state.global_step, protect=self.state.best_model_checkpoint,
+                               kept_steps=getattr(self.args, "keep_checkpoints", ()))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """`Trainer.train`, remembering the checkpoint it resumes from (its counters are restored from it)."""
