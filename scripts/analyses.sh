@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-ORDER=(teacher-seed teacher-size schedules masked switch-temperature temperature temperature-weight label-smoothing teacher-steps teacher-data-size teacher-overlap
+ORDER=(teacher-seed teacher-size schedules downstream-steps downstream-steps-128 masked switch-temperature temperature temperature-weight label-smoothing teacher-steps teacher-data-size teacher-overlap
        teacher-shape teacher-domain student-size batch-size causal-chain generations domain-adaptation
        several-teachers topk)
 for finetune in false true; do
