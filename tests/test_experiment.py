@@ -310,6 +310,9 @@ def test_finetune_steps_keep_checkpoints_and_report_downstream_compute_saved(tmp
         json.loads((runs / "scratch" / "finetune.json").read_text())["task.jsonl"]["accuracy"]["mean"])
     out = tmp_path / "out" / "reports" / "along"
     assert "## Downstream compute saved" in (out / "report.md").read_text()
+    # the report keeps each run's training log and summary, so numbers read from them stay traceable
+    assert (out / "runs" / "ki" / "log.jsonl").read_text() == (runs / "ki" / "log.jsonl").read_text()
+    assert json.loads((out / "runs" / "ki" / "run.json").read_text())["steps"] == 8
     assert (out / "finetune_steps.png").stat().st_size > 5_000
     # a run trained elsewhere without keeping its checkpoints is named, with the way out
     config["runs"][3] = {"name": "plain", **student}

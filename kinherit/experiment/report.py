@@ -322,6 +322,17 @@ def plot_downstream(folder: Path, downstream: dict[str, dict[str, Any]]) -> list
     return [name]
 
 
+def keep_run_records(folder: Path, target: Path, names: list[str]) -> None:
+    """Copy each finished run's log.jsonl and run.json into the report's `runs/NAME/`, so that a number read from
+    a run's training log (a batch mean, an agreement, a FLOP total) is kept with the report that cites it."""
+    for name in names:
+        (target / "runs" / name).mkdir(parents=True, exist_ok=True)
+        for record in (LOG_FILE, "run.json"):
+            source = folder / "runs" / name / record
+            if source.exists():
+                write_text_atomic(target / "runs" / name / record, source.read_text(encoding="utf-8"))
+
+
 def experiment_names(folder: str | Path) -> list[str]:
     """The experiments that use an output folder (each has a manifest there)."""
     check_current_layout(Path(folder))
@@ -385,6 +396,7 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
             for task, result in json.loads(path.read_text()).items():
                 finetuning.setdefault(task, {})[name] = result
     downstream, downstream_groups = _downstream(folder, runs)
+    keep_run_records(folder, target, [name for name, summary in summaries.items() if summary])
     students = _students(curves, teacher_losses, runs)
     plots = (plot_curves(target, students, teacher_losses, compute, runs)
              + plot_summary(target, curves, students, compute, {n for n, s in summaries.items() if s})
