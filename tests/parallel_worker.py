@@ -5,6 +5,8 @@
 - A teacher read straight into shards (`--teacher_placement shard`): the same outputs as the whole
   checkpoint, while each process holds only its share of the weights.
 - DDP with a non-finite loss on one process only: both processes skip the batch.
+- A teacher with another tokenizer: its shares of aligned positions and mapped mass are over both processes
+  counts, not the main process's alone.
 - Evaluation of 3 validation blocks over 2 processes, one block per forward pass, with a sharded student and a
   sharded teacher under the adaptive schedule (which scores the teacher too): the parts differ in size, yet
   every process joins every gather, and the loss is the whole set's.
@@ -25,10 +27,12 @@ from transformers import TrainingArguments
 
 from kinherit.core.errors import KinheritError
 from kinherit.data import BlockCollator, load_tokenizer
+from kinherit.data.token_text import Bridge
 from kinherit.inheritance.teachers import TeacherSet, freeze
 from kinherit.models.lm import validation_loss
 from kinherit.models.loading import load_model
 from kinherit.models.parts import reshard_model, shard_layers
+from kinherit.training.cross_teachers import CrossTokenizerTeachers
 from kinherit.training.load_teachers import load_teacher
 from kinherit.training.options import InheritanceArguments
 from kinherit.training.trainer import InheritanceTrainer
@@ -185,6 +189,14 @@ def uneven_validation_case(tokenizer, output_dir: str) -> dict:
             "whole_eval_loss": whole[0], "whole_teacher_loss": whole[1], "positions": metrics["eval_positions"]}
 
 
+def cross_counts_case(tokenizer) -> dict:
+    """Each process counts its own batches (here: 10 taught, 8 aligned, mass 8 on rank 0; 30, 12, 6 on rank 1)."""
+    teacher = load_model("llama-1x64", tokenizer, 32)
+    bridged = CrossTokenizerTeachers([teacher], [Bridge.build(tokenizer, tokenizer, teacher.config.vocab_size)], "map")
+    bridged.taught, bridged.aligned, bridged.mass = [(10, 8, 8.0), (30, 12, 6.0)][dist.get_rank()]
+    return bridged.report()
+
+
 def main() -> None:
     tokenizer = load_tokenizer(sys.argv[1])
     args = TrainingArguments(sys.argv[2], report_to="none", use_cpu=True)
@@ -203,6 +215,9 @@ def main() -> None:
     dist.all_gather_object(results, nonfinite_case("skip", tokenizer, args))
     if dist.get_rank() == 0:
         print("NONFINITE " + json.dumps(results), flush=True)
+    counts = cross_counts_case(tokenizer)
+    if dist.get_rank() == 0:
+        print("CROSS " + json.dumps(counts), flush=True)
     uneven = uneven_validation_case(tokenizer, sys.argv[2])
     if dist.get_rank() == 0:
         print("UNEVEN " + json.dumps(uneven), flush=True)

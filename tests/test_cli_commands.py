@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,17 @@ def test_readme_commands_run_end_to_end(tmp_path, tokenizer_dir, capsys):
                  "--output_dir", str(tmp_path / "cross-live")]) == 0
     live = json.loads((tmp_path / "cross-live" / "run.json").read_text())["cross_tokenizer"]
     assert live["method"] == "map" and live["aligned_share"] > 0.5
+    # interrupted after step 2 and resumed: the shares still count the whole run, not the resumed part only
+    again = ["pretrain", "--model", "llama-1x64", "--teacher", str(teacher), "--cross_tokenizer", "map",
+             "--temperature", "0.5", "--inherit_steps", "4", *other, *QUIET, "--max_steps", "4", "--save_steps", "2",
+             "--save_total_limit", "2", "--output_dir", str(tmp_path / "cross-resumed")]
+    assert main(again) == 0
+    shutil.rmtree(tmp_path / "cross-resumed" / "checkpoint-4")
+    (tmp_path / "cross-resumed" / "run.json").unlink()
+    assert main([*again, "--resume_from_checkpoint", "auto"]) == 0
+    resumed = json.loads((tmp_path / "cross-resumed" / "run.json").read_text())["cross_tokenizer"]
+    assert resumed["aligned_share"] == live["aligned_share"]
+    assert resumed["mapped_mass_share"] == pytest.approx(live["mapped_mass_share"], rel=1e-9)
     assert main(["cache-teacher", "--teacher", str(teacher), "--cross_tokenizer", "map", "--temperature", "0.5",
                  "--top_k", "8", *other, "--output", str(tmp_path / "cross-cache")]) == 0
     assert main(["pretrain", "--model", "llama-1x64", "--teacher_cache", str(tmp_path / "cross-cache"),

@@ -206,6 +206,12 @@ def test_a_nonfinite_loss_on_one_process_is_decided_on_by_all(worker_output):
     assert all(r["skipped"] == 1 and r["zero_grads"] and r["synchronised"] for r in skip), skip
 
 
+def test_cross_tokenizer_shares_count_every_process(worker_output):
+    """20 of 40 taught positions aligned over both processes (rank 0 alone: 8 of 10), 14 of their mass mapped."""
+    (report,) = lines(worker_output, "CROSS")
+    assert report["aligned_share"] == 0.5 and report["mapped_mass_share"] == 0.7
+
+
 def test_uneven_validation_parts_join_every_gather(worker_output):
     """3 validation blocks on 2 processes, one per forward pass, sharded student and teacher, adaptive schedule:
     the process with fewer blocks runs a discarded pass instead of leaving the other waiting in a gather."""

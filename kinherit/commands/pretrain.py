@@ -237,7 +237,7 @@ def _pretrain(model_args: ModelArguments, data: DataArguments, inherit: Inherita
         (output_dir / LOG_FILE).unlink()  # a fresh start: the old log belongs to another run
     if finished:
         trainer.state = TrainerState.load_from_json(os.path.join(resume, TRAINER_STATE_NAME))
-        trainer.counters.restore(resume)
+        trainer.restore_counters(resume)
         training_loss = next((r["train_loss"] for r in reversed(trainer.state.log_history) if "train_loss" in r),
                              None)
     else:

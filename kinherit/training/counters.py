@@ -65,6 +65,7 @@ class RunCounters:
     seconds_before: float = 0.0  # training seconds of the run before this process started (a resume)
     clock_start: float | None = None
     eval_seconds: float = 0.0
+    cross_tokenizer: list[float] | None = None  # teachers with another tokenizer: their counts over all processes
 
     def start_clock(self) -> None:
         """Training starts (or resumes) now."""
@@ -81,7 +82,8 @@ class RunCounters:
         """Write the counters into a checkpoint folder (before it is sealed)."""
         write_json_atomic(Path(checkpoint) / COUNTERS, {"train_seconds": self.train_seconds(),
                                                        "train_flops": self.train_flops,
-                                                       "skipped_batches": self.skipped_batches})
+                                                       "skipped_batches": self.skipped_batches,
+                                                       "cross_tokenizer": self.cross_tokenizer})
 
     def restore(self, checkpoint: str | Path) -> None:
         """The counters as they were when `checkpoint` was saved (unchanged if it holds none)."""
@@ -91,3 +93,4 @@ class RunCounters:
             self.seconds_before = counters["train_seconds"]
             self.train_flops = counters["train_flops"]
             self.skipped_batches = counters["skipped_batches"]
+            self.cross_tokenizer = counters.get("cross_tokenizer")

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel
 
 from kinherit.core.errors import KinheritError
@@ -136,12 +137,27 @@ class CrossTokenizerTeachers(TeacherSet):
             return AlignedTarget(SortedTarget(mixed), aligned)
         return AlignedTarget(mapped_target(mixed), aligned)
 
+    def totals(self) -> list[float]:
+        """The counts (taught positions, aligned positions, mass on student tokens) summed over the processes of
+        a distributed run, each of which counted its own batches; every process must call it."""
+        counts = torch.tensor([self.taught, self.aligned, self.mass], dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            counts = counts.to(device)
+            dist.all_reduce(counts)
+        return counts.tolist()
+
+    def restore(self, totals: list[float], main: bool) -> None:
+        """Continue from a checkpoint's `totals`: the main process holds them, the others start from zero, so
+        that the next sum over processes counts each position once."""
+        self.taught, self.aligned, self.mass = totals if main else (0, 0, 0.0)
+
     def report(self) -> dict[str, Any]:
-        """What ran and how much of the student it reached: the method, the share of taught student positions
-        that had an aligned teacher position, the share of the teacher's mass that landed on student tokens, and
-        each teacher's vocabulary map."""
+        """What ran and how much of the student it reached (over every process and, after a resume, the whole run):
+        the method, the share of taught student positions that had an aligned teacher position, the share of the
+        teacher's mass that landed on student tokens, and each teacher's vocabulary map."""
+        taught, aligned, mass = self.totals()
         return {"method": self.method,
-                "aligned_share": self.aligned / self.taught if self.taught else None,
-                "mapped_mass_share": (self.mass / self.aligned if self.aligned else None) if self.method == "map"
-                else None,
+                "aligned_share": aligned / taught if taught else None,
+                "mapped_mass_share": (mass / aligned if aligned else None) if self.method == "map" else None,
                 "vocabulary": [{"exact_share": b.exact_share, "mapped_share": b.mapped_share} for b in self.bridges]}

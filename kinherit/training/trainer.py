@@ -30,6 +30,7 @@ from kinherit.models.lm import IGNORE_INDEX, perplexity, process_part, target_la
 from kinherit.models.loading import model_kind
 from kinherit.models.parts import backbone_and_head, forward_as_body
 from kinherit.training.counters import InheritStats, RunCounters
+from kinherit.training.cross_teachers import CrossTokenizerTeachers
 from kinherit.training.flops import StepFlops
 from kinherit.training.options import InheritanceArguments
 from kinherit.training.refusals import check_training_setup
@@ -58,7 +59,7 @@ class _Clock(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer.resumed_from is not None:
-            self.trainer.counters.restore(self.trainer.resumed_from)
+            self.trainer.restore_counters(self.trainer.resumed_from)
         self.trainer.counters.start_clock()
         self.trainer.replay_adaptive_schedule()
 
@@ -228,11 +229,19 @@ class InheritanceTrainer(Trainer):
         finally:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
+        if isinstance(self.source, CrossTokenizerTeachers):  # summed over processes: every process takes part
+            self.counters.cross_tokenizer = self.source.totals()
         if self.args.should_save:
             self.counters.save(folder)
             seal(folder)
             rotate_checkpoints(run_dir, limit, self.state.global_step, protect=self.state.best_model_checkpoint,
                                kept_steps=getattr(self.args, "keep_checkpoints", ()))
+
+    def restore_counters(self, checkpoint: str) -> None:
+        """The run's counters (and a cross-tokenizer teacher's) as they were when `checkpoint` was saved."""
+        self.counters.restore(checkpoint)
+        if isinstance(self.source, CrossTokenizerTeachers) and self.counters.cross_tokenizer is not None:
+            self.source.restore(self.counters.cross_tokenizer, main=self.is_world_process_zero())
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """`Trainer.train`, remembering the checkpoint it resumes from (its counters are restored from it)."""
