@@ -94,6 +94,13 @@ def test_readme_commands_run_end_to_end(tmp_path, tokenizer_dir, capsys):
                  "--output_dir", str(tmp_path / "cross-cached")]) == 0
     cached = json.loads((tmp_path / "cross-cached" / "run.json").read_text())["cross_tokenizer"]
     assert cached == json.loads((tmp_path / "cross-cache" / "cache.json").read_text())["cross_tokenizer"]
+    for part in ("1", "0"):  # built in two parts, the cache's shares still count every shard
+        assert main(["cache-teacher", "--teacher", str(teacher), "--cross_tokenizer", "map", "--temperature", "0.5",
+                     "--top_k", "8", *other, "--output", str(tmp_path / "cross-parts"), "--blocks_per_shard", "8",
+                     "--parts", "2", "--part", part]) == 0
+    parts = json.loads((tmp_path / "cross-parts" / "cache.json").read_text())["cross_tokenizer"]
+    assert parts["aligned_share"] == cached["aligned_share"]
+    assert parts["mapped_mass_share"] == pytest.approx(cached["mapped_mass_share"], rel=1e-9)
     assert cached["aligned_share"] > 0.5 and cached["vocabulary"] == live["vocabulary"]
     assert main(["evaluate", str(student), "--corpus", "wikipedia", "--max_documents", "20", *cache,
                  "--json", str(tmp_path / "evaluate.json")]) == 0

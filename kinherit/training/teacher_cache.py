@@ -60,6 +60,7 @@ from kinherit.models.lm import (
 )
 from kinherit.models.loading import load_config, model_kind
 from kinherit.training.cache_shards import ShardReader, write_shard
+from kinherit.training.cross_teachers import CrossTokenizerTeachers
 from kinherit.training.load_teachers import build_teachers, parse_teacher_specs
 from kinherit.training.options import (
     CacheArguments,
@@ -157,6 +158,7 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
     collator = BlockCollator(tokenizer, masked, data.mlm_probability, seed=cache.seed)
     shards = math.ceil(len(blocks) / cache.blocks_per_shard)
     every = [(epoch, shard) for epoch in range(epochs) for shard in range(shards)]
+    cross = isinstance(teachers, CrossTokenizerTeachers)
     for epoch, shard in every[parts.part::parts.parts]:
         path = partial / shard_name(epoch, shard)
         if path.exists():
@@ -164,8 +166,12 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
         collator.set_epoch(epoch)
         lo, hi = shard * cache.blocks_per_shard, min((shard + 1) * cache.blocks_per_shard, len(blocks))
         logger.info("caching epoch %d, blocks %d-%d of %d", epoch, lo, hi, len(blocks))
+        if cross:
+            teachers.restore([0, 0, 0.0], main=True)
         target, counts = _cache_blocks(blocks, range(lo, hi), collator, teachers, kind, inherit.temperature,
                                        cache.top_k, vocab, inherit.chunk_size, cache.batch_size, device)
+        if cross:  # each shard's counts, written before it: a part or a resumed build counts what it did not cache
+            write_json_atomic(path.with_suffix(CROSS_COUNTS), teachers.totals())
         write_shard(path, target, counts, vocab, cache.log_prob_dtype, cache.compression)
     with exclusive(output) if parts.parts > 1 else contextlib.nullcontext():
         if output.exists():  # another part finished it
@@ -181,6 +187,10 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
             with safe_open(str(epoch_shard), "pt") as handle:
                 positions += int(handle.get_tensor("offsets")[-1])
         shard_bytes = sum(p.stat().st_size for p in partial.glob("epoch*-shard*.safetensors"))
+        if cross:  # the whole cache's shares, over every part and every resumed build
+            files = [(partial / shard_name(epoch, shard)).with_suffix(CROSS_COUNTS) for epoch, shard in every]
+            teachers.restore([sum(values) for values in zip(*(json.loads(f.read_text()) for f in files),
+                                                            strict=True)], main=True)
         teacher_val_loss = None
         eval_blocks = corpus_blocks(corpus, "validation", tokenizer, data.block_size, data.cache_dir)
         if eval_blocks is not None and settings["cross_tokenizer"] is None:  # another tokenizer's loss: other units
@@ -193,6 +203,9 @@ def _build(data: DataArguments, inherit: TeacherArguments, cache: CacheArguments
                     "cross_tokenizer": teachers.report()}
         seal_cache(partial, output, manifest)  # build.json stays: a build stopped at any point resumes from it
         return manifest
+
+
+CROSS_COUNTS = ".cross.json"  # beside each shard of a cross-tokenizer cache: its taught, aligned and mapped counts
 
 
 def shard_name(epoch: int, shard: int) -> str:
