@@ -12,6 +12,8 @@ import yaml
 
 from kinherit.core.errors import KinheritError
 from kinherit.experiment.compute_saved import EvalPoint, compute_saved, crossing, downstream_saved, summarise
+from kinherit.experiment.layout import read_results
+from kinherit.experiment.report import write_report
 from kinherit.experiment.runner import run_experiment, run_lock
 from kinherit.experiment.spec import load_experiment, parse_experiment, run_arguments
 
@@ -297,8 +299,8 @@ def test_finetune_steps_keep_checkpoints_and_report_downstream_compute_saved(tmp
     assert [p.name for p in runs.glob("plain/checkpoint-*")] == ["checkpoint-8"]  # save_total_limit 1
     for name in ("scratch", "ki"):  # the kept step survives it too; the final step is fine-tuned as the final model
         assert sorted(p.name for p in runs.glob(f"{name}/checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
-        along = json.loads((runs / name / "finetune_steps.json").read_text())["task.jsonl"]
-        assert sorted(along) == ["4", "8"] and along["8"] == json.loads((runs / name / "finetune.json").read_text())[
+        along = read_results(runs / name / "finetune_steps.json", "along")["task.jsonl"]
+        assert sorted(along) == ["4", "8"] and along["8"] == read_results(runs / name / "finetune.json", "along")[
             "task.jsonl"]
     logged = [json.loads(line) for line in (runs / "scratch" / "log.jsonl").read_text().splitlines()]
     plain = [json.loads(line) for line in (runs / "plain" / "log.jsonl").read_text().splitlines()]
@@ -307,13 +309,20 @@ def test_finetune_steps_keep_checkpoints_and_report_downstream_compute_saved(tmp
     d = report["downstream_saved"]["ki"]["task.jsonl"]
     assert d["baseline"] == "scratch" and sorted(d["ki"]) == sorted(d["baseline_curve"]) == ["4", "8"]
     assert d["baseline_final_accuracy"] == pytest.approx(
-        json.loads((runs / "scratch" / "finetune.json").read_text())["task.jsonl"]["accuracy"]["mean"])
+        read_results(runs / "scratch" / "finetune.json", "along")["task.jsonl"]["accuracy"]["mean"])
     out = tmp_path / "out" / "reports" / "along"
     assert "## Downstream compute saved" in (out / "report.md").read_text()
     # the report keeps each run's training log and summary, so numbers read from them stay traceable
     assert (out / "runs" / "ki" / "log.jsonl").read_text() == (runs / "ki" / "log.jsonl").read_text()
     assert json.loads((out / "runs" / "ki" / "run.json").read_text())["steps"] == 8
     assert (out / "finetune_steps.png").stat().st_size > 5_000
+    # another experiment fine-tuning the same runs on the same task with other options keeps its results apart
+    path.write_text(yaml.safe_dump({**config, "name": "along-one-seed",
+                                    "finetune_options": {**config["finetune_options"], "seeds": [0]}}))
+    one_seed = run_experiment(path)
+    assert len(one_seed["downstream_saved"]["ki"]["task.jsonl"]["ki"]) == 2
+    assert len(one_seed["finetune"]["task.jsonl"]["ki"]["accuracy"]["values"]) == 1
+    assert len(write_report(tmp_path / "out", "along")["finetune"]["task.jsonl"]["ki"]["accuracy"]["values"]) == 2
     # a run trained elsewhere without keeping its checkpoints is named, with the way out
     config["runs"][3] = {"name": "plain", **student}
     path.write_text(yaml.safe_dump(config))

@@ -13,11 +13,13 @@ from kinherit.core.names import check_name
 from kinherit.core.run_log import LOG_FILE, read_records
 from kinherit.experiment.compute_saved import EvalPoint, compute_saved, downstream_saved, loss_at, summarise
 from kinherit.experiment.layout import (
+    FINETUNING,
     FINETUNING_ALONG,
     MANIFESTS,
     START,
     check_current_layout,
     manifest_path,
+    read_results,
     report_folder,
 )
 from kinherit.models.lm import perplexity
@@ -391,11 +393,9 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
         path = folder / "runs" / name / "evaluation.json"
         if path.exists():
             evaluation[name] = {corpus: row["loss"] for corpus, row in json.loads(path.read_text()).items()}
-        path = folder / "runs" / name / "finetune.json"
-        if path.exists():
-            for task, result in json.loads(path.read_text()).items():
-                finetuning.setdefault(task, {})[name] = result
-    downstream, downstream_groups = _downstream(folder, runs)
+        for task, result in read_results(folder / "runs" / name / FINETUNING, experiment).items():
+            finetuning.setdefault(task, {})[name] = result
+    downstream, downstream_groups = _downstream(folder, runs, experiment)
     keep_run_records(folder, target, [name for name, summary in summaries.items() if summary])
     students = _students(curves, teacher_losses, runs)
     plots = (plot_curves(target, students, teacher_losses, compute, runs)
@@ -413,14 +413,10 @@ def write_report(folder: str | Path, experiment: str) -> dict[str, Any]:
     return report
 
 
-def _downstream(folder: Path, runs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _downstream(folder: Path, runs: dict[str, Any], experiment: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Downstream compute saved of each KI run against its baseline, per task both fine-tuned along pre-training
-    (`finetune_steps:`), and its steps fraction summarised over the seeds of each group."""
-    along = {}
-    for name in runs:
-        path = folder / "runs" / name / FINETUNING_ALONG
-        if path.exists():
-            along[name] = json.loads(path.read_text(encoding="utf-8"))
+    (`finetune_steps:`) in this experiment, and its steps fraction summarised over the seeds of each group."""
+    along = {name: read_results(folder / "runs" / name / FINETUNING_ALONG, experiment) for name in runs}
     downstream: dict[str, Any] = {}
     for name, run in runs.items():
         baseline = run.get("baseline")

@@ -30,7 +30,9 @@ from kinherit.experiment.layout import (
     MANIFESTS,
     check_current_layout,
     manifest_path,
+    read_results,
     report_folder,
+    write_results,
 )
 from kinherit.experiment.spec import (
     CACHE_KEYS,
@@ -154,33 +156,37 @@ def evaluate_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
         print(f"    {spec.name} on {name}: loss {done[name]['loss']:.4f}", flush=True)
 
 
-def finetune_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
-    """Fine-tune a finished run on the tasks its `finetune:` lists (results kept under OUTPUT/finetune, so a
-    repeat reads them back)."""
+def _finetuned(experiment: Experiment, checkpoint: Path, task: str) -> dict[str, Any]:
+    """`kinherit finetune` of one checkpoint on one task with the experiment's options (kept under OUTPUT/finetune,
+    so a repeat reads it back): the result's name and what the report shows of it."""
     from kinherit.commands.finetune import finetune
 
+    result = finetune(finetune_arguments(experiment.finetune_options, str(checkpoint), task,
+                                         str(experiment.output_dir / "finetune")))
+    return {"task": result["task"], "seeds": len(result["test"]),
+            **{key: result[key] for key in ("accuracy", "macro_f1", "majority_test_accuracy", "selected")}}
+
+
+def finetune_run(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
+    """Fine-tune a finished run on the tasks its `finetune:` lists, kept in its finetune.json as this experiment's."""
     path = run_dir / FINETUNING
-    done = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    done = read_results(path, experiment.name)
     for task in spec.finetune:
-        arguments = finetune_arguments(experiment.finetune_options, str(run_dir), task,
-                                       str(experiment.output_dir / "finetune"))
-        result = finetune(arguments)
-        done[result["task"]] = {key: result[key] for key in ("accuracy", "macro_f1", "majority_test_accuracy",
-                                                             "selected")}
-        write_json_atomic(path, done)
+        result = _finetuned(experiment, run_dir, task)
+        done[result.pop("task")] = result
+        write_results(path, experiment.name, done)
         print(f"    {spec.name} on {task}: accuracy {result['accuracy']['mean']:.4f} +- "
-              f"{result['accuracy']['std']:.4f} over {len(result['test'])} seeds", flush=True)
+              f"{result['accuracy']['std']:.4f} over {result['seeds']} seeds", flush=True)
 
 
 def finetune_along(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None:
     """Fine-tune the run's checkpoints at the steps its `finetune_steps:` lists on its `finetune:` tasks (the last
-    step is the final model), kept in `finetune_steps.json` as {task: {step: result}}."""
-    from kinherit.commands.finetune import finetune
+    step is the final model), kept in its finetune_steps.json as this experiment's {task: {step: result}}."""
     from kinherit.commands.pretrain import RUN_MARKER
 
     final_step = json.loads((run_dir / RUN_MARKER).read_text(encoding="utf-8"))["steps"]
     path = run_dir / FINETUNING_ALONG
-    done = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    done = read_results(path, experiment.name)
     for step in spec.finetune_steps:
         checkpoint = run_dir if step == final_step else run_dir / f"checkpoint-{step}"
         if not checkpoint.is_dir():
@@ -188,12 +194,9 @@ def finetune_along(experiment: Experiment, spec: RunSpec, run_dir: Path) -> None
                                 "was trained without keeping it (finetune_steps keeps the checkpoints of a run "
                                 f"trained with it); delete {run_dir} to train it again, or drop that step")
         for task in spec.finetune:
-            arguments = finetune_arguments(experiment.finetune_options, str(checkpoint), task,
-                                           str(experiment.output_dir / "finetune"))
-            result = finetune(arguments)
-            done.setdefault(result["task"], {})[str(step)] = {
-                key: result[key] for key in ("accuracy", "macro_f1", "majority_test_accuracy", "selected")}
-            write_json_atomic(path, done)
+            result = _finetuned(experiment, checkpoint, task)
+            done.setdefault(result.pop("task"), {})[str(step)] = result
+            write_results(path, experiment.name, done)
             print(f"    {spec.name} at step {step} on {task}: accuracy {result['accuracy']['mean']:.4f} +- "
                   f"{result['accuracy']['std']:.4f}", flush=True)
 
