@@ -168,6 +168,9 @@ def test_downstream_saved_interpolates_the_accuracy_crossing():
     # scratch's final 0.25 is reached halfway between step 100 (0.2) and 200 (0.3): step 150 of 300
     assert saved["reached_at_step"] == pytest.approx(150) and saved["steps_fraction"] == pytest.approx(0.5)
     assert saved["baseline_final_accuracy"] == 0.25 and saved["ki"]["200"] == {"mean": 0.3, "std": 0.01}
+    assert saved["reached_by_first"] is False
+    early = downstream_saved(results([(100, 0.3), (300, 0.35)]), baseline)  # reached at or before step 100
+    assert early["reached_at_step"] == 100 and early["reached_by_first"] is True
     never = downstream_saved(results([(100, 0.2), (300, 0.24)]), baseline)
     assert never["reached_at_step"] is None and never["steps_fraction"] is None
 

@@ -105,7 +105,8 @@ def downstream_saved(ki: dict[str, dict[str, Any]], baseline: dict[str, dict[str
 
     return {"ki": accuracy(ki), "baseline": accuracy(baseline), "baseline_final_step": final.step,
             "baseline_final_accuracy": -final.loss, "reached_at_step": hit.step if hit else None,
-            "steps_fraction": hit.step / final.step if hit else None}
+            "steps_fraction": hit.step / final.step if hit else None,
+            "reached_by_first": hit is not None and hit.step == ki_curve[0].step}  # at or before it: an upper bound
 
 
 def summarise(values: list[float | None]) -> dict[str, Any]:

@@ -500,10 +500,11 @@ def render_markdown(report: dict[str, Any], summaries: dict[str, Any]) -> str:
                   "between checkpoints."]
         for name, results in report["downstream_saved"].items():
             for task, d in results.items():
+                at = "by" if d.get("reached_by_first") else "at"  # the first checkpoint: at or before it
                 reached = ("never" if d["reached_at_step"] is None else
-                           f"step {d['reached_at_step']:.0f} ({_percent(d['steps_fraction'])} of its steps)")
+                           f"{at} step {d['reached_at_step']:.0f} ({_percent(d['steps_fraction'])} of its steps)")
                 target = d["baseline_final_accuracy"]
-                lines += ["", f"### `{name}` vs `{d['baseline']}` on {task}: reaches {target:.4f} at {reached}", "",
+                lines += ["", f"### `{name}` vs `{d['baseline']}` on {task}: reaches {target:.4f} {reached}", "",
                           "| step | KI | baseline |", "|---|---|---|"]
                 for step in sorted({*d["ki"], *d["baseline_curve"]}, key=float):
                     cells = [f"{r[step]['mean']:.4f} +- {r[step]['std']:.4f}" if step in r else ""
