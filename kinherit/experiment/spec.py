@@ -463,8 +463,8 @@ def run_settings(experiment: Experiment, spec: RunSpec) -> dict[str, Any]:
         teachers = [f"{domain}={teacher_dirs[name]}" for domain, name in spec.routing.items()]
     else:
         teachers = [teacher_dirs[name] for name in spec.teachers]
-    final = s.get("max_steps", KinheritTrainingArguments.max_steps)  # fine-tuned as the run's final model
     if spec.finetune_steps:  # kept for fine-tuning; not part of the run's identity, since training is unchanged
+        final = s.get("max_steps", KinheritTrainingArguments.max_steps)  # fine-tuned as the run's final model
         s["keep_checkpoints"] = sorted({*s.get("keep_checkpoints", []), *spec.finetune_steps} - {final})
     return {**s, "corpus": corpus_args(experiment, corpus_names), "tokenizer": str(tokenizer_folder(experiment)),
             "cache_dir": str(experiment.output_dir / "cache"), "output_dir": str(run_dir), "teacher": teachers,
